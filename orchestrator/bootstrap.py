@@ -1,0 +1,82 @@
+"""Wires every dependency in one place: settings -> store, registry, telemetry,
+workflow, use cases, worker."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from orchestrator.job_queue import Worker, WorkerConfig
+from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.settings import Settings
+from orchestrator.stores import JobStore
+from orchestrator.stores.sqlite import SQLiteJobStore
+from orchestrator.telemetry import JobTelemetry
+from orchestrator.usecases import CreateAnalysisJobUseCase, ExecuteAnalysisJobUseCase
+from orchestrator.workflow import JobWorkflow
+
+__all__ = ["App", "build_store", "open_app"]
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: JobStore
+    registry: ModuleRegistry
+    telemetry: JobTelemetry
+    workflow: JobWorkflow
+    create: CreateAnalysisJobUseCase
+    execute: ExecuteAnalysisJobUseCase
+
+    def worker(self, *, concurrency: int | None = None, worker_id: str | None = None) -> Worker:
+        s = self.settings
+        config = WorkerConfig(
+            concurrency=concurrency or s.concurrency,
+            lease_seconds=s.lease_seconds,
+            heartbeat_seconds=s.heartbeat_seconds or s.lease_seconds / 3,
+            cancel_poll_seconds=s.cancel_poll_seconds,
+            poll_seconds=s.poll_seconds,
+            reap_seconds=s.reap_seconds,
+            max_attempts=s.max_attempts,
+            shutdown_grace_seconds=s.shutdown_grace_seconds,
+        )
+        return Worker(self.workflow, self.execute, self.telemetry, config, worker_id=worker_id)
+
+
+def build_store(settings: Settings) -> JobStore:
+    if settings.database_url is not None:
+        from orchestrator.stores.postgres import PostgresJobStore
+
+        return PostgresJobStore(settings.database_url.get_secret_value())
+    return SQLiteJobStore(settings.database_path)
+
+
+@contextlib.asynccontextmanager
+async def open_app(
+    settings: Settings,
+    *,
+    telemetry: JobTelemetry | None = None,
+    registry: ModuleRegistry | None = None,
+    store: JobStore | None = None,
+) -> AsyncIterator[App]:
+    """Open the store (applying migrations) and wire the application around it."""
+    store = store or build_store(settings)
+    registry = registry or ModuleRegistry.default(entry_points=settings.load_entry_points)
+    telemetry = telemetry or JobTelemetry()
+    await store.open()
+    try:
+        workflow = JobWorkflow(store, telemetry)
+        yield App(
+            settings=settings,
+            store=store,
+            registry=registry,
+            telemetry=telemetry,
+            workflow=workflow,
+            create=CreateAnalysisJobUseCase(workflow, registry, telemetry),
+            execute=ExecuteAnalysisJobUseCase(
+                workflow, registry, telemetry, module_concurrency=settings.module_concurrency
+            ),
+        )
+    finally:
+        await store.close()

@@ -1,0 +1,187 @@
+"""The CLI's job commands: run, submit, worker, status, jobs, events, cancel, modules."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from rich.table import Table
+
+from orchestrator.cli import render
+from orchestrator.cli.main import Context, exit_code, print_json, request_from_args, with_app
+from orchestrator.domain import JobStatus
+from orchestrator.job_queue import Worker
+
+if TYPE_CHECKING:
+    from orchestrator.bootstrap import App
+
+__all__ = ["add_telemetry_commands", "cancel", "events", "jobs", "modules", "run", "status", "submit", "worker"]
+
+log = logging.getLogger(__name__)
+
+
+async def run(ctx: Context) -> int:
+    request = request_from_args(ctx.args)
+
+    async def go(app: App) -> int:
+        job = await app.create.execute(request)
+        if not ctx.args.json:
+            render.err_console.print(f"job {job.id} queued (trace {job.trace.trace_id})", style="dim")
+        worker = app.worker(concurrency=1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: worker.run(claim=False))
+            await worker.adopt(job)
+            while (job := await app.store.get(job.id)).status is JobStatus.RUNNING:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+            worker.stop()
+        if ctx.args.json:
+            print_json(render.job_json(job))
+        else:
+            render.job_panel(job)
+        return exit_code(job)
+
+    return await with_app(ctx, go)
+
+
+async def submit(ctx: Context) -> int:
+    request = request_from_args(ctx.args)
+
+    async def go(app: App) -> int:
+        job = await app.create.execute(request)
+        if ctx.args.json:
+            print_json(render.job_json(job))
+        else:
+            print(job.id)
+        return 0
+
+    return await with_app(ctx, go)
+
+
+async def worker(ctx: Context) -> int:
+    async def go(app: App) -> int:
+        w: Worker = app.worker()
+        render.err_console.print(
+            f"worker {w.worker_id} on {app.store.backend}, concurrency {w.config.concurrency}; "
+            "Ctrl-C or SIGTERM to stop",
+            style="dim",
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, w)
+            await w.run()
+            tg.cancel_scope.cancel()
+        return 0
+
+    return await with_app(ctx, go)
+
+
+async def _stop_on_signal(w: Worker) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            render.err_console.print(
+                f"{signal.Signals(signum).name}: finishing running jobs "
+                f"(up to {w.config.shutdown_grace_seconds:g} s), then requeueing the rest",
+                style="yellow",
+            )
+            w.stop()
+            return
+
+
+async def status(ctx: Context) -> int:
+    async def go(app: App) -> int:
+        job = await app.store.get(ctx.args.job_id)
+        if ctx.args.json:
+            print_json(render.job_json(job))
+        else:
+            render.job_panel(job)
+        return 0
+
+    return await with_app(ctx, go)
+
+
+async def jobs(ctx: Context) -> int:
+    async def go(app: App) -> int:
+        found = await app.store.list_jobs(
+            status=JobStatus(ctx.args.status) if ctx.args.status else None,
+            project_id=ctx.args.project_id,
+            limit=max(1, min(ctx.args.limit, 1000)),
+        )
+        if ctx.args.json:
+            print_json([render.job_json(j) for j in found])
+        else:
+            render.console.print(render.jobs_table(found))
+        return 0
+
+    return await with_app(ctx, go)
+
+
+async def events(ctx: Context) -> int:
+    async def go(app: App) -> int:
+        await app.store.get(ctx.args.job_id)  # JobNotFound for an unknown id
+        entries = await app.store.history(ctx.args.job_id)
+        if ctx.args.json:
+            print_json([render.entry_json(e) for e in entries])
+        else:
+            render.console.print(render.events_table(entries))
+        return 0
+
+    return await with_app(ctx, go)
+
+
+async def cancel(ctx: Context) -> int:
+    async def go(app: App) -> int:
+        job = await app.workflow.cancel(ctx.args.job_id, reason=ctx.args.reason)
+        if job.status is JobStatus.RUNNING:
+            print(f"cancellation of running job {job.id} requested; its worker stops it shortly")
+        else:
+            print(f"job {job.id} {job.status}")
+        return 0
+
+    return await with_app(ctx, go)
+
+
+async def modules(ctx: Context) -> int:
+    async def go(app: App) -> int:
+        rows: list[dict[str, Any]] = [
+            {
+                "name": m.name,
+                "version": m.version,
+                "expected_runtime_s": m.expected_runtime,
+                "timeout_s": m.timeout,
+                "description": m.description,
+            }
+            for m in app.registry
+        ]
+        if ctx.args.json:
+            print_json(rows)
+            return 0
+        table = Table(box=None, header_style="dim")
+        for column in ("module", "version", "expected", "timeout", "description"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(
+                row["name"],
+                row["version"],
+                f"{row['expected_runtime_s']:g} s",
+                f"{row['timeout_s']:g} s",
+                row["description"],
+            )
+        render.console.print(table)
+        return 0
+
+    return await with_app(ctx, go)
+
+
+def add_telemetry_commands(sub: Any) -> None:
+    """``trace`` and ``report``: terminal views over the embedded telemetry files."""
+    from orchestrator.cli import views
+
+    p = sub.add_parser("trace", help="a job's trace as a waterfall (embedded telemetry files)")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=views.trace_command, log_level_default="warning", telemetry=False)
+
+    p = sub.add_parser("report", help="answer the four operational questions from the telemetry files")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=views.report_command, log_level_default="warning", telemetry=False)

@@ -1,0 +1,269 @@
+"""The job record, its lifecycle history and module results (plain dataclasses)."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.domain.status import ErrorCategory, JobStatus, Phase
+
+__all__ = [
+    "FailurePolicy",
+    "Job",
+    "JobOptions",
+    "LifecycleEntry",
+    "ModuleOutcome",
+    "ModuleResult",
+    "TraceContext",
+    "Transition",
+    "new_job_id",
+    "now_ns",
+]
+
+JSON = Any
+
+
+def now_ns() -> int:
+    """Wall-clock time in nanoseconds since the epoch (the unit OpenTelemetry uses)."""
+    return time.time_ns()
+
+
+def new_job_id() -> str:
+    # uuid7 sorts by creation time, which keeps the jobs index append-mostly.
+    return str(uuid.uuid7()) if hasattr(uuid, "uuid7") else _uuid7()
+
+
+def _uuid7() -> str:
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+class FailurePolicy(enum.StrEnum):
+    #: Every module runs; the job fails if any failed; all results are kept.
+    COMPLETE_ALL = "complete_all"
+    #: The first failure cancels the modules still running.
+    FAIL_FAST = "fail_fast"
+
+
+class ModuleOutcome(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    PANIC = "panic"
+    CANCELLED = "cancelled"
+
+    @property
+    def failed(self) -> bool:
+        return self in (ModuleOutcome.ERROR, ModuleOutcome.TIMEOUT, ModuleOutcome.PANIC)
+
+    @property
+    def category(self) -> ErrorCategory | None:
+        return _CATEGORY_BY_OUTCOME.get(self)
+
+
+_CATEGORY_BY_OUTCOME = {
+    ModuleOutcome.ERROR: ErrorCategory.MODULE,
+    ModuleOutcome.TIMEOUT: ErrorCategory.MODULE_TIMEOUT,
+    ModuleOutcome.PANIC: ErrorCategory.MODULE_PANIC,
+    ModuleOutcome.CANCELLED: ErrorCategory.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    failure_policy: FailurePolicy = FailurePolicy.COMPLETE_ALL
+    #: Modules of this job that may run at once (None: the worker's setting).
+    concurrency: int | None = None
+    #: Per-module options, passed to each module as its context's ``options``.
+    module_options: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "failure_policy": str(self.failure_policy),
+            "concurrency": self.concurrency,
+            "module_options": {k: dict(v) for k, v in self.module_options.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, JSON]) -> JobOptions:
+        return cls(
+            failure_policy=FailurePolicy(data.get("failure_policy", FailurePolicy.COMPLETE_ALL)),
+            concurrency=data.get("concurrency"),
+            module_options=data.get("module_options") or {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """The job's trace, decided at creation and persisted so every process agrees.
+
+    ``span_id`` is the id of the job's root span, which is emitted once, by the
+    process that performs the terminal transition, starting at the job's creation.
+    """
+
+    trace_id: str
+    span_id: str
+    sampled: bool
+    #: A caller's W3C traceparent, linked from the root span.
+    link: str | None = None
+
+    @classmethod
+    def new(cls, *, sampled: bool = True, link: str | None = None) -> TraceContext:
+        trace_id = secrets.randbits(128) or 1
+        span_id = secrets.randbits(64) or 1
+        return cls(format(trace_id, "032x"), format(span_id, "016x"), sampled, link)
+
+    @property
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleResult:
+    module: str
+    version: str
+    outcome: ModuleOutcome
+    started_ns: int
+    duration_ms: float
+    expected_ms: float
+    timeout_ms: float
+    attempt: int
+    summary: Mapping[str, JSON] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def overran(self) -> bool:
+        return self.duration_ms > self.expected_ms
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "module": self.module,
+            "version": self.version,
+            "outcome": str(self.outcome),
+            "started_ns": self.started_ns,
+            "duration_ms": self.duration_ms,
+            "expected_ms": self.expected_ms,
+            "timeout_ms": self.timeout_ms,
+            "attempt": self.attempt,
+            "overran": self.overran,
+            "summary": dict(self.summary),
+            "error": self.error,
+            "error_type": self.error_type,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, JSON]) -> ModuleResult:
+        return cls(
+            module=data["module"],
+            version=data["version"],
+            outcome=ModuleOutcome(data["outcome"]),
+            started_ns=data["started_ns"],
+            duration_ms=data["duration_ms"],
+            expected_ms=data["expected_ms"],
+            timeout_ms=data["timeout_ms"],
+            attempt=data.get("attempt", 1),
+            summary=data.get("summary") or {},
+            error=data.get("error"),
+            error_type=data.get("error_type"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    project_id: str
+    source: str
+    modules: tuple[str, ...]
+    options: JobOptions
+    status: JobStatus
+    attempt: int
+    created_ns: int
+    #: When the job entered its current status.
+    status_ns: int
+    trace: TraceContext
+    queued_ns: int | None = None
+    started_ns: int | None = None
+    finished_ns: int | None = None
+    reason: str | None = None
+    error_category: ErrorCategory | None = None
+    error_phase: Phase | None = None
+    results: tuple[ModuleResult, ...] = ()
+    lease_owner: str | None = None
+    lease_expires_ns: int | None = None
+    cancel_requested: str | None = None
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        project_id: str,
+        source: str,
+        modules: tuple[str, ...],
+        options: JobOptions,
+        trace: TraceContext,
+        created_ns: int | None = None,
+    ) -> Job:
+        created = created_ns or now_ns()
+        return cls(
+            id=new_job_id(),
+            project_id=project_id,
+            source=source,
+            modules=modules,
+            options=options,
+            status=JobStatus.PENDING,
+            attempt=1,
+            created_ns=created,
+            status_ns=created,
+            trace=trace,
+        )
+
+    def log_fields(self) -> dict[str, JSON]:
+        return {"job_id": self.id, "project_id": self.project_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One status change, as the workflow asks the store to apply it (atomically:
+    compare-and-set on status and attempt, job update and history row together)."""
+
+    job_id: str
+    status_from: JobStatus
+    status_to: JobStatus
+    reason: str
+    at_ns: int
+    #: Time spent in ``status_from``.
+    duration_ms: float
+    #: The attempt the caller believes is current: a fencing token, so a worker whose
+    #: lease was taken over cannot finish a job another worker now runs.
+    attempt: int
+    new_attempt: int
+    worker_id: str | None = None
+    error_category: ErrorCategory | None = None
+    error_phase: Phase | None = None
+    results: tuple[ModuleResult, ...] | None = None
+    lease_owner: str | None = None
+    lease_expires_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEntry:
+    """One row of a job's persisted lifecycle history."""
+
+    job_id: str
+    seq: int
+    status_from: JobStatus | None
+    status_to: JobStatus
+    reason: str
+    at_ns: int
+    duration_ms: float
+    attempt: int
+    worker_id: str | None = None

@@ -1,0 +1,316 @@
+"""The worker: claims jobs with a lease, runs them, keeps the leases alive, recovers
+jobs whose worker died, and shuts down gracefully.
+
+Three loops run side by side in one task group:
+
+* **claim**: while a slot is free, claim the oldest Queued job and run it; when the
+  queue is empty, wait for a wake-up from the store (or the poll interval);
+* **heartbeat**: renew the leases of the jobs in flight, and pass on cancellation
+  requests made from any process (``orchestrator cancel``);
+* **reaper**: return jobs whose lease expired to the queue (or fail them after too
+  many attempts). Every worker runs one; the compare-and-set makes that safe.
+
+Nothing that happens to one job, and no store outage, stops the worker: failures
+are logged once with context and retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+
+from orchestrator.domain import (
+    ErrorCategory,
+    Job,
+    JobStatus,
+    OrchestratorError,
+    Phase,
+    TransitionConflict,
+    now_ns,
+)
+from orchestrator.stores import JobStore
+from orchestrator.telemetry import JobTelemetry
+from orchestrator.usecases.execute import CancelKind, ExecuteAnalysisJobUseCase, JobControl
+from orchestrator.workflow import JobWorkflow
+from otel import context, logs
+from otel.vocabulary import OperationEvent
+
+__all__ = ["Worker", "WorkerConfig", "new_worker_id"]
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    #: Jobs this worker runs at once.
+    concurrency: int = 4
+    #: Seconds a claimed job stays leased without a heartbeat.
+    lease_seconds: float = 30.0
+    #: Seconds between lease renewals (a third of the lease by default).
+    heartbeat_seconds: float = 10.0
+    #: Seconds between checks for cancellation requests of jobs in flight.
+    cancel_poll_seconds: float = 0.5
+    #: Seconds between claim attempts when no wake-up arrives.
+    poll_seconds: float = 1.0
+    #: Seconds between reaper passes over expired leases.
+    reap_seconds: float = 5.0
+    #: Attempts a job gets before a lost worker fails it (reason worker_lost).
+    max_attempts: int = 3
+    #: Seconds running jobs get to finish on shutdown before they are requeued.
+    shutdown_grace_seconds: float = 10.0
+
+
+class Worker:
+    def __init__(
+        self,
+        workflow: JobWorkflow,
+        executor: ExecuteAnalysisJobUseCase,
+        telemetry: JobTelemetry,
+        config: WorkerConfig = WorkerConfig(),
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.workflow = workflow
+        self.store: JobStore = workflow.store
+        self.executor = executor
+        self.telemetry = telemetry
+        self.config = config
+        self.worker_id = worker_id or new_worker_id()
+        self.in_flight: dict[str, JobControl] = {}
+        self.jobs_run = 0
+        self._stop = anyio.Event()
+        self._started = anyio.Event()
+        self._jobs: anyio.abc.TaskGroup | None = None
+        self._adopt_slots = anyio.Semaphore(config.concurrency)
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._outage = logs.RateLimitedLog(10.0)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self, *, claim: bool = True) -> None:
+        """Run until :meth:`stop` is called, then shut down gracefully.
+
+        With ``claim=False`` the worker claims nothing itself and only runs the jobs
+        handed to it with :meth:`adopt` (``orchestrator run`` runs exactly its job).
+        """
+        with context.bound(worker_id=self.worker_id):
+            logs.event(
+                log,
+                logging.INFO,
+                OperationEvent.WORKER_START,
+                "worker started",
+                concurrency=self.config.concurrency,
+                store=self.store.backend,
+            )
+            async with anyio.create_task_group() as jobs, anyio.create_task_group() as loops:
+                loops.start_soon(self._heartbeat_loop)
+                loops.start_soon(self._reaper_loop)
+                self._jobs = jobs
+                if claim:
+                    loops.start_soon(self._claim_loop, jobs)
+                self._started.set()
+                await self._stop.wait()
+                await self._drain()
+                loops.cancel_scope.cancel()
+            logs.event(
+                log,
+                logging.INFO,
+                OperationEvent.WORKER_STOP,
+                "worker stopped",
+                jobs_run=self.jobs_run,
+            )
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs get the grace period, then go back to the queue."""
+        self._stop.set()
+
+    async def _drain(self) -> None:
+        with anyio.move_on_after(self.config.shutdown_grace_seconds):
+            await self._idle.wait()
+        for control in list(self.in_flight.values()):
+            control.cancel(CancelKind.SHUTDOWN, "worker_shutdown")
+        await self._idle.wait()
+
+    # -- claim ------------------------------------------------------------------------
+
+    async def _claim_loop(self, jobs: anyio.abc.TaskGroup) -> None:
+        slots = anyio.Semaphore(self.config.concurrency)
+        backoff = _Backoff()
+        while not self._stop.is_set():
+            await slots.acquire()
+            try:
+                job = await self.workflow.claim(self.worker_id, lease_seconds=self.config.lease_seconds)
+            except OrchestratorError as exc:
+                slots.release()
+                await self._store_outage("claim", exc, backoff)
+                continue
+            backoff.reset()
+            if job is None:
+                slots.release()
+                await self.store.wait_for_work(max_wait=self.config.poll_seconds)
+                continue
+            self._idle = anyio.Event() if self._idle.is_set() else self._idle
+            self.in_flight[job.id] = JobControl()
+            jobs.start_soon(self._run_job, job, slots, name=f"job:{job.id}")
+
+    async def _run_job(self, job: Job, slots: anyio.Semaphore) -> None:
+        control = self.in_flight[job.id]
+        self.telemetry.active_jobs(1)
+        try:
+            with context.bound(**job.log_fields()):
+                await self.executor.execute(job, control=control, worker_id=self.worker_id)
+        except TransitionConflict:
+            pass  # the job moved on without us (recovered or cancelled): logged at the source
+        except Exception as exc:  # noqa: BLE001 - one job must never take the worker down
+            logs.event(
+                log,
+                logging.ERROR,
+                OperationEvent.ERROR,
+                f"job {job.id} failed unexpectedly: {exc}",
+                exc_info=exc,
+                error_category=str(ErrorCategory.INTERNAL),
+                **job.log_fields(),
+            )
+            await self._fail_internal(job, exc)
+        finally:
+            self.jobs_run += 1
+            self.telemetry.active_jobs(-1)
+            del self.in_flight[job.id]
+            slots.release()
+            if not self.in_flight:
+                self._idle.set()
+
+    async def _fail_internal(self, job: Job, exc: Exception) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                current = await self.store.get(job.id)
+                if current.status is JobStatus.RUNNING and current.attempt == job.attempt:
+                    await self.workflow.transition(
+                        current,
+                        JobStatus.FAILED,
+                        reason=f"internal error: {exc}",
+                        error_category=ErrorCategory.INTERNAL,
+                        error_phase=Phase.EXECUTE,
+                        worker_id=self.worker_id,
+                    )
+            except OrchestratorError:
+                pass  # logged at the source; the lease expires and the reaper recovers the job
+
+    async def adopt(self, job: Job) -> Job:
+        """Start a Queued job on this worker (Queued -> Running with this worker's lease)
+        and run it under the worker's heartbeat; returns it Running."""
+        await self._started.wait()
+        assert self._jobs is not None
+        await self._adopt_slots.acquire()
+        try:
+            running = await self.workflow.start(job, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds)
+        except BaseException:
+            self._adopt_slots.release()
+            raise
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self.in_flight[running.id] = JobControl()
+        self._jobs.start_soon(self._run_job, running, self._adopt_slots, name=f"job:{running.id}")
+        return running
+
+    # -- heartbeat --------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        last_renewal = anyio.current_time()
+        backoff = _Backoff()
+        while True:
+            await anyio.sleep(self.config.cancel_poll_seconds)
+            ids = list(self.in_flight)
+            if not ids:
+                continue
+            try:
+                for job_id, reason in (await self.store.cancel_requests(ids)).items():
+                    if job_id in self.in_flight:
+                        self.in_flight[job_id].cancel(CancelKind.USER, reason)
+                if anyio.current_time() - last_renewal >= self.config.heartbeat_seconds:
+                    await self._renew(ids)
+                    last_renewal = anyio.current_time()
+                backoff.reset()
+            except OrchestratorError as exc:
+                await self._store_outage("heartbeat", exc, backoff)
+
+    async def _renew(self, ids: list[str]) -> None:
+        expires = now_ns() + int(self.config.lease_seconds * 1e9)
+        owned = await self.store.renew_leases(ids, worker_id=self.worker_id, expires_ns=expires)
+        for job_id in set(ids) - owned:
+            control = self.in_flight.get(job_id)
+            if control is not None:
+                control.cancel(CancelKind.LEASE_LOST, "lease taken over by another worker")
+
+    # -- reaper -----------------------------------------------------------------------
+
+    async def _reaper_loop(self) -> None:
+        backoff = _Backoff()
+        while True:
+            try:
+                await self.reap()
+                self.telemetry.queue_depth(await self.store.queue_depth())
+                backoff.reset()
+            except OrchestratorError as exc:
+                await self._store_outage("reaper", exc, backoff)
+            await anyio.sleep(self.config.reap_seconds)
+
+    async def reap(self) -> int:
+        """Recover every job whose lease expired; returns how many this pass moved."""
+        moved = 0
+        for job in await self.store.expired(now_ns=now_ns()):
+            if job.id in self.in_flight:
+                continue  # ours and still running: the heartbeat will renew it
+            try:
+                await self.workflow.recover(job, max_attempts=self.config.max_attempts, worker_id=self.worker_id)
+                moved += 1
+            except TransitionConflict:
+                continue  # another reaper (or the job's own worker) got there first
+        return moved
+
+    # -- degraded paths ---------------------------------------------------------------
+
+    async def _store_outage(self, loop: str, exc: OrchestratorError, backoff: _Backoff) -> None:
+        if self._outage.ready():
+            logs.event(
+                log,
+                logging.WARNING,
+                OperationEvent.STORE_RETRY,
+                f"store unavailable in {loop}; backing off: {exc}",
+                operation=f"worker.{loop}",
+                error_category=str(exc.category),
+                suppressed=self._outage.take_suppressed(),
+            )
+        await anyio.sleep(backoff.next())
+
+
+class _Backoff:
+    def __init__(self, base: float = 0.1, cap: float = 10.0) -> None:
+        self._base, self._cap, self._delay = base, cap, base
+
+    def next(self) -> float:
+        delay, self._delay = self._delay, min(self._delay * 2, self._cap)
+        return delay * (0.5 + secrets.randbelow(1000) / 1000)
+
+    def reset(self) -> None:
+        self._delay = self._base
+
+
+async def run_until(worker: Worker, done: Callable[[], Awaitable[bool]], *, check_seconds: float = 0.1) -> None:
+    """Run ``worker`` until ``done()`` is true (used by ``run`` and ``demo``)."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        while not await done():  # noqa: ASYNC110 - done() is an async store query
+            await anyio.sleep(check_seconds)
+        worker.stop()

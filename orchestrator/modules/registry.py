@@ -1,0 +1,91 @@
+"""The module registry: built-in modules plus third-party ones from entry points."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from typing import Final
+
+from orchestrator.domain import UnknownModule
+from orchestrator.modules.base import AnalysisModule
+from otel import logs
+from otel.vocabulary import OperationEvent
+
+__all__ = ["ENTRY_POINT_GROUP", "ModuleRegistry"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP: Final = "orchestrator.modules"
+
+
+class ModuleRegistry:
+    def __init__(self, modules: Iterable[AnalysisModule] = ()) -> None:
+        self._modules: dict[str, AnalysisModule] = {}
+        for module in modules:
+            self.register(module)
+
+    @classmethod
+    def default(cls, *, entry_points: bool = True) -> ModuleRegistry:
+        """The built-in modules, plus those registered under ``orchestrator.modules``."""
+        from orchestrator.modules.builtin import BUILTIN_MODULES
+
+        registry = cls(module() for module in BUILTIN_MODULES)
+        if entry_points:
+            registry.load_entry_points()
+        return registry
+
+    def register(self, module: AnalysisModule) -> None:
+        problems = _check(module)
+        if problems:
+            raise TypeError(f"{module!r} is not an analysis module: {'; '.join(problems)}")
+        if module.name in self._modules:
+            raise ValueError(f"a module named {module.name!r} is already registered")
+        self._modules[module.name] = module
+
+    def load_entry_points(self) -> None:
+        """Load third-party modules; a broken one is logged and skipped, never fatal."""
+        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                loaded = entry.load()
+                module = loaded() if isinstance(loaded, type) else loaded
+                self.register(module)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
+                logs.event(
+                    log, logging.ERROR, OperationEvent.ERROR,
+                    f"cannot load module entry point {entry.name!r} ({entry.value}): {exc}",
+                    operation="modules.load", module=entry.name, exc_info=exc,
+                )
+
+    def get(self, name: str) -> AnalysisModule:
+        try:
+            return self._modules[name]
+        except KeyError:
+            known = ", ".join(sorted(self._modules))
+            raise UnknownModule(f"unknown module {name!r} (known: {known})", field="modules", module=name) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._modules)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._modules
+
+    def __iter__(self) -> Iterator[AnalysisModule]:
+        return iter(sorted(self._modules.values(), key=lambda m: m.name))
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+
+def _check(module: object) -> list[str]:
+    problems = []
+    name = getattr(module, "name", None)
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        problems.append("name must be a word (letters, digits, - and _)")
+    for attr in ("expected_runtime", "timeout"):
+        value = getattr(module, attr, None)
+        if not isinstance(value, (int, float)) or value <= 0:
+            problems.append(f"{attr} must be a positive number of seconds")
+    if not callable(getattr(module, "run", None)):
+        problems.append("run(context) is missing")
+    return problems

@@ -1,0 +1,61 @@
+-- Named queries of the SQLite store. Each block starts with "-- name: <name>".
+
+-- name: insert_job
+INSERT INTO jobs (id, project_id, source, modules, options, status, attempt, created_ns, status_ns,
+                  queued_ns, started_ns, finished_ns, reason, error_category, error_phase, results,
+                  trace_id, root_span_id, trace_sampled, trace_link, lease_owner, lease_expires_ns,
+                  cancel_requested)
+VALUES (:id, :project_id, :source, :modules, :options, :status, :attempt, :created_ns, :status_ns,
+        :queued_ns, :started_ns, :finished_ns, :reason, :error_category, :error_phase, :results,
+        :trace_id, :root_span_id, :trace_sampled, :trace_link, :lease_owner, :lease_expires_ns,
+        :cancel_requested);
+
+-- name: insert_history
+INSERT INTO job_history (job_id, seq, status_from, status_to, reason, at_ns, duration_ms, attempt, worker_id)
+VALUES (:job_id,
+        (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_history WHERE job_id = :job_id),
+        :status_from, :status_to, :reason, :at_ns, :duration_ms, :attempt, :worker_id);
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = :id;
+
+-- name: apply_transition
+-- Compare-and-set on (status, attempt): the attempt fences off a worker whose lease
+-- was taken over. Timestamps of each status are set when it is entered.
+UPDATE jobs SET
+    status = :status_to,
+    status_ns = :at_ns,
+    attempt = :new_attempt,
+    reason = :reason,
+    queued_ns = CASE WHEN :status_to = 'queued' THEN :at_ns ELSE queued_ns END,
+    started_ns = CASE WHEN :status_to = 'running' THEN :at_ns ELSE started_ns END,
+    finished_ns = CASE WHEN :status_to IN ('completed', 'failed', 'cancelled') THEN :at_ns ELSE finished_ns END,
+    error_category = COALESCE(:error_category, error_category),
+    error_phase = COALESCE(:error_phase, error_phase),
+    results = COALESCE(:results, results),
+    lease_owner = :lease_owner,
+    lease_expires_ns = :lease_expires_ns,
+    cancel_requested = CASE WHEN :status_to = 'running' THEN cancel_requested ELSE NULL END
+WHERE id = :job_id AND status = :status_from AND attempt = :attempt
+RETURNING *;
+
+-- name: next_claimable
+SELECT id, attempt, status_ns FROM jobs WHERE status = 'queued' ORDER BY queued_ns, id LIMIT 1;
+
+-- name: renew_lease
+UPDATE jobs SET lease_expires_ns = :expires_ns
+WHERE id = :id AND status = 'running' AND lease_owner = :worker_id
+RETURNING id;
+
+-- name: request_cancel
+UPDATE jobs SET cancel_requested = :reason WHERE id = :id AND status = 'running' RETURNING *;
+
+-- name: expired
+SELECT * FROM jobs WHERE status = 'running' AND lease_expires_ns < :now_ns
+ORDER BY lease_expires_ns LIMIT :limit;
+
+-- name: history
+SELECT * FROM job_history WHERE job_id = :job_id ORDER BY seq;
+
+-- name: queue_depth
+SELECT COUNT(*) AS depth FROM jobs WHERE status = 'queued';

@@ -1,0 +1,431 @@
+"""Job telemetry: one event source that derives spans, span events, logs and metrics.
+
+The workflow and the use cases report what happened here (a transition, a module
+finishing, a phase starting); this module turns each report into the log record,
+the span or span event and the metric points of the vocabulary in :mod:`otel.vocabulary`,
+so the three signals can never disagree.
+
+Traces: one per job. The job's trace id and root span id are decided at creation
+and persisted (:class:`TraceContext`); child spans in any process parent on them;
+the root span itself is emitted once, by the process that performs the terminal
+transition, with the job's creation as its start and the persisted lifecycle
+history as its span events, at their true timestamps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from orchestrator.domain import (
+    ErrorCategory,
+    Job,
+    JobStatus,
+    LifecycleEntry,
+    ModuleOutcome,
+    ModuleResult,
+    OrchestratorError,
+    Phase,
+    TraceContext,
+    Transition,
+    lifecycle_event,
+    now_ns,
+)
+from otel import logs
+from otel.ids import forced_ids
+from otel.vocabulary import (
+    INSTRUMENTATION_SCOPE,
+    METRICS,
+    Attr,
+    Metric,
+    MetricKind,
+    MetricSpec,
+    ModuleEvent,
+    SpanName,
+)
+
+__all__ = ["JobTelemetry", "parse_traceparent"]
+
+log = logging.getLogger("orchestrator.lifecycle")
+module_log = logging.getLogger("orchestrator.modules")
+
+_LEVEL_BY_TARGET: Mapping[JobStatus, int] = {
+    JobStatus.FAILED: logging.ERROR,
+    JobStatus.CANCELLED: logging.WARNING,
+}
+_TRACEPARENT = TraceContextTextMapPropagator()
+
+
+def parse_traceparent(value: str | None) -> SpanContext | None:
+    """The span context of a W3C ``traceparent`` header, or None when it is malformed."""
+    if not value:
+        return None
+    ctx = _TRACEPARENT.extract({"traceparent": value.strip()})
+    span_context = trace.get_current_span(ctx).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def _root_span_context(tc: TraceContext) -> SpanContext:
+    return SpanContext(
+        trace_id=int(tc.trace_id, 16),
+        span_id=int(tc.span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if tc.sampled else TraceFlags.DEFAULT),
+    )
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 3)
+
+
+class JobTelemetry:
+    """Turns job events into logs, spans and metrics (all from the same call)."""
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        sampler: Sampler | None = None,
+    ) -> None:
+        self._sampler = sampler
+        self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(INSTRUMENTATION_SCOPE, meter_provider=meter_provider)
+        self._instruments: dict[str, Any] = {spec.name: _create(meter, spec) for spec in METRICS}
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def new_trace(self, *, link: str | None = None) -> TraceContext:
+        """A new job trace, with the sampling decision taken now and persisted, so every
+        process that touches the job honours the same one."""
+        trace_context = TraceContext.new(link=link)
+        if self._sampler is None:
+            return trace_context
+        result = self._sampler.should_sample(None, int(trace_context.trace_id, 16), SpanName.JOB)
+        return replace(trace_context, sampled=result.decision is Decision.RECORD_AND_SAMPLE)
+
+    def root_context(self, job: Job) -> otel_context.Context:
+        """An OpenTelemetry context whose current span is the job's (remote) root."""
+        return trace.set_span_in_context(NonRecordingSpan(_root_span_context(job.trace)))
+
+    def _add(self, spec: MetricSpec, value: float, **attributes: str) -> None:
+        self._instruments[spec.name].add(value, attributes)
+
+    def _record(self, spec: MetricSpec, value: float, **attributes: str) -> None:
+        self._instruments[spec.name].record(value, attributes)
+
+    def _set(self, spec: MetricSpec, value: float, **attributes: str) -> None:
+        self._instruments[spec.name].set(value, attributes)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def created(self, job: Job) -> None:
+        logs.event(
+            log,
+            logging.INFO,
+            lifecycle_event(None, JobStatus.PENDING),
+            "job created",
+            job_id=job.id,
+            project_id=job.project_id,
+            status_to=str(job.status),
+            modules=",".join(job.modules),
+            trace_id=job.trace.trace_id,
+        )
+        self._add(Metric.TRANSITIONS, 1, status_from="none", status_to=str(JobStatus.PENDING))
+
+    def transitioned(self, before: Job, after: Job, t: Transition) -> None:
+        """Log and count one applied transition (the root span event comes from the
+        persisted history when the root span is emitted)."""
+        name = lifecycle_event(t.status_from, t.status_to)
+        logs.event(
+            log,
+            _LEVEL_BY_TARGET.get(t.status_to, logging.INFO),
+            name,
+            f"{t.status_from} -> {t.status_to}: {t.reason}",
+            job_id=after.id,
+            project_id=after.project_id,
+            status_from=str(t.status_from),
+            status_to=str(t.status_to),
+            reason=t.reason,
+            duration_ms=round(t.duration_ms, 3),
+            attempt=t.new_attempt,
+            worker_id=t.worker_id,
+            error_category=t.error_category and str(t.error_category),
+            phase=t.error_phase and str(t.error_phase),
+        )
+        self._add(Metric.TRANSITIONS, 1, status_from=str(t.status_from), status_to=str(t.status_to))
+        self._record(Metric.PHASE_DURATION, t.duration_ms / 1000, phase=str(t.status_from))
+        if t.status_from is JobStatus.QUEUED and t.status_to is JobStatus.RUNNING:
+            self._record(Metric.QUEUE_WAIT, t.duration_ms / 1000)
+            self._queued_span(after, start_ns=t.at_ns - int(t.duration_ms * 1e6), end_ns=t.at_ns)
+        if t.status_from is JobStatus.RUNNING and t.status_to is JobStatus.QUEUED:
+            self._add(Metric.RECOVERIES, 1, reason=t.reason)
+        if t.status_to.terminal:
+            self._record(Metric.JOB_DURATION, (t.at_ns - after.created_ns) / 1e9, status=str(t.status_to))
+        if t.status_to is JobStatus.FAILED:
+            self._add(
+                Metric.FAILURES,
+                1,
+                phase=str(t.error_phase or Phase.EXECUTE),
+                error_category=str(t.error_category or ErrorCategory.INTERNAL),
+            )
+
+    def transition_refused(self, job: Job, target: JobStatus, error: OrchestratorError) -> None:
+        logs.event(
+            log,
+            logging.ERROR,
+            "job.transition.refused",
+            error.message,
+            job_id=job.id,
+            project_id=job.project_id,
+            status_from=str(job.status),
+            status_to=str(target),
+            error_category=str(error.category),
+        )
+
+    def finished(self, job: Job, history: Sequence[LifecycleEntry]) -> None:
+        """Emit the job's root span, once, at its terminal transition."""
+        if not job.trace.sampled or not job.status.terminal:
+            return
+        links = []
+        caller = parse_traceparent(job.trace.link)
+        if caller is not None:
+            links.append(Link(caller, {"link.kind": "caller"}))
+        attributes: dict[str, Any] = {
+            Attr.JOB_ID: job.id,
+            Attr.PROJECT_ID: job.project_id,
+            Attr.MODULE_COUNT: len(job.modules),
+            Attr.ATTEMPT: job.attempt,
+            Attr.STATUS: str(job.status),
+            Attr.REASON: job.reason or "",
+        }
+        if job.error_category:
+            attributes[Attr.ERROR_CATEGORY] = str(job.error_category)
+            attributes[Attr.ERROR_TYPE] = str(job.error_category)
+        if job.error_phase:
+            attributes[Attr.PHASE] = str(job.error_phase)
+        with forced_ids(int(job.trace.trace_id, 16), int(job.trace.span_id, 16)):
+            span = self.tracer.start_span(
+                SpanName.JOB,
+                context=otel_context.Context(),
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+                links=links,
+                start_time=job.created_ns,
+            )
+        for entry in history:
+            span.add_event(
+                str(lifecycle_event(entry.status_from, entry.status_to)),
+                {
+                    Attr.JOB_ID: job.id,
+                    Attr.PROJECT_ID: job.project_id,
+                    Attr.STATUS_FROM: str(entry.status_from or "none"),
+                    Attr.STATUS_TO: str(entry.status_to),
+                    Attr.REASON: entry.reason,
+                    Attr.DURATION_MS: round(entry.duration_ms, 3),
+                    Attr.ATTEMPT: entry.attempt,
+                },
+                timestamp=entry.at_ns,
+            )
+        if job.status is JobStatus.FAILED:
+            span.set_status(Status(StatusCode.ERROR, job.reason))
+        elif job.status is JobStatus.COMPLETED:
+            span.set_status(Status(StatusCode.OK))
+        span.end(end_time=job.finished_ns or now_ns())
+
+    # -- phase spans ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def phase(self, job: Job, name: str, *, start_ns: int | None = None, **attributes: Any) -> Iterator[trace.Span]:
+        """A child span of the job's root (create, execute, finalize, notify)."""
+        span = self.tracer.start_span(
+            name,
+            context=self.root_context(job),
+            start_time=start_ns,
+            attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, **attributes},
+        )
+        started = now_ns()
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            try:
+                yield span
+            except BaseException as exc:
+                _mark_error(span, exc)
+                raise
+            finally:
+                span.end()
+                phase_name = name.removeprefix("job.")
+                self._record(Metric.PHASE_DURATION, (now_ns() - (start_ns or started)) / 1e9, phase=phase_name)
+
+    def _queued_span(self, job: Job, *, start_ns: int, end_ns: int) -> None:
+        span = self.tracer.start_span(
+            SpanName.QUEUED,
+            context=self.root_context(job),
+            start_time=start_ns,
+            attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, Attr.ATTEMPT: job.attempt},
+        )
+        span.end(end_time=end_ns)
+
+    def lost_attempt(self, job: Job, *, reason: str, end_ns: int) -> None:
+        """Close a lost attempt in the trace: an execute span ending in worker_lost."""
+        span = self.tracer.start_span(
+            SpanName.EXECUTE,
+            context=self.root_context(job),
+            start_time=job.started_ns or job.status_ns,
+            attributes={
+                Attr.JOB_ID: job.id,
+                Attr.PROJECT_ID: job.project_id,
+                Attr.ATTEMPT: job.attempt,
+                Attr.WORKER_ID: job.lease_owner or "",
+                Attr.ERROR_TYPE: "worker_lost",
+                Attr.REASON: reason,
+            },
+        )
+        span.set_status(Status(StatusCode.ERROR, f"attempt {job.attempt} lost: {reason}"))
+        span.end(end_time=end_ns)
+
+    # -- modules ----------------------------------------------------------------------
+
+    def module_expected_runtime(self, module: str, seconds: float) -> None:
+        self._set(Metric.MODULE_EXPECTED, seconds, module=module)
+
+    def module_started(self, job: Job, module: str, version: str, expected_s: float) -> trace.Span:
+        span = self.tracer.start_span(
+            SpanName.MODULE,
+            attributes={
+                Attr.JOB_ID: job.id,
+                Attr.PROJECT_ID: job.project_id,
+                Attr.MODULE: module,
+                Attr.MODULE_VERSION: version,
+                Attr.ATTEMPT: job.attempt,
+                Attr.EXPECTED_MS: expected_s * 1000,
+            },
+        )
+        span.add_event(ModuleEvent.SPAWN, {Attr.JOB_ID: job.id, Attr.MODULE: module})
+        logs.event(module_log, logging.INFO, ModuleEvent.SPAWN, f"module {module} spawned", module=module)
+        return span
+
+    def module_finished(self, job: Job, span: trace.Span, result: ModuleResult, exc: BaseException | None) -> None:
+        attrs: dict[str, Any] = {
+            Attr.JOB_ID: job.id,
+            Attr.MODULE: result.module,
+            Attr.DURATION_MS: round(result.duration_ms, 3),
+            Attr.OUTCOME: str(result.outcome),
+        }
+        fields: dict[str, Any] = {
+            "module": result.module,
+            "duration_ms": round(result.duration_ms, 3),
+            "outcome": str(result.outcome),
+            "expected_ms": result.expected_ms,
+        }
+        span.set_attribute(Attr.OUTCOME, str(result.outcome))
+        outcome = result.outcome
+        if outcome is ModuleOutcome.OK:
+            span.add_event(ModuleEvent.COMPLETE, attrs)
+            span.set_status(Status(StatusCode.OK))
+            logs.event(
+                module_log,
+                logging.INFO,
+                ModuleEvent.COMPLETE,
+                f"module {result.module} completed in {fields['duration_ms']} ms",
+                **fields,
+            )
+        elif outcome is ModuleOutcome.CANCELLED:
+            span.add_event(ModuleEvent.ERROR, {**attrs, Attr.ERROR: "cancelled"})
+            span.set_attribute(Attr.ERROR_TYPE, str(ErrorCategory.CANCELLED))
+            logs.event(
+                module_log,
+                logging.WARNING,
+                ModuleEvent.ERROR,
+                f"module {result.module} cancelled",
+                error="cancelled",
+                **fields,
+            )
+        else:
+            event = ModuleEvent.PANIC if outcome is ModuleOutcome.PANIC else ModuleEvent.ERROR
+            if outcome is ModuleOutcome.TIMEOUT:
+                event = ModuleEvent.TIMEOUT
+            category = outcome.category or ErrorCategory.INTERNAL
+            span.add_event(event, {**attrs, Attr.ERROR: result.error or ""})
+            if exc is not None:
+                span.record_exception(exc, attributes={Attr.MODULE: result.module})
+            span.set_status(Status(StatusCode.ERROR, result.error))
+            span.set_attribute(Attr.ERROR_TYPE, str(category))
+            logs.event(
+                module_log,
+                logging.ERROR,
+                event,
+                f"module {result.module} {outcome}: {result.error}",
+                error=result.error,
+                error_category=str(category),
+                exc_info=exc if outcome is ModuleOutcome.PANIC else None,
+                **fields,
+            )
+        self._record(Metric.MODULE_DURATION, result.duration_ms / 1000, module=result.module, outcome=str(outcome))
+        if result.overran:
+            span.add_event(ModuleEvent.OVERRUN, {**attrs, Attr.EXPECTED_MS: result.expected_ms})
+            self._add(Metric.MODULE_OVERRUNS, 1, module=result.module)
+            logs.event(
+                module_log,
+                logging.WARNING,
+                ModuleEvent.OVERRUN,
+                f"module {result.module} ran {fields['duration_ms']} ms, over its expected {result.expected_ms} ms",
+                **fields,
+            )
+        span.end()
+
+    def fanout(self, job: Job, *, done: int, failed: int, cancelled: int, total: int, final: bool) -> None:
+        logs.event(
+            module_log,
+            logging.INFO,
+            ModuleEvent.FANOUT,
+            f"{done}/{total} modules done, {failed} failed" + (f", {cancelled} cancelled" if cancelled else ""),
+            completed=done,
+            failed=failed,
+            cancelled=cancelled,
+            total=total,
+            final=final,
+        )
+        if final:
+            trace.get_current_span().add_event(
+                ModuleEvent.FANOUT,
+                {
+                    Attr.JOB_ID: job.id,
+                    Attr.COMPLETED: done,
+                    Attr.FAILED: failed,
+                    Attr.CANCELLED: cancelled,
+                    Attr.TOTAL: total,
+                },
+            )
+
+    # -- process-level ----------------------------------------------------------------
+
+    def active_jobs(self, delta: int) -> None:
+        self._add(Metric.ACTIVE_JOBS, delta)
+
+    def queue_depth(self, depth: int) -> None:
+        self._set(Metric.QUEUE_DEPTH, depth)
+
+
+def _mark_error(span: trace.Span, exc: BaseException) -> None:
+    category = getattr(exc, "category", None)
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__name__))
+    span.set_attribute(Attr.ERROR_TYPE, str(category) if category else type(exc).__qualname__)
+
+
+def _create(meter: metrics.Meter, spec: MetricSpec) -> Any:
+    if spec.kind is MetricKind.COUNTER:
+        return meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+    if spec.kind is MetricKind.UP_DOWN_COUNTER:
+        return meter.create_up_down_counter(spec.name, unit=spec.unit, description=spec.description)
+    if spec.kind is MetricKind.GAUGE:
+        return meter.create_gauge(spec.name, unit=spec.unit, description=spec.description)
+    return meter.create_histogram(spec.name, unit=spec.unit, description=spec.description)

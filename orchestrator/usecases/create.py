@@ -1,0 +1,181 @@
+"""``CreateAnalysisJobUseCase``: validate, persist Pending, enqueue -> Queued."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.domain import (
+    ErrorCategory,
+    FailurePolicy,
+    InvalidRequest,
+    Job,
+    JobOptions,
+    JobStatus,
+    OrchestratorError,
+    Phase,
+)
+from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.telemetry import JobTelemetry, parse_traceparent
+from orchestrator.workflow import JobWorkflow
+from otel import logs
+from otel.instrument import instrument
+from otel.vocabulary import SpanName
+
+__all__ = ["LIMITS", "CreateAnalysisJobUseCase", "CreateJobRequest", "JobOptionsInput"]
+
+log = logging.getLogger(__name__)
+
+
+class Limits:
+    MAX_MODULES = 64
+    MAX_OPTIONS_BYTES = 64 * 1024
+    MAX_SOURCE_CHARS = 4096
+    MAX_CONCURRENCY = 64
+
+
+LIMITS = Limits()
+
+ModuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+
+
+class JobOptionsInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    failure_policy: FailurePolicy = FailurePolicy.COMPLETE_ALL
+    concurrency: int | None = Field(default=None, ge=1, le=Limits.MAX_CONCURRENCY)
+    module_options: dict[ModuleName, dict[str, Any]] = Field(default_factory=dict)
+
+
+class CreateJobRequest(BaseModel):
+    """What a caller asks for. Validated at the edge (CLI, API) by pydantic."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    project_id: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Project identifier: letters, digits and . _ : / -",
+    )
+    source: str = Field(min_length=1, max_length=Limits.MAX_SOURCE_CHARS, description="Local path to analyse")
+    modules: list[ModuleName] | None = Field(
+        default=None, max_length=Limits.MAX_MODULES, description="Modules to run (default: all registered)"
+    )
+    options: JobOptionsInput = Field(default_factory=JobOptionsInput)
+    traceparent: str | None = Field(default=None, max_length=128, description="Caller's W3C traceparent")
+
+
+def validation_error(exc: pydantic.ValidationError) -> InvalidRequest:
+    """The first problem of a pydantic error as one readable, typed error."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "request"
+    return InvalidRequest(f"{field}: {first['msg']}", field=field, phase=Phase.CREATE)
+
+
+class CreateAnalysisJobUseCase:
+    def __init__(self, workflow: JobWorkflow, registry: ModuleRegistry, telemetry: JobTelemetry) -> None:
+        self._workflow = workflow
+        self._registry = registry
+        self._telemetry = telemetry
+
+    @instrument(
+        "usecase.create_job",
+        fields=lambda self, request, **_: {"project_id": getattr(request, "project_id", None)},
+    )
+    async def execute(self, request: CreateJobRequest | dict[str, Any]) -> Job:
+        """Validate ``request``, persist the job Pending, enqueue it. Returns it Queued."""
+        if not isinstance(request, CreateJobRequest):
+            try:
+                request = CreateJobRequest.model_validate(request)
+            except pydantic.ValidationError as exc:
+                raise validation_error(exc) from None
+        modules, options, source = self._validate(request)
+        link = request.traceparent if parse_traceparent(request.traceparent) else None
+        if request.traceparent and link is None:
+            logs.event(
+                log,
+                logging.WARNING,
+                "job.traceparent.ignored",
+                "malformed traceparent ignored",
+                project_id=request.project_id,
+            )
+        trace_context = self._telemetry.new_trace(link=link)
+        job = Job.new(
+            project_id=request.project_id,
+            source=str(source),
+            modules=modules,
+            options=options,
+            trace=trace_context,
+        )
+        with self._telemetry.phase(job, SpanName.CREATE, start_ns=job.created_ns):
+            job = await self._workflow.create(job)
+            try:
+                return await self._workflow.transition(job, JobStatus.QUEUED, reason="enqueued")
+            except OrchestratorError as exc:
+                await self._fail_unqueued(job, exc)
+                raise
+
+    def _validate(self, request: CreateJobRequest) -> tuple[tuple[str, ...], JobOptions, Path]:
+        names = request.modules if request.modules else self._registry.names()
+        duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+        if duplicates:
+            raise InvalidRequest(f"modules: listed more than once: {', '.join(duplicates)}", field="modules")
+        for name in names:
+            self._registry.get(name)  # raises UnknownModule
+        unknown_options = sorted(set(request.options.module_options) - set(names))
+        if unknown_options:
+            raise InvalidRequest(
+                f"options.module_options: not among the job's modules: {', '.join(unknown_options)}",
+                field="options.module_options",
+            )
+        if len(json.dumps(request.options.module_options, default=str)) > Limits.MAX_OPTIONS_BYTES:
+            raise InvalidRequest(
+                f"options.module_options: larger than {Limits.MAX_OPTIONS_BYTES} bytes",
+                field="options.module_options",
+            )
+        source = _check_source(request.source)
+        options = JobOptions(
+            failure_policy=request.options.failure_policy,
+            concurrency=request.options.concurrency,
+            module_options=request.options.module_options,
+        )
+        return tuple(names), options, source
+
+    async def _fail_unqueued(self, job: Job, exc: OrchestratorError) -> None:
+        """Pending -> Failed when the job could not be queued (best effort: the store
+        may be what failed)."""
+        # A failure here was logged at its source; the job stays Pending, visible in
+        # `orchestrator jobs --status pending`.
+        with contextlib.suppress(OrchestratorError):
+            await self._workflow.transition(
+                job,
+                JobStatus.FAILED,
+                reason=f"could not be queued: {exc.message}",
+                error_category=exc.category if exc.category is not ErrorCategory.INTERNAL else ErrorCategory.QUEUE,
+                error_phase=Phase.ENQUEUE,
+            )
+
+
+def _check_source(raw: str) -> Path:
+    if "\x00" in raw:
+        raise InvalidRequest("source: contains a NUL character", field="source")
+    path = Path(raw).expanduser()
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc})"
+        raise InvalidRequest(f"source: {raw} {reason}", field="source") from None
+    if not (resolved.is_dir() or resolved.is_file()):
+        raise InvalidRequest(f"source: {raw} is neither a directory nor a regular file", field="source")
+    if not os.access(resolved, os.R_OK):
+        raise InvalidRequest(f"source: {raw} is not readable", field="source")
+    return resolved

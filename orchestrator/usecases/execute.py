@@ -1,0 +1,304 @@
+"""``ExecuteAnalysisJobUseCase``: a claimed (Running) job's modules in parallel, then
+its terminal transition.
+
+Modules run in an anyio task group under a concurrency limit, each with a hard
+timeout; an overrun of the expected runtime is a warning, not a failure. The
+failure policy decides whether a failure cancels the rest (``fail_fast``) or every
+module runs (``complete_all``). Cancellation is cooperative: :class:`JobControl`
+cancels the job's scope, the modules see it, and the job ends Cancelled (a user's
+request) or goes back to the queue (a worker shutting down). Nothing a module does
+can escape: module errors, timeouts and panics all become results.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+from opentelemetry import trace
+
+from orchestrator.domain import (
+    ErrorCategory,
+    FailurePolicy,
+    Job,
+    JobStatus,
+    ModuleError,
+    ModuleOutcome,
+    ModuleResult,
+    OrchestratorError,
+    Phase,
+    TransitionConflict,
+    now_ns,
+)
+from orchestrator.modules.base import AnalysisModule, ModuleContext
+from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.telemetry import JobTelemetry
+from orchestrator.workflow import JobWorkflow
+from otel import context, logs
+from otel.instrument import instrument
+from otel.vocabulary import OperationEvent, SpanName
+
+__all__ = ["CancelKind", "ExecuteAnalysisJobUseCase", "JobControl"]
+
+log = logging.getLogger(__name__)
+
+
+class CancelKind(enum.StrEnum):
+    #: A user asked: the job ends Cancelled.
+    USER = "user"
+    #: The worker is shutting down: the job goes back to the queue.
+    SHUTDOWN = "shutdown"
+    #: The worker no longer holds the lease: another worker owns the job now.
+    LEASE_LOST = "lease_lost"
+
+
+@dataclass
+class JobControl:
+    """Cancels one running job from outside (the worker's heartbeat, a signal)."""
+
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    kind: CancelKind | None = None
+    reason: str | None = None
+
+    def cancel(self, kind: CancelKind, reason: str) -> None:
+        if self.kind is None:
+            self.kind, self.reason = kind, reason
+        self.scope.cancel()
+
+
+class ExecuteAnalysisJobUseCase:
+    def __init__(
+        self,
+        workflow: JobWorkflow,
+        registry: ModuleRegistry,
+        telemetry: JobTelemetry,
+        *,
+        module_concurrency: int = 8,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
+        self._workflow = workflow
+        self._registry = registry
+        self._telemetry = telemetry
+        self._module_concurrency = module_concurrency
+        self._clock = clock
+
+    @instrument("usecase.execute_job", fields=lambda self, job, **_: job.log_fields())
+    async def execute(self, job: Job, *, control: JobControl | None = None, worker_id: str | None = None) -> Job:
+        """Run a Running job's modules and move it to its terminal status.
+
+        Returns the job as stored afterwards. When the worker lost the job's lease,
+        nothing is written and the job is returned unchanged.
+        """
+        if job.status is not JobStatus.RUNNING:
+            raise TransitionConflict(job.id, JobStatus.RUNNING, job.status, JobStatus.COMPLETED)
+        control = control or JobControl()
+        with self._telemetry.phase(
+            job, SpanName.EXECUTE, attempt=job.attempt, worker_id=worker_id or "", module_count=len(job.modules)
+        ):
+            results = await self._fan_out(job, control)
+        return await self._finalize(job, results, control, worker_id)
+
+    # -- fan-out ----------------------------------------------------------------------
+
+    async def _fan_out(self, job: Job, control: JobControl) -> tuple[ModuleResult, ...]:
+        total = len(job.modules)
+        results: dict[str, ModuleResult] = {}
+        limiter = anyio.CapacityLimiter(job.options.concurrency or self._module_concurrency)
+        fail_fast = job.options.failure_policy is FailurePolicy.FAIL_FAST
+
+        def counts() -> tuple[int, int, int]:
+            done = sum(1 for r in results.values() if r.outcome is ModuleOutcome.OK)
+            failed = sum(1 for r in results.values() if r.outcome.failed)
+            cancelled = sum(1 for r in results.values() if r.outcome is ModuleOutcome.CANCELLED)
+            return done, failed, cancelled
+
+        def on_result(result: ModuleResult) -> None:
+            results[result.module] = result
+            done, failed, cancelled = counts()
+            self._telemetry.fanout(job, done=done, failed=failed, cancelled=cancelled, total=total, final=False)
+            if fail_fast and result.outcome.failed:
+                fan_out_scope.cancel()
+
+        with control.scope:
+            async with anyio.create_task_group() as tg:
+                fan_out_scope = tg.cancel_scope
+                for name in job.modules:
+                    tg.start_soon(self._run_module, job, name, limiter, on_result, name=f"module:{name}")
+        for name in job.modules:  # modules cancelled before they started
+            if name not in results:
+                results[name] = self._not_started(job, name)
+        done, failed, cancelled = counts()
+        self._telemetry.fanout(job, done=done, failed=failed, cancelled=cancelled, total=total, final=True)
+        return tuple(results[name] for name in job.modules)
+
+    async def _run_module(
+        self,
+        job: Job,
+        name: str,
+        limiter: anyio.CapacityLimiter,
+        on_result: Callable[[ModuleResult], None],
+    ) -> None:
+        module = self._registry.get(name)
+        self._telemetry.module_expected_runtime(name, module.expected_runtime)
+        async with limiter:
+            with context.bound(module=name):
+                span = self._telemetry.module_started(job, name, module.version, module.expected_runtime)
+                ctx = ModuleContext(
+                    job_id=job.id,
+                    project_id=job.project_id,
+                    source=Path(job.source),
+                    module=name,
+                    attempt=job.attempt,
+                    options=job.options.module_options.get(name, {}),
+                )
+                started_ns, started = self._clock(), time.perf_counter()
+                outcome, summary, error = ModuleOutcome.OK, {}, None
+                exc: BaseException | None = None
+                try:
+                    with _active(span), anyio.fail_after(module.timeout):
+                        summary = _json_summary(await module.run(ctx))
+                except ModuleError as caught:
+                    outcome, error, exc = ModuleOutcome.ERROR, caught.message, caught
+                except TimeoutError as caught:
+                    outcome, error, exc = ModuleOutcome.TIMEOUT, f"exceeded its {module.timeout} s timeout", caught
+                except anyio.get_cancelled_exc_class():
+                    outcome, error = ModuleOutcome.CANCELLED, "cancelled"
+                    raise
+                except (Exception, SystemExit) as caught:  # noqa: BLE001 - a panic never escapes
+                    outcome, error, exc = ModuleOutcome.PANIC, f"{type(caught).__name__}: {caught}", caught
+                finally:
+                    if outcome is not ModuleOutcome.OK:
+                        ctx.cancel()  # stops the module's worker threads
+                    elapsed = time.perf_counter() - started
+                    result = _result(module, job, outcome, started_ns, elapsed, summary, error, exc)
+                    self._telemetry.module_finished(job, span, result, exc)
+                    on_result(result)
+
+    def _not_started(self, job: Job, name: str) -> ModuleResult:
+        module = self._registry.get(name)
+        reason = "cancelled before it started"
+        return _result(module, job, ModuleOutcome.CANCELLED, self._clock(), 0.0, {}, reason, None)
+
+    # -- finalize ---------------------------------------------------------------------
+
+    async def _finalize(
+        self, job: Job, results: tuple[ModuleResult, ...], control: JobControl, worker_id: str | None
+    ) -> Job:
+        if control.kind is CancelKind.LEASE_LOST:
+            logs.event(
+                log,
+                logging.WARNING,
+                OperationEvent.LEASE_LOST,
+                "lease lost: another worker owns this job now; results discarded",
+                reason=control.reason,
+                attempt=job.attempt,
+            )
+            return job
+        target, reason, category = _verdict(results, control)
+        with anyio.CancelScope(shield=True), self._telemetry.phase(job, SpanName.FINALIZE) as span:
+            span.set_attribute("status_to", str(target))
+            try:
+                final = await self._workflow.transition(
+                    job,
+                    target,
+                    reason=reason,
+                    error_category=category,
+                    error_phase=Phase.EXECUTE if category else None,
+                    results=results,
+                    worker_id=worker_id,
+                )
+            except TransitionConflict:
+                raise  # someone else moved it (a reaper after our lease expired): theirs stands
+            except OrchestratorError as exc:
+                final = await self._fail_finalize(job, exc, results, worker_id)
+        return final
+
+    async def _fail_finalize(
+        self, job: Job, exc: OrchestratorError, results: tuple[ModuleResult, ...], worker_id: str | None
+    ) -> Job:
+        """The terminal write failed (e.g. results the store refused): fail the job with
+        the error's category in the finalize phase, without the results."""
+        category = exc.category if exc.category is not ErrorCategory.INTERNAL else ErrorCategory.PERSISTENCE
+        return await self._workflow.transition(
+            job,
+            JobStatus.FAILED,
+            reason=f"finalize failed: {exc.message}",
+            error_category=category,
+            error_phase=Phase.FINALIZE,
+            results=tuple(_strip(r) for r in results),
+            worker_id=worker_id,
+        )
+
+
+def _verdict(results: tuple[ModuleResult, ...], control: JobControl) -> tuple[JobStatus, str, ErrorCategory | None]:
+    if control.kind is CancelKind.USER:
+        return JobStatus.CANCELLED, control.reason or "cancelled", ErrorCategory.CANCELLED
+    if control.kind is CancelKind.SHUTDOWN:
+        return JobStatus.QUEUED, control.reason or "worker_shutdown", None
+    failed = sorted((r for r in results if r.outcome.failed), key=lambda r: r.started_ns + r.duration_ms * 1e6)
+    overruns = [r.module for r in results if r.overran and r.outcome is ModuleOutcome.OK]
+    if failed:
+        detail = "; ".join(f"{r.module} ({r.outcome.category}): {r.error}" for r in failed)
+        category = failed[0].outcome.category
+        return JobStatus.FAILED, f"{len(failed)} of {len(results)} modules failed: {detail}", category
+    reason = f"all {len(results)} modules completed"
+    if overruns:
+        reason += f"; {', '.join(overruns)} exceeded expected runtime"
+    return JobStatus.COMPLETED, reason, None
+
+
+def _result(
+    module: AnalysisModule,
+    job: Job,
+    outcome: ModuleOutcome,
+    started_ns: int,
+    seconds: float,
+    summary: dict[str, Any],
+    error: str | None,
+    exc: BaseException | None,
+) -> ModuleResult:
+    return ModuleResult(
+        module=module.name,
+        version=module.version,
+        outcome=outcome,
+        started_ns=started_ns,
+        duration_ms=round(seconds * 1000, 3),
+        expected_ms=module.expected_runtime * 1000,
+        timeout_ms=module.timeout * 1000,
+        attempt=job.attempt,
+        summary=summary,
+        error=error,
+        error_type=type(exc).__name__ if exc is not None else None,
+    )
+
+
+_MAX_SUMMARY_BYTES = 256 * 1024
+
+
+def _json_summary(value: object) -> dict[str, Any]:
+    """A module's summary, checked: a JSON object of bounded size, or a ModuleError."""
+    if not isinstance(value, dict):
+        raise ModuleError(f"returned {type(value).__name__}, not a JSON object")
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModuleError(f"returned a summary that is not JSON-serialisable: {exc}") from None
+    if len(encoded) > _MAX_SUMMARY_BYTES:
+        raise ModuleError(f"returned a summary of {len(encoded)} bytes (limit {_MAX_SUMMARY_BYTES})")
+    return value
+
+
+def _active(span: trace.Span) -> Any:
+    """Make ``span`` current without letting use_span record the exception a second time."""
+    return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+
+
+def _strip(result: ModuleResult) -> ModuleResult:
+    return replace(result, summary={"dropped": "summary could not be stored"})

@@ -1,0 +1,209 @@
+"""``JobWorkflow``: the one place where a job's status changes.
+
+It validates each change against the transition table, has the store apply it as a
+compare-and-set with its lifecycle-history row in the same transaction, and reports
+it to telemetry (log record, root-span event, metrics) from that single point.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from orchestrator.domain import (
+    ErrorCategory,
+    IllegalTransition,
+    Job,
+    JobStatus,
+    ModuleResult,
+    Phase,
+    Transition,
+    TransitionConflict,
+    is_legal,
+    now_ns,
+)
+from orchestrator.stores import JobStore
+from orchestrator.telemetry import JobTelemetry
+from otel import logs
+from otel.instrument import instrument
+from otel.vocabulary import OperationEvent
+
+__all__ = ["JobWorkflow"]
+
+log = logging.getLogger(__name__)
+
+
+def _job_fields(self: object, job: Job, target: JobStatus | None = None, **_: Any) -> dict[str, Any]:
+    return {"job_id": job.id, "project_id": job.project_id, "status_to": target and str(target)}
+
+
+class JobWorkflow:
+    def __init__(
+        self,
+        store: JobStore,
+        telemetry: JobTelemetry,
+        *,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
+        self.store = store
+        self.telemetry = telemetry
+        self._clock = clock
+
+    @instrument("workflow.create", fields=_job_fields, level=logging.DEBUG)
+    async def create(self, job: Job) -> Job:
+        """Persist a new Pending job (and its creation history row)."""
+        if job.status is not JobStatus.PENDING:
+            raise IllegalTransition(job.id, job.status, JobStatus.PENDING, project_id=job.project_id)
+        await self.store.insert(job)
+        self.telemetry.created(job)
+        return job
+
+    @instrument("workflow.transition", fields=_job_fields, level=logging.DEBUG)
+    async def transition(
+        self,
+        job: Job,
+        target: JobStatus,
+        *,
+        reason: str,
+        error_category: ErrorCategory | None = None,
+        error_phase: Phase | None = None,
+        results: tuple[ModuleResult, ...] | None = None,
+        worker_id: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> Job:
+        """Move ``job`` from its current status to ``target``.
+
+        Raises :class:`IllegalTransition` when the table forbids it and
+        :class:`TransitionConflict` when another process changed the job first.
+        """
+        if not is_legal(job.status, target):
+            error = IllegalTransition(job.id, job.status, target, project_id=job.project_id)
+            self.telemetry.transition_refused(job, target, error)
+            raise error
+        at = self._clock()
+        recovering = job.status is JobStatus.RUNNING and target is JobStatus.QUEUED
+        transition = Transition(
+            job_id=job.id,
+            status_from=job.status,
+            status_to=target,
+            reason=reason,
+            at_ns=at,
+            duration_ms=max(0.0, (at - job.status_ns) / 1e6),
+            attempt=job.attempt,
+            new_attempt=job.attempt + 1 if recovering else job.attempt,
+            worker_id=worker_id,
+            error_category=error_category,
+            error_phase=error_phase,
+            results=results,
+            lease_owner=worker_id if lease_seconds else None,
+            lease_expires_ns=at + int(lease_seconds * 1e9) if lease_seconds else None,
+        )
+        try:
+            updated = await self.store.apply(transition)
+        except TransitionConflict as conflict:
+            self.telemetry.transition_refused(job, target, conflict)
+            raise
+        self.telemetry.transitioned(job, updated, transition)
+        if updated.status.terminal and updated.trace.sampled:
+            self.telemetry.finished(updated, await self.store.history(updated.id))
+        return updated
+
+    @instrument("workflow.claim", fields=lambda self, worker_id, **_: {"worker_id": worker_id}, level=logging.DEBUG)
+    async def claim(self, worker_id: str, *, lease_seconds: float) -> Job | None:
+        """Claim the oldest Queued job for ``worker_id`` (Queued -> Running, leased)."""
+        at = self._clock()
+        job = await self.store.claim(worker_id=worker_id, lease_ns=int(lease_seconds * 1e9), now_ns=at)
+        if job is None:
+            return None
+        queued = Transition(
+            job_id=job.id,
+            status_from=JobStatus.QUEUED,
+            status_to=JobStatus.RUNNING,
+            reason="claimed",
+            at_ns=job.status_ns,
+            duration_ms=max(0.0, (job.status_ns - (job.queued_ns or job.status_ns)) / 1e6),
+            attempt=job.attempt,
+            new_attempt=job.attempt,
+            worker_id=worker_id,
+        )
+        self.telemetry.transitioned(_as_queued(job), job, queued)
+        return job
+
+    async def start(self, job: Job, *, worker_id: str, lease_seconds: float) -> Job:
+        """Start one given Queued job on ``worker_id`` (Queued -> Running, leased)."""
+        return await self.transition(
+            job, JobStatus.RUNNING, reason="claimed", worker_id=worker_id, lease_seconds=lease_seconds
+        )
+
+    @instrument("workflow.recover", fields=_job_fields, level=logging.DEBUG)
+    async def recover(self, job: Job, *, max_attempts: int, worker_id: str | None = None) -> Job:
+        """A Running job whose lease expired: its worker is gone. Close the lost attempt
+        in the trace, then requeue it (attempt + 1), or fail it with ``worker_lost``
+        once it has used ``max_attempts``, or cancel it if a cancel was requested."""
+        self.telemetry.lost_attempt(job, reason="lease_expired", end_ns=self._clock())
+        if job.cancel_requested:
+            return await self.transition(
+                job,
+                JobStatus.CANCELLED,
+                reason=job.cancel_requested,
+                error_category=ErrorCategory.CANCELLED,
+                error_phase=Phase.EXECUTE,
+                worker_id=worker_id,
+            )
+        if job.attempt >= max_attempts:
+            return await self.transition(
+                job,
+                JobStatus.FAILED,
+                reason=f"worker_lost: lease expired on attempt {job.attempt} of {max_attempts}",
+                error_category=ErrorCategory.QUEUE,
+                error_phase=Phase.EXECUTE,
+                worker_id=worker_id,
+            )
+        return await self.transition(job, JobStatus.QUEUED, reason="lease_expired", worker_id=worker_id)
+
+    @instrument(
+        "workflow.cancel",
+        fields=lambda self, job_id, **_: {"job_id": job_id},
+        level=logging.DEBUG,
+    )
+    async def cancel(self, job_id: str, *, reason: str = "cancelled by user") -> Job:
+        """Cancel a job: at once when Pending or Queued; a Running job is flagged and
+        its worker cancels its modules and ends it Cancelled within a bounded time."""
+        for _ in range(3):
+            job = await self.store.get(job_id)
+            if job.status is JobStatus.RUNNING:
+                flagged = await self.store.request_cancel(job_id, reason)
+                if flagged.status is JobStatus.RUNNING:
+                    logs.event(
+                        log,
+                        logging.INFO,
+                        OperationEvent.CANCEL_REQUESTED,
+                        "cancellation requested",
+                        reason=reason,
+                        **job.log_fields(),
+                    )
+                    return flagged
+                continue  # it finished meanwhile: read again
+            try:
+                return await self.transition(
+                    job,
+                    JobStatus.CANCELLED,
+                    reason=reason,
+                    error_category=ErrorCategory.CANCELLED,
+                    error_phase=_phase_of(job.status),
+                )
+            except TransitionConflict:
+                continue  # claimed or finished meanwhile: read again
+        job = await self.store.get(job_id)
+        raise IllegalTransition(job.id, job.status, JobStatus.CANCELLED, project_id=job.project_id)
+
+
+def _phase_of(status: JobStatus) -> Phase:
+    return {JobStatus.PENDING: Phase.CREATE, JobStatus.QUEUED: Phase.QUEUED}.get(status, Phase.EXECUTE)
+
+
+def _as_queued(job: Job) -> Job:
+    """The job as it was just before the claim (for telemetry of the claim)."""
+    return replace(job, status=JobStatus.QUEUED, status_ns=job.queued_ns or job.status_ns)

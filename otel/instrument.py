@@ -1,0 +1,121 @@
+"""``@instrument``: structured context at the start and finish of a public entry point.
+
+The counterpart of Rust's ``#[instrument]``. It binds the entry point's context fields
+(job_id, project_id, module, ...) for everything logged inside it, logs
+``operation.start`` and ``operation.finish`` with the elapsed time, and logs
+``operation.error`` with the error's category when the call raises. Expensive work
+(the logger, the coroutine check) happens once, at decoration time.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ParamSpec, TypeVar, cast
+
+from otel import context, logs
+from otel.vocabulary import OperationEvent
+
+__all__ = ["instrument"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+FieldsFn = Callable[..., Mapping[str, Any]]
+
+
+def instrument(
+    operation: str,
+    *,
+    fields: FieldsFn | None = None,
+    level: int = logging.INFO,
+    logger: logging.Logger | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a public entry point named ``operation``.
+
+    ``fields`` receives the call's arguments and returns the context fields to bind.
+    Errors with a ``context()`` method (the project's typed errors) contribute their
+    fields to the error record; their category decides nothing about control flow.
+    """
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        log = logger or logging.getLogger(fn.__module__)
+        signature = inspect.signature(fn)
+
+        def bind_fields(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Mapping[str, Any]:
+            if fields is None:
+                return {}
+            bound = signature.bind_partial(*args, **kwargs)
+            return fields(**bound.arguments)
+
+        def on_error(exc: BaseException, started: float) -> None:
+            elapsed = _elapsed_ms(started)
+            extra = exc.context() if hasattr(exc, "context") else {"error": str(exc)}
+            extra.setdefault("error.type", type(exc).__name__)
+            logs.event(
+                log,
+                logging.WARNING,
+                OperationEvent.ERROR,
+                f"{operation} failed after {elapsed} ms: {exc}",
+                operation=operation,
+                elapsed_ms=elapsed,
+                **extra,
+            )
+
+        if inspect.iscoroutinefunction(fn):
+            async_fn = cast(Callable[P, Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with context.bound(**bind_fields(args, kwargs)):
+                    started = time.perf_counter()
+                    logs.event(log, level, OperationEvent.START, f"{operation} started", operation=operation)
+                    try:
+                        result = await async_fn(*args, **kwargs)
+                    except Exception as exc:
+                        on_error(exc, started)
+                        raise
+                    elapsed = _elapsed_ms(started)
+                    logs.event(
+                        log,
+                        level,
+                        OperationEvent.FINISH,
+                        f"{operation} finished in {elapsed} ms",
+                        operation=operation,
+                        elapsed_ms=elapsed,
+                    )
+                    return result
+
+            return cast(Callable[P, R], async_wrapper)
+
+        @functools.wraps(fn)
+        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with context.bound(**bind_fields(args, kwargs)):
+                started = time.perf_counter()
+                logs.event(log, level, OperationEvent.START, f"{operation} started", operation=operation)
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as exc:
+                    on_error(exc, started)
+                    raise
+                elapsed = _elapsed_ms(started)
+                logs.event(
+                    log,
+                    level,
+                    OperationEvent.FINISH,
+                    f"{operation} finished in {elapsed} ms",
+                    operation=operation,
+                    elapsed_ms=elapsed,
+                )
+                return result
+
+        return sync_wrapper
+
+    return decorate
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

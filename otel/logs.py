@@ -1,0 +1,242 @@
+"""Structured logging on top of the standard library.
+
+``logging`` stays the interface: modules log with ``logging.getLogger(__name__)`` and
+users' own handlers keep working. What this module adds:
+
+* :func:`event` writes a record with an event name from the vocabulary and context
+  fields (``extra``) in one call;
+* :class:`ContextFilter` copies the fields bound with :mod:`otel.context` and the ids
+  of the active span onto every record;
+* :class:`JsonFormatter` (JSON lines, the default when stderr is not a terminal) and
+  :class:`ConsoleFormatter` (for humans);
+* :func:`configure_logging` installs them on the ``orchestrator`` and ``otel`` loggers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import IO, Any, Final, Literal
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.util.types import AnyValue
+
+from otel import context
+
+__all__ = [
+    "EVENT_KEY",
+    "FIELDS_KEY",
+    "OtlpLogHandler",
+    "ConsoleFormatter",
+    "ContextFilter",
+    "JsonFormatter",
+    "RateLimitedLog",
+    "configure_logging",
+    "event",
+    "record_fields",
+]
+
+#: The record attribute holding the event name. The OpenTelemetry logging handler
+#: promotes this key to the log record's first-class ``event_name``.
+EVENT_KEY: Final = "otel.event.name"
+#: The record attribute holding the structured fields (see :func:`event`).
+FIELDS_KEY: Final = "orchestrator_fields"
+_TRACE_KEY: Final = "otelTraceID"
+_SPAN_KEY: Final = "otelSpanID"
+_OWN_KEYS: Final = frozenset({EVENT_KEY, FIELDS_KEY, _TRACE_KEY, _SPAN_KEY})
+
+# Attributes every LogRecord has; anything else on a record is a structured field.
+_STANDARD_ATTRS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+LOGGER_NAMES: Final = ("orchestrator", "otel", "benchmarks")
+
+
+def event(
+    logger: logging.Logger,
+    level: int,
+    name: str,
+    message: str,
+    /,
+    *,
+    exc_info: bool | BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """Log ``message`` as event ``name`` with structured ``fields``."""
+    if not logger.isEnabledFor(level):
+        return
+    # Fields travel in one record attribute: names such as "module" are taken by
+    # LogRecord's own attributes and could not be passed through ``extra`` directly.
+    extra = {FIELDS_KEY: {k: v for k, v in fields.items() if v is not None}, EVENT_KEY: name}
+    logger.log(level, message, extra=extra, exc_info=exc_info, stacklevel=2)
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields of a record: ours, and any other ``extra`` a library gave."""
+    found = {
+        k: v
+        for k, v in vars(record).items()
+        if k not in _STANDARD_ATTRS and k not in _OWN_KEYS and not k.startswith("_")
+    }
+    found.update(getattr(record, FIELDS_KEY, None) or {})
+    return found
+
+
+class ContextFilter(logging.Filter):
+    """Adds bound context fields and the active span's ids to each record.
+
+    Fields given explicitly with ``extra`` win over bound ones. The OTLP handler takes
+    the ids from the active context itself, so it uses ``trace_ids=False``.
+    """
+
+    def __init__(self, *, trace_ids: bool = True) -> None:
+        super().__init__()
+        self._trace_ids = trace_ids
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        attrs = record.__dict__
+        bound = context.current_fields()
+        if bound:
+            attrs[FIELDS_KEY] = {**bound, **(attrs.get(FIELDS_KEY) or {})}
+        if self._trace_ids and _TRACE_KEY not in attrs:
+            span_context = trace.get_current_span().get_span_context()
+            if span_context.is_valid:
+                attrs[_TRACE_KEY] = format(span_context.trace_id, "032x")
+                attrs[_SPAN_KEY] = format(span_context.span_id, "016x")
+        return True
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, event, message, fields, trace ids."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="microseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, EVENT_KEY, None),
+            "message": record.getMessage(),
+        }
+        payload.update(record_fields(record))
+        trace_id = getattr(record, _TRACE_KEY, None)
+        if trace_id:
+            payload["trace_id"] = trace_id
+            payload["span_id"] = getattr(record, _SPAN_KEY, None)
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=_json_default, ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``HH:MM:SS LEVEL event message key=value ...`` for people at a terminal."""
+
+    _COLORS: Final[Mapping[int, str]] = {
+        logging.DEBUG: "\x1b[2m",
+        logging.INFO: "\x1b[36m",
+        logging.WARNING: "\x1b[33m",
+        logging.ERROR: "\x1b[31m",
+        logging.CRITICAL: "\x1b[1;31m",
+    }
+
+    def __init__(self, *, color: bool) -> None:
+        super().__init__()
+        self._color = color
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        level = record.levelname.ljust(7)
+        if self._color:
+            level = f"{self._COLORS.get(record.levelno, '')}{level}\x1b[0m"
+        name = getattr(record, EVENT_KEY, None) or record.name
+        fields = " ".join(f"{k}={v}" for k, v in record_fields(record).items())
+        line = f"{stamp} {level} {name:<24} {record.getMessage()}"
+        if fields:
+            line = f"{line}  {fields}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+class OtlpLogHandler(LoggingHandler):
+    """The logging instrumentation's OTLP handler, with our structured fields (event
+    name, job_id, module, ...) flattened into the log record's attributes."""
+
+    def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, AnyValue], str | None]:
+        attributes, event_name = super()._get_attributes(record)
+        for key in _OWN_KEYS:
+            attributes.pop(key, None)
+        for key, value in (getattr(record, FIELDS_KEY, None) or {}).items():
+            attributes[key] = value if isinstance(value, (str, bool, int, float)) else str(value)
+        return attributes, event_name
+
+
+class RateLimitedLog:
+    """Lets one record through per ``interval`` seconds and counts the ones held back.
+
+    Used for degraded paths that can repeat quickly (telemetry export failures, a
+    store that is down) so that they are logged once with context, not as a flood.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last = -float("inf")
+        self.suppressed = 0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        count, self.suppressed = self.suppressed, 0
+        return count
+
+
+LogFormat = Literal["auto", "json", "console"]
+
+
+def configure_logging(
+    level: int | str = logging.INFO,
+    fmt: LogFormat = "auto",
+    stream: IO[str] | None = None,
+) -> logging.Handler:
+    """Install one stream handler with the context filter on the root logger.
+
+    The project's loggers log at ``level``; other libraries' records pass at warning
+    and above. Idempotent: calling it again replaces the handler it installed before.
+    """
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter(color=stream.isatty()))
+    handler.addFilter(ContextFilter())
+    handler.set_name("orchestrator-stream")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "orchestrator-stream"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    for name in LOGGER_NAMES:
+        logging.getLogger(name).setLevel(level)
+    return handler

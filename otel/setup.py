@@ -1,0 +1,349 @@
+"""OpenTelemetry providers, configured from the standard ``OTEL_*`` environment variables.
+
+Where telemetry goes:
+
+* ``OTEL_SDK_DISABLED=true``: nowhere (the API's no-op providers); logs still go to stderr.
+* ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or a per-signal ``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT``)
+  set: OTLP, over gRPC or HTTP/protobuf per ``OTEL_EXPORTER_OTLP_PROTOCOL``; the
+  exporters read their endpoint, headers, timeout and compression from the environment.
+* otherwise: the embedded default, OTLP/JSON files in ``<data dir>/telemetry``.
+* ``OTEL_METRICS_EXPORTER=prometheus`` adds a Prometheus scrape endpoint
+  (``OTEL_EXPORTER_PROMETHEUS_HOST``/``_PORT``) for metrics.
+
+Export never slows or breaks job processing: batch processors with bounded queues run
+in background threads, export failures are counted and warned about at a limited rate,
+and :meth:`Telemetry.shutdown` flushes within a bounded time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from opentelemetry import metrics, trace
+from opentelemetry._logs import set_logger_provider
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import Sampler
+
+from otel import files, logs
+from otel.ids import JobIdGenerator
+from otel.vocabulary import INSTRUMENTATION_SCOPE, Metric, OperationEvent
+
+__all__ = ["Telemetry", "setup_telemetry"]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["disabled", "otlp", "files"]
+_TRUE: Final = {"1", "true", "yes", "on"}
+_SIGNALS: Final = ("traces", "metrics", "logs")
+
+
+@dataclass
+class Telemetry:
+    """The configured providers. ``shutdown`` flushes and stops them, bounded in time."""
+
+    mode: Mode
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    logger_provider: LoggerProvider | None = None
+    log_handler: logging.Handler | None = None
+    sampler: Sampler | None = None
+    telemetry_dir: Path | None = None
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SIGNALS, 0))
+    failure_counter: Any = None
+    _closed: bool = False
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        millis = int(timeout_s * 1000)
+        for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
+            if provider is not None:
+                _bounded(lambda p=provider: p.force_flush(millis), timeout_s)  # type: ignore[misc]
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Flush and shut every provider down; never blocks longer than ~``timeout_s``."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
+        per_provider = timeout_s / 3
+        for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
+            if provider is not None:
+                _bounded(provider.shutdown, per_provider)
+
+
+def _bounded(fn: Callable[[], Any], timeout_s: float) -> None:
+    """Run ``fn`` in a daemon thread and stop waiting after ``timeout_s``: an exporter
+    stuck on an unreachable collector must not hold the process at exit."""
+    thread = threading.Thread(target=fn, name="otel-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+
+
+def _env(name: str, env: Mapping[str, str]) -> str:
+    return env.get(name, "").strip()
+
+
+def _otlp_wanted(signal: str, env: Mapping[str, str]) -> bool:
+    return bool(_env("OTEL_EXPORTER_OTLP_ENDPOINT", env) or _env(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", env))
+
+
+def _protocol(signal: str, env: Mapping[str, str]) -> str:
+    return (
+        _env(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", env)
+        or _env("OTEL_EXPORTER_OTLP_PROTOCOL", env)
+        or "http/protobuf"
+    )
+
+
+def setup_telemetry(
+    *,
+    service_version: str,
+    telemetry_dir: Path | None,
+    env: Mapping[str, str] | None = None,
+    install_log_handler: bool = True,
+    metric_interval_s: float | None = None,
+) -> Telemetry:
+    """Configure tracer, meter and logger providers from the environment and make them global."""
+    env = os.environ if env is None else env
+    if _env("OTEL_SDK_DISABLED", env).lower() in _TRUE:
+        return Telemetry(mode="disabled")
+
+    resource = Resource.create({SERVICE_VERSION: service_version, SERVICE_INSTANCE_ID: str(uuid.uuid4())})
+    service_name = str(resource.attributes.get(SERVICE_NAME, ""))
+    if not _env("OTEL_SERVICE_NAME", env) and service_name.startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "orchestrator"}))
+
+    otlp = any(_otlp_wanted(s, env) for s in _SIGNALS)
+    mode: Mode = "otlp" if otlp else "files"
+    telemetry = Telemetry(mode=mode, telemetry_dir=None if otlp else telemetry_dir)
+
+    def counted(signal: str) -> Callable[[bool], None]:
+        warn = logs.RateLimitedLog(30.0)
+
+        def report(ok: bool) -> None:
+            if ok:
+                return
+            telemetry.failures[signal] += 1
+            if telemetry.failure_counter is not None:
+                telemetry.failure_counter.add(1, {"signal": signal})
+            if warn.ready():
+                logs.event(
+                    log,
+                    logging.WARNING,
+                    OperationEvent.TELEMETRY_EXPORT_FAILED,
+                    f"could not export {signal}; telemetry is being dropped, jobs are not affected",
+                    signal=signal,
+                    failures=telemetry.failures[signal],
+                    suppressed=warn.take_suppressed(),
+                )
+
+        return report
+
+    span_exporter, log_exporter, metric_exporter = _exporters(env, telemetry_dir, otlp)
+
+    tracer_provider = TracerProvider(resource=resource, id_generator=JobIdGenerator())
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(_CountingSpanExporter(span_exporter, counted("traces")), max_queue_size=4096)
+    )
+    telemetry.tracer_provider = tracer_provider
+    telemetry.sampler = tracer_provider.sampler
+
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(
+        BatchLogRecordProcessor(_CountingLogExporter(log_exporter, counted("logs")), max_queue_size=4096)
+    )
+    telemetry.logger_provider = logger_provider
+
+    readers: list[MetricReader] = []
+    interval = metric_interval_s if metric_interval_s is not None else _metric_interval(env)
+    readers.append(
+        PeriodicExportingMetricReader(
+            _CountingMetricExporter(metric_exporter, counted("metrics")), export_interval_millis=interval * 1000
+        )
+    )
+    if "prometheus" in _env("OTEL_METRICS_EXPORTER", env).split(","):
+        readers.append(_prometheus_reader(env))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    telemetry.meter_provider = meter_provider
+
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    set_logger_provider(logger_provider)
+    _quiet_exporter_logs()
+    _instrument_asyncio()
+    if install_log_handler:
+        handler = logs.OtlpLogHandler(logger_provider=logger_provider)
+        handler.addFilter(logs.ContextFilter(trace_ids=False))
+        handler.addFilter(_NotOpenTelemetry())
+        handler.set_name("orchestrator-otlp")
+        logging.getLogger().addHandler(handler)
+        telemetry.log_handler = handler
+    telemetry.failure_counter = meter_provider.get_meter(INSTRUMENTATION_SCOPE).create_counter(
+        Metric.TELEMETRY_EXPORT_FAILURES.name,
+        unit=Metric.TELEMETRY_EXPORT_FAILURES.unit,
+        description=Metric.TELEMETRY_EXPORT_FAILURES.description,
+    )
+    return telemetry
+
+
+def _metric_interval(env: Mapping[str, str]) -> float:
+    raw = _env("OTEL_METRIC_EXPORT_INTERVAL", env)
+    try:
+        return max(0.1, float(raw) / 1000) if raw else 15.0
+    except ValueError:
+        return 15.0
+
+
+def _exporters(
+    env: Mapping[str, str], telemetry_dir: Path | None, otlp: bool
+) -> tuple[SpanExporter, LogRecordExporter, MetricExporter]:
+    if not otlp:
+        folder = telemetry_dir or Path(".orchestrator/telemetry")
+        return (
+            files.FileSpanExporter(files.JsonlWriter(folder / files.SIGNAL_FILES["traces"])),
+            files.FileLogExporter(files.JsonlWriter(folder / files.SIGNAL_FILES["logs"])),
+            files.FileMetricExporter(files.JsonlWriter(folder / files.SIGNAL_FILES["metrics"])),
+        )
+    grpc = {s: _protocol(s, env) == "grpc" for s in _SIGNALS}
+    if grpc["traces"]:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
+
+        spans: SpanExporter = GrpcSpans()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
+
+        spans = HttpSpans()
+    if grpc["logs"]:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogs
+
+        log_exporter: LogRecordExporter = GrpcLogs()
+    else:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogs
+
+        log_exporter = HttpLogs()
+    if grpc["metrics"]:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
+
+        metric_exporter: MetricExporter = GrpcMetrics()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetrics
+
+        metric_exporter = HttpMetrics()
+    return spans, log_exporter, metric_exporter
+
+
+def _prometheus_reader(env: Mapping[str, str]) -> MetricReader:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    host = _env("OTEL_EXPORTER_PROMETHEUS_HOST", env) or "localhost"
+    port = int(_env("OTEL_EXPORTER_PROMETHEUS_PORT", env) or 9464)
+    start_http_server(port=port, addr=host)
+    logs.event(log, logging.INFO, "telemetry.prometheus", f"metrics exposed on http://{host}:{port}/metrics")
+    return PrometheusMetricReader()
+
+
+class _NotOpenTelemetry(logging.Filter):
+    """Keeps the SDK's own records (export trouble) out of the OTLP log pipeline."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("opentelemetry")
+
+
+def _quiet_exporter_logs() -> None:
+    """Exporters log every failed batch (with a traceback, on retry); we count and warn
+    at a limited rate instead, so only their critical records pass."""
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+    logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.CRITICAL)
+
+
+def _instrument_asyncio() -> None:
+    """Asyncio instrumentation for its metrics (asyncio.process.duration/created). It
+    traces only the coroutines and to_thread functions named in
+    OTEL_PYTHON_ASYNCIO_COROUTINE_NAMES_TO_TRACE / _TO_THREAD_FUNCTION_NAMES_TO_TRACE,
+    which are empty by default: no span per task, so no junk spans."""
+    from opentelemetry.instrumentation.asyncio import AsyncioInstrumentor
+
+    instrumentor = AsyncioInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
+class _CountingSpanExporter(SpanExporter):
+    def __init__(self, inner: SpanExporter, report: Callable[[bool], None]) -> None:
+        self._inner, self._report = inner, report
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:  # noqa: BLE001 - an exporter bug must not kill the export thread
+            result = SpanExportResult.FAILURE
+        self._report(result is SpanExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _CountingLogExporter(LogRecordExporter):
+    def __init__(self, inner: LogRecordExporter, report: Callable[[bool], None]) -> None:
+        self._inner, self._report = inner, report
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        try:
+            result = self._inner.export(batch)
+        except Exception:  # noqa: BLE001 - an exporter bug must not kill the export thread
+            result = LogRecordExportResult.FAILURE
+        self._report(result is LogRecordExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self._inner.force_flush(timeout_millis))
+
+
+class _CountingMetricExporter(MetricExporter):
+    def __init__(self, inner: MetricExporter, report: Callable[[bool], None]) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner, self._report = inner, report
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        try:
+            result = self._inner.export(metrics_data, timeout_millis=timeout_millis)
+        except Exception:  # noqa: BLE001 - an exporter bug must not kill the export thread
+            result = MetricExportResult.FAILURE
+        self._report(result is MetricExportResult.SUCCESS)
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis)

@@ -1,0 +1,257 @@
+"""The one telemetry vocabulary: event names, attribute keys, span names, metric names.
+
+Spans, span events, log records, metrics, tests, the README and the Grafana dashboards
+all take their names from here. Backends rewrite some of them (Prometheus turns dots
+into underscores, appends the unit and ``_total``); :func:`prometheus_name` computes
+that translation so dashboards and rules can be checked against this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "INSTRUMENTATION_SCOPE",
+    "METRICS",
+    "Attr",
+    "LifecycleEvent",
+    "Metric",
+    "MetricKind",
+    "ModuleEvent",
+    "OperationEvent",
+    "SpanName",
+    "prometheus_name",
+]
+
+INSTRUMENTATION_SCOPE: Final = "orchestrator"
+
+
+class LifecycleEvent(enum.StrEnum):
+    """Job lifecycle events: span events on the job's root span and log event names."""
+
+    CREATE = "job.lifecycle.create"
+    ENQUEUE = "job.lifecycle.enqueue"
+    START = "job.lifecycle.start"
+    COMPLETE = "job.lifecycle.complete"
+    FAIL = "job.lifecycle.fail"
+    CANCEL = "job.lifecycle.cancel"
+    #: Running -> Queued when a worker's lease expired or the worker shut down.
+    RECOVER = "job.lifecycle.recover"
+
+
+class ModuleEvent(enum.StrEnum):
+    """Module execution events: span events on module spans and log event names."""
+
+    SPAWN = "job.module.spawn"
+    COMPLETE = "job.module.complete"
+    ERROR = "job.module.error"
+    PANIC = "job.module.panic"
+    TIMEOUT = "job.module.timeout"
+    OVERRUN = "job.module.overrun"
+    #: The aggregate of a fan-out: how many modules finished, failed, were cancelled.
+    FANOUT = "job.module.fanout"
+
+
+class OperationEvent(enum.StrEnum):
+    """Log event names of public entry points (the ``instrument`` decorator) and the worker."""
+
+    START = "operation.start"
+    FINISH = "operation.finish"
+    ERROR = "operation.error"
+    CANCEL_REQUESTED = "job.cancel_requested"
+    WORKER_START = "worker.start"
+    WORKER_STOP = "worker.stop"
+    LEASE_LOST = "worker.lease_lost"
+    STORE_RETRY = "store.retry"
+    TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
+    WEBHOOK_DELIVERY = "webhook.delivery"
+
+
+class Attr:
+    """Attribute keys shared by span attributes, span events, log records and metrics.
+
+    Identifier keys (job_id, project_id) never become metric attributes.
+    """
+
+    JOB_ID: Final = "job_id"
+    PROJECT_ID: Final = "project_id"
+    MODULE: Final = "module"
+    MODULE_VERSION: Final = "module_version"
+    STATUS_FROM: Final = "status_from"
+    STATUS_TO: Final = "status_to"
+    STATUS: Final = "status"
+    REASON: Final = "reason"
+    DURATION_MS: Final = "duration_ms"
+    ERROR: Final = "error"
+    ERROR_TYPE: Final = "error.type"
+    ERROR_CATEGORY: Final = "error_category"
+    PHASE: Final = "phase"
+    OUTCOME: Final = "outcome"
+    ATTEMPT: Final = "attempt"
+    MODULE_COUNT: Final = "module_count"
+    WORKER_ID: Final = "worker_id"
+    OPERATION: Final = "operation"
+    EVENT: Final = "event"
+    EXPECTED_MS: Final = "expected_ms"
+    COMPLETED: Final = "completed"
+    FAILED: Final = "failed"
+    CANCELLED: Final = "cancelled"
+    TOTAL: Final = "total"
+    TRACE_ID: Final = "trace_id"
+    SPAN_ID: Final = "span_id"
+
+
+class SpanName:
+    """Low-cardinality span names; ids and module names live in attributes."""
+
+    JOB: Final = "job"
+    CREATE: Final = "job.create"
+    QUEUED: Final = "job.queued"
+    EXECUTE: Final = "job.execute"
+    MODULE: Final = "job.module"
+    FINALIZE: Final = "job.finalize"
+    NOTIFY: Final = "job.notify"
+    WEBHOOK_DELIVERY: Final = "webhook.deliver"
+
+
+class MetricKind(enum.StrEnum):
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    GAUGE = "gauge"
+    UP_DOWN_COUNTER = "updowncounter"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    kind: MetricKind
+    unit: str
+    description: str
+    attributes: tuple[str, ...]
+
+
+class Metric:
+    """Metric names (OpenTelemetry form). No job or project ids in attributes."""
+
+    TRANSITIONS: Final = MetricSpec(
+        "orchestrator.job.transitions",
+        MetricKind.COUNTER,
+        "{transition}",
+        "Job status transitions.",
+        (Attr.STATUS_FROM, Attr.STATUS_TO),
+    )
+    PHASE_DURATION: Final = MetricSpec(
+        "orchestrator.job.phase.duration",
+        MetricKind.HISTOGRAM,
+        "s",
+        "Time spent in each phase of a job (statuses and create/execute/finalize).",
+        (Attr.PHASE,),
+    )
+    JOB_DURATION: Final = MetricSpec(
+        "orchestrator.job.duration",
+        MetricKind.HISTOGRAM,
+        "s",
+        "Job duration from creation to its terminal status.",
+        (Attr.STATUS,),
+    )
+    MODULE_DURATION: Final = MetricSpec(
+        "orchestrator.module.duration",
+        MetricKind.HISTOGRAM,
+        "s",
+        "Module run duration.",
+        (Attr.MODULE, Attr.OUTCOME),
+    )
+    MODULE_EXPECTED: Final = MetricSpec(
+        "orchestrator.module.expected_runtime",
+        MetricKind.GAUGE,
+        "s",
+        "Expected runtime declared by each module.",
+        (Attr.MODULE,),
+    )
+    MODULE_OVERRUNS: Final = MetricSpec(
+        "orchestrator.module.overruns",
+        MetricKind.COUNTER,
+        "{run}",
+        "Module runs that exceeded their expected runtime.",
+        (Attr.MODULE,),
+    )
+    FAILURES: Final = MetricSpec(
+        "orchestrator.job.failures",
+        MetricKind.COUNTER,
+        "{failure}",
+        "Job failures by phase and error category.",
+        (Attr.PHASE, Attr.ERROR_CATEGORY),
+    )
+    ACTIVE_JOBS: Final = MetricSpec(
+        "orchestrator.jobs.active",
+        MetricKind.UP_DOWN_COUNTER,
+        "{job}",
+        "Jobs being executed by this process.",
+        (),
+    )
+    QUEUE_DEPTH: Final = MetricSpec(
+        "orchestrator.queue.depth",
+        MetricKind.GAUGE,
+        "{job}",
+        "Jobs waiting in the queue.",
+        (),
+    )
+    QUEUE_WAIT: Final = MetricSpec(
+        "orchestrator.queue.wait",
+        MetricKind.HISTOGRAM,
+        "s",
+        "Time a job waited in the queue before a worker claimed it.",
+        (),
+    )
+    RECOVERIES: Final = MetricSpec(
+        "orchestrator.job.recoveries",
+        MetricKind.COUNTER,
+        "{job}",
+        "Running jobs returned to the queue (lease expired, worker shutdown).",
+        (Attr.REASON,),
+    )
+    WEBHOOK_DELIVERIES: Final = MetricSpec(
+        "orchestrator.webhook.deliveries",
+        MetricKind.COUNTER,
+        "{delivery}",
+        "Webhook delivery attempts by outcome.",
+        (Attr.OUTCOME,),
+    )
+    WEBHOOK_LATENCY: Final = MetricSpec(
+        "orchestrator.webhook.duration",
+        MetricKind.HISTOGRAM,
+        "s",
+        "Webhook delivery attempt duration.",
+        (Attr.OUTCOME,),
+    )
+    TELEMETRY_EXPORT_FAILURES: Final = MetricSpec(
+        "orchestrator.telemetry.export_failures",
+        MetricKind.COUNTER,
+        "{batch}",
+        "Telemetry batches that could not be exported.",
+        ("signal",),
+    )
+
+
+METRICS: Final[tuple[MetricSpec, ...]] = tuple(
+    value for value in vars(Metric).values() if isinstance(value, MetricSpec)
+)
+
+_UNIT_SUFFIX: Final = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": "ratio"}
+
+
+def prometheus_name(spec: MetricSpec) -> str:
+    """The name Prometheus gives a metric received over OTLP or scraped from the SDK.
+
+    Dots become underscores, the unit is appended (curly-brace units are dropped),
+    and counters get ``_total``. Histograms add ``_bucket``, ``_sum`` and ``_count``.
+    """
+    name = spec.name.replace(".", "_")
+    suffix = _UNIT_SUFFIX.get(spec.unit)
+    if suffix and not name.endswith(suffix):
+        name = f"{name}_{suffix}"
+    if spec.kind is MetricKind.COUNTER:
+        name = f"{name}_total"
+    return name
