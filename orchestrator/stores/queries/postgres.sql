@@ -1,0 +1,146 @@
+-- Named queries of the PostgreSQL store. Each block starts with "-- name: <name>".
+-- Placeholders are psycopg's named ones; blocks with {braces} are composed with
+-- psycopg.sql (identifiers and fixed clauses only, never values).
+
+-- name: migration_lock
+-- Serialises the migrations of workers that start at once (released at commit).
+SELECT pg_advisory_xact_lock(8030590385584829554);
+
+-- name: schema_exists
+SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s;
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- name: set_search_path
+SET search_path TO {schema};
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_ns BIGINT NOT NULL
+);
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_ns) VALUES (%(version)s, %(name)s, %(applied_ns)s);
+
+-- name: ping
+SELECT 1;
+
+-- name: listen
+LISTEN orchestrator_jobs;
+
+-- name: insert_job
+INSERT INTO jobs (id, project_id, source, modules, options, status, attempt, created_ns, status_ns,
+                  queued_ns, started_ns, finished_ns, reason, error_category, error_phase, results,
+                  trace_id, root_span_id, trace_sampled, trace_link, lease_owner, lease_expires_ns,
+                  cancel_requested)
+VALUES (%(id)s, %(project_id)s, %(source)s, %(modules)s::jsonb, %(options)s::jsonb, %(status)s, %(attempt)s,
+        %(created_ns)s, %(status_ns)s, %(queued_ns)s, %(started_ns)s, %(finished_ns)s, %(reason)s,
+        %(error_category)s, %(error_phase)s, %(results)s::jsonb, %(trace_id)s, %(root_span_id)s,
+        %(trace_sampled)s, %(trace_link)s, %(lease_owner)s, %(lease_expires_ns)s, %(cancel_requested)s);
+
+-- name: insert_history
+INSERT INTO job_history (job_id, seq, status_from, status_to, reason, at_ns, duration_ms, attempt, worker_id)
+VALUES (%(job_id)s,
+        (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_history WHERE job_id = %(job_id)s),
+        %(status_from)s, %(status_to)s, %(reason)s, %(at_ns)s, %(duration_ms)s, %(attempt)s, %(worker_id)s);
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = %(id)s;
+
+-- name: apply_transition
+-- One statement, one round trip: compare-and-set on (status, attempt) (the attempt
+-- fences off a worker whose lease was taken over), the history row, and, when the
+-- job enters the queue and wake-ups are on, a notification sent at commit.
+-- Timestamps of each status are set when it is entered. The next seq is safe to
+-- compute here: the UPDATE holds the job's row lock and every history writer
+-- changes the job's status under that lock.
+WITH moved AS (
+    UPDATE jobs SET
+        status = %(status_to)s,
+        status_ns = %(at_ns)s,
+        attempt = %(new_attempt)s,
+        reason = %(reason)s,
+        queued_ns = CASE WHEN %(status_to)s = 'queued' THEN %(at_ns)s ELSE queued_ns END,
+        started_ns = CASE WHEN %(status_to)s = 'running' THEN %(at_ns)s ELSE started_ns END,
+        finished_ns = CASE WHEN %(status_to)s IN ('completed', 'failed', 'cancelled') THEN %(at_ns)s
+                           ELSE finished_ns END,
+        error_category = COALESCE(%(error_category)s, error_category),
+        error_phase = COALESCE(%(error_phase)s, error_phase),
+        results = COALESCE(%(results)s::jsonb, results),
+        lease_owner = %(lease_owner)s,
+        lease_expires_ns = %(lease_expires_ns)s,
+        cancel_requested = CASE WHEN %(status_to)s = 'running' THEN cancel_requested ELSE NULL END
+    WHERE id = %(job_id)s AND status = %(status_from)s AND attempt = %(attempt)s
+    RETURNING *
+), hist AS (
+    INSERT INTO job_history (job_id, seq, status_from, status_to, reason, at_ns, duration_ms, attempt, worker_id)
+    SELECT m.id,
+           (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM job_history h WHERE h.job_id = m.id),
+           %(status_from)s, m.status, m.reason, m.status_ns, %(duration_ms)s, m.attempt, %(worker_id)s
+    FROM moved m
+)
+SELECT m.*,
+       CASE WHEN %(notify)s AND m.status = 'queued' THEN pg_notify('orchestrator_jobs', '') END AS woke
+FROM moved m;
+
+-- name: claim
+-- The oldest Queued job, skipping rows other workers are claiming, moved to Running
+-- with a lease and its history row, in one statement.
+WITH candidate AS (
+    SELECT id, status_ns AS previous_ns
+    FROM jobs
+    WHERE status = 'queued'
+    ORDER BY queued_ns, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE jobs j SET
+        status = 'running',
+        status_ns = %(now_ns)s,
+        started_ns = %(now_ns)s,
+        reason = 'claimed',
+        lease_owner = %(worker_id)s,
+        lease_expires_ns = %(expires_ns)s
+    FROM candidate c
+    WHERE j.id = c.id AND j.status = 'queued'
+    RETURNING j.*, c.previous_ns
+), hist AS (
+    INSERT INTO job_history (job_id, seq, status_from, status_to, reason, at_ns, duration_ms, attempt, worker_id)
+    SELECT m.id,
+           (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM job_history h WHERE h.job_id = m.id),
+           'queued', 'running', 'claimed', m.status_ns,
+           GREATEST(0, (m.status_ns - m.previous_ns) / 1e6)::double precision, m.attempt, %(worker_id)s
+    FROM moved m
+)
+SELECT * FROM moved;
+
+-- name: renew_leases
+UPDATE jobs SET lease_expires_ns = %(expires_ns)s
+WHERE id = ANY(%(ids)s) AND status = 'running' AND lease_owner = %(worker_id)s
+RETURNING id;
+
+-- name: request_cancel
+UPDATE jobs SET cancel_requested = %(reason)s WHERE id = %(id)s AND status = 'running' RETURNING *;
+
+-- name: cancel_requests
+SELECT id, cancel_requested FROM jobs WHERE id = ANY(%(ids)s) AND cancel_requested IS NOT NULL;
+
+-- name: list_jobs
+-- The WHERE placeholder is composed from fixed clauses; every value is bound.
+SELECT * FROM jobs {where} ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: expired
+SELECT * FROM jobs WHERE status = 'running' AND lease_expires_ns < %(now_ns)s
+ORDER BY lease_expires_ns LIMIT %(limit)s;
+
+-- name: history
+SELECT * FROM job_history WHERE job_id = %(job_id)s ORDER BY seq;
+
+-- name: queue_depth
+SELECT COUNT(*) AS depth FROM jobs WHERE status = 'queued';

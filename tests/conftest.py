@@ -1,0 +1,82 @@
+"""Shared fixtures: the anyio backend, the PostgreSQL test server and the job stores."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from orchestrator.stores.base import JobStore
+from orchestrator.stores.postgres import PostgresJobStore, describe_target
+from orchestrator.stores.sqlite import SQLiteJobStore
+
+if TYPE_CHECKING:
+    from telemetry_helpers import TelemetryHarness
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL; skips (fails in CI) when it cannot be reached."""
+    url = os.environ.get("ORCHESTRATOR_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        message = f"PostgreSQL at {describe_target(url)} is not reachable: {str(exc).strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh, uniquely named schema, dropped with everything in it afterwards."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    """An opened store of each backend (PostgreSQL in a schema of its own)."""
+    opened: JobStore
+    if request.param == "sqlite":
+        opened = SQLiteJobStore(tmp_path / "jobs.db")
+    else:
+        opened = PostgresJobStore(request.getfixturevalue("postgres_url"), schema=request.getfixturevalue("pg_schema"))
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def harness() -> Iterator[TelemetryHarness]:
+    """A JobTelemetry on in-memory SDK providers (spans and metrics readable by the test)."""
+    from telemetry_helpers import build_harness
+
+    built = build_harness()
+    try:
+        yield built
+    finally:
+        built.shutdown()
