@@ -42,6 +42,7 @@ from orchestrator.domain import (
 )
 from otel import logs
 from otel.ids import forced_ids
+from otel.instrument import mark_logged
 from otel.vocabulary import (
     INSTRUMENTATION_SCOPE,
     METRICS,
@@ -179,9 +180,10 @@ class JobTelemetry:
             )
 
     def transition_refused(self, job: Job, target: JobStatus, error: OrchestratorError) -> None:
+        mark_logged(error)
         logs.event(
             log,
-            logging.ERROR,
+            logging.WARNING,
             "job.transition.refused",
             error.message,
             job_id=job.id,

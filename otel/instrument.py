@@ -9,6 +9,7 @@ The counterpart of Rust's ``#[instrument]``. It binds the entry point's context 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -19,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from otel import context, logs
 from otel.vocabulary import OperationEvent
 
-__all__ = ["instrument"]
+__all__ = ["instrument", "mark_logged"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,13 +54,27 @@ def instrument(
 
         def on_error(exc: BaseException, started: float) -> None:
             elapsed = _elapsed_ms(started)
-            extra = exc.context() if hasattr(exc, "context") else {"error": str(exc)}
+            context_of = getattr(exc, "context", None)
+            typed = callable(context_of)
+            extra: dict[str, Any] = dict(context_of()) if callable(context_of) else {"error": str(exc)}
             extra.setdefault("error.type", type(exc).__name__)
+            # A caller's mistake is information; an expected failure (typed) a warning;
+            # anything else is a bug, logged with its traceback.
+            # One report per error: once logged (at its source or by an inner entry
+            # point), outer entry points only record their finish at debug level.
+            if getattr(exc, _LOGGED, False):
+                error_level = logging.DEBUG
+            elif extra.get("error_category") == "validation":
+                error_level = max(level, logging.INFO)
+            else:
+                error_level = logging.WARNING if typed else logging.ERROR
+            mark_logged(exc)
             logs.event(
                 log,
-                logging.WARNING,
+                error_level,
                 OperationEvent.ERROR,
                 f"{operation} failed after {elapsed} ms: {exc}",
+                exc_info=None if typed else exc,
                 operation=operation,
                 elapsed_ms=elapsed,
                 **extra,
@@ -115,6 +130,16 @@ def instrument(
         return sync_wrapper
 
     return decorate
+
+
+_LOGGED = "_orchestrator_logged"
+
+
+def mark_logged(exc: BaseException) -> None:
+    """Record that ``exc`` has been logged, so the entry points it passes through don't
+    log it again."""
+    with contextlib.suppress(AttributeError):
+        setattr(exc, _LOGGED, True)
 
 
 def _elapsed_ms(started: float) -> float:

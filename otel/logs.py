@@ -31,10 +31,10 @@ from otel import context
 __all__ = [
     "EVENT_KEY",
     "FIELDS_KEY",
-    "OtlpLogHandler",
     "ConsoleFormatter",
     "ContextFilter",
     "JsonFormatter",
+    "OtlpLogHandler",
     "RateLimitedLog",
     "configure_logging",
     "event",

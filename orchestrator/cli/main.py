@@ -100,28 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show one job")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.status, log_level_default="warning", telemetry=False)
+    p.set_defaults(handler=commands.status, log_level_default="error", telemetry=False)
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--status", choices=[s.value for s in JobStatus])
     p.add_argument("--project-id")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.jobs, log_level_default="warning", telemetry=False)
+    p.set_defaults(handler=commands.jobs, log_level_default="error", telemetry=False)
 
     p = sub.add_parser("events", help="a job's lifecycle history")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.events, log_level_default="warning", telemetry=False)
+    p.set_defaults(handler=commands.events, log_level_default="error", telemetry=False)
 
     p = sub.add_parser("cancel", help="cancel a job (a running one within a bounded time)")
     p.add_argument("job_id")
     p.add_argument("--reason", default="cancelled by user")
-    p.set_defaults(handler=commands.cancel, log_level_default="warning", telemetry=True)
+    p.set_defaults(handler=commands.cancel, log_level_default="error", telemetry=True)
 
     p = sub.add_parser("modules", help="list registered modules")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.modules, log_level_default="warning", telemetry=False)
+    p.set_defaults(handler=commands.modules, log_level_default="error", telemetry=False)
 
     commands.add_telemetry_commands(sub)
     return parser
@@ -151,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         return _fail(f"invalid setting {field} (ORCHESTRATOR_{field.upper()}): {first['msg']}", EXIT_USAGE)
-    level = args.log_level or args.log_level_default or settings.log_level
+    # --log-level, else ORCHESTRATOR_LOG_LEVEL when set, else the command's own default
+    # (quiet for one-shot commands, info for the worker).
+    explicit = "log_level" in settings.model_fields_set
+    level = args.log_level or (settings.log_level if explicit else None) or args.log_level_default or "info"
     configure_logging(level.upper(), settings.log_format)
     telemetry = (
         setup_telemetry(service_version=__version__, telemetry_dir=settings.telemetry_dir)

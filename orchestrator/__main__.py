@@ -1,0 +1,9 @@
+"""``python -m orchestrator``."""
+
+from __future__ import annotations
+
+import sys
+
+from orchestrator.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""The CLI end to end, in subprocesses, on the embedded default (real SQLite files)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.cli.views import load_spans
+
+ORCHESTRATOR = [sys.executable, "-m", "orchestrator"]
+
+
+def cli(data_dir: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ORCHESTRATOR_"))}
+    environ.update({"ORCHESTRATOR_DATA_DIR": str(data_dir), "NO_COLOR": "1", **env})
+    return subprocess.run(
+        [*ORCHESTRATOR, *args], capture_output=True, text=True, timeout=timeout, env=environ, check=False
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "mod.py").write_text("# TODO: more\nVALUE = 1\n")
+    (root / "pyproject.toml").write_text('[project]\nname = "p"\ndependencies = ["anyio>=4"]\n')
+    return root
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_demo_exits_zero_and_shows_every_kind_of_outcome(tmp_path: Path) -> None:
+    result = cli(tmp_path / "data", "demo", cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in ("completed", "failed", "cancelled", "overrun", "malformed manifest", "report"):
+        assert expected in out, expected
+    assert "Traceback" not in result.stderr
+
+
+def test_run_completes_a_job_and_prints_it_as_json(tmp_path: Path, project: Path) -> None:
+    result = cli(tmp_path / "data", "run", "--source", str(project), "--project-id", "acme", "--json")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["status"] == "completed"
+    assert job["project_id"] == "acme"
+    assert {r["module"] for r in job["results"]} == {"dependencies", "inventory", "python_syntax", "secrets", "todos"}
+    assert all(r["outcome"] == "ok" for r in job["results"])
+
+
+def test_run_exits_nonzero_when_the_job_fails(tmp_path: Path, project: Path) -> None:
+    (project / "package.json").write_text("{ not json")
+    result = cli(tmp_path / "data", "run", "--source", str(project), "--modules", "dependencies", "--json")
+    assert result.returncode == 1, result.stderr
+    job = json.loads(result.stdout)
+    assert job["status"] == "failed"
+    assert job["error_category"] == "module"
+    assert "malformed manifest" in job["reason"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--source", "{project}", "--modules", "nope"], "unknown module 'nope'"),
+        (["run", "--source", "{project}", "--modules", "todos,todos"], "more than once"),
+        (["submit", "--source", "/definitely/not/here"], "does not exist"),
+        (["submit", "--source", "{project}", "--project-id", "bad id!"], "project_id"),
+        (["submit", "--source", "{project}", "--modules", ",".join(["todos"] * 100)], "modules"),
+        (["status", "0000-unknown"], "no job with id"),
+        (["events", "0000-unknown"], "no job with id"),
+        (["cancel", "0000-unknown"], "no job with id"),
+        (["trace", "0000-unknown"], "no telemetry files"),
+        (["jobs", "--status", "weird"], "invalid choice"),
+    ],
+)
+def test_bad_input_prints_one_line_and_exits_2(tmp_path: Path, project: Path, args: list[str], fragment: str) -> None:
+    result = cli(tmp_path / "data", *[a.replace("{project}", str(project)) for a in args])
+    assert fragment in _one_line_error(result)
+
+
+def test_cancelling_a_finished_job_is_refused_with_exit_2(tmp_path: Path, project: Path) -> None:
+    data = tmp_path / "data"
+    done = json.loads(cli(data, "run", "--source", str(project), "--modules", "todos", "--json").stdout)
+    line = _one_line_error(cli(data, "cancel", done["id"]))
+    assert "cannot go from completed to cancelled" in line
+
+
+def test_submitted_job_can_be_inspected_and_cancelled_while_queued(tmp_path: Path, project: Path) -> None:
+    data = tmp_path / "data"
+    submitted = cli(data, "submit", "--source", str(project))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    status = json.loads(cli(data, "status", job_id, "--json").stdout)
+    assert status["status"] == "queued"
+    assert cli(data, "cancel", job_id).returncode == 0
+    events = json.loads(cli(data, "events", job_id, "--json").stdout)
+    assert [(e["status_from"], e["status_to"]) for e in events] == [
+        (None, "pending"),
+        ("pending", "queued"),
+        ("queued", "cancelled"),
+    ]
+    listed = json.loads(cli(data, "jobs", "--status", "cancelled", "--json").stdout)
+    assert [j["id"] for j in listed] == [job_id]
+
+
+def test_modules_lists_the_builtin_modules(tmp_path: Path) -> None:
+    rows = json.loads(cli(tmp_path / "data", "modules", "--json").stdout)
+    names = {r["name"] for r in rows}
+    assert {"dependencies", "inventory", "python_syntax", "secrets", "todos"} <= names
+    assert all(r["expected_runtime_s"] > 0 and r["timeout_s"] >= r["expected_runtime_s"] for r in rows)
+
+
+def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_job_submitted_by_one_process_and_run_by_a_worker_in_another_forms_one_trace(
+    tmp_path: Path, project: Path
+) -> None:
+    data = tmp_path / "data"
+    traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    submitted = cli(data, "submit", "--source", str(project), "--traceparent", traceparent, "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ORCHESTRATOR_"))}
+    environ.update({"ORCHESTRATOR_DATA_DIR": str(data), "ORCHESTRATOR_POLL_SECONDS": "0.1"})
+    worker = subprocess.Popen(
+        [*ORCHESTRATOR, "--log-format", "json", "worker"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: json.loads(cli(data, "status", job["id"], "--json").stdout)["status"] == "completed")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
+    assert "worker stopped" in stderr
+
+    spans = [s for s in load_spans(data / "telemetry") if s.trace_id == job["trace_id"]]
+    roots = [s for s in spans if s.name == "job"]
+    assert len(roots) == 1
+    root = roots[0]
+    assert root.span_id == job["root_span_id"]
+    assert root.parent_id == ""
+    created_ns = round(dt.datetime.fromisoformat(job["created_at"]).timestamp() * 1e6) * 1000
+    assert abs(root.start_ns - created_ns) < 1_000_000  # created_at is printed with ms precision
+    names = {s.name for s in spans}
+    assert {"job.create", "job.queued", "job.execute", "job.finalize", "job.module"} <= names
+    # phase spans from both processes parent on the root
+    assert all(s.parent_id == root.span_id for s in spans if s.name in ("job.create", "job.queued", "job.execute"))
