@@ -48,7 +48,13 @@ def build_store(settings: Settings) -> JobStore:
     if settings.database_url is not None:
         from orchestrator.stores.postgres import PostgresJobStore
 
-        return PostgresJobStore(settings.database_url.get_secret_value())
+        pool = settings.pg_pool_size or settings.concurrency + 4
+        return PostgresJobStore(
+            settings.database_url.get_secret_value(),
+            min_size=min(2, pool),
+            max_size=pool,
+            notify=settings.pg_notify,
+        )
     return SQLiteJobStore(settings.database_path)
 
 
@@ -64,7 +70,7 @@ async def open_app(
     store = store or build_store(settings)
     registry = registry or ModuleRegistry.default(entry_points=settings.load_entry_points)
     telemetry = telemetry or JobTelemetry()
-    await store.open()
+    await store.open(migrate=settings.auto_migrate)
     try:
         workflow = JobWorkflow(store, telemetry)
         yield App(

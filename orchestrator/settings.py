@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     #: ``postgresql://user:password@host/db`` to share one PostgreSQL between workers;
     #: unset, the embedded SQLite database in ``data_dir`` is used. Never logged.
     database_url: SecretStr | None = None
+    #: PostgreSQL connection pool size per process; concurrency + 4 when unset.
+    pg_pool_size: int | None = Field(default=None, ge=1, le=500)
+    #: Send NOTIFY on every enqueue so idle workers wake at once (see README: Performance).
+    pg_notify: bool = True
     #: Jobs one worker runs at once.
     concurrency: int = Field(default=4, ge=1, le=256)
     #: Modules of one job that run at once (a job's own option may lower it).

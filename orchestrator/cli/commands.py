@@ -10,6 +10,7 @@ import anyio
 from rich.table import Table
 
 from orchestrator.cli import render
+from orchestrator.bootstrap import open_app
 from orchestrator.cli.main import Context, exit_code, print_json, request_from_args, with_app
 from orchestrator.domain import JobStatus
 from orchestrator.job_queue import Worker
@@ -171,6 +172,21 @@ async def modules(ctx: Context) -> int:
         return 0
 
     return await with_app(ctx, go)
+
+
+async def db_upgrade(ctx: Context) -> int:
+    """Apply pending schema migrations (the worker does this on start by default)."""
+    ctx.settings.auto_migrate = True
+    async with open_app(ctx.settings) as app:
+        print(f"{app.store.backend} schema is at version {app.store.schema_version}")
+    return 0
+
+
+def add_db_commands(sub: Any) -> None:
+    p = sub.add_parser("db", help="database maintenance")
+    db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db.add_parser("upgrade", help="apply pending schema migrations")
+    up.set_defaults(handler=db_upgrade, log_level_default="info", telemetry=False)
 
 
 def add_telemetry_commands(sub: Any) -> None:

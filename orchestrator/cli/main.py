@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=commands.modules, log_level_default="error", telemetry=False)
 
+    commands.add_db_commands(sub)
     commands.add_telemetry_commands(sub)
     return parser
 

@@ -20,8 +20,12 @@ class JobStore(Protocol):
     #: "sqlite" or "postgresql", for logs and the README's tables.
     backend: str
 
-    async def open(self) -> None:
-        """Connect and apply pending schema migrations."""
+    #: The schema version after :meth:`open` (the highest migration applied).
+    schema_version: int
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect and apply pending schema migrations; with ``migrate=False`` raise
+        :class:`PersistenceError` when the schema is not current instead."""
 
     async def close(self) -> None: ...
 

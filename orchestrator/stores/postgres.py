@@ -79,6 +79,7 @@ class PostgresJobStore:
         notify: bool = True,
     ) -> None:
         self._url = url
+        self.schema_version = 0
         self.min_size = min_size
         self.max_size = max_size
         self.schema = schema
@@ -108,7 +109,7 @@ class PostgresJobStore:
 
     # -- connection -------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
         if self._open_lock is None:
             self._open_lock = anyio.Lock()
         async with self._open_lock:
@@ -121,7 +122,7 @@ class PostgresJobStore:
                 async with await self._connect(autocommit=False) as conn:
                     if self.schema is not None:
                         await self._configure(conn)
-                    await self._migrate(conn)
+                    await self._migrate(conn, apply=migrate)
             except psycopg.Error as exc:
                 raise self._persistence_error("open", exc) from exc
             pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
@@ -156,7 +157,7 @@ class PostgresJobStore:
         await conn.execute(pgsql.SQL(_Q["set_search_path"]).format(schema=pgsql.Identifier(self.schema)))
         await conn.commit()
 
-    async def _migrate(self, conn: _Connection) -> None:
+    async def _migrate(self, conn: _Connection, *, apply: bool) -> None:
         async with conn.transaction():
             await conn.execute(_Q["migration_lock"])
             if self.schema is not None:
@@ -166,15 +167,17 @@ class PostgresJobStore:
             await conn.execute(_Q["create_migrations_table"])
             cur = await conn.execute(_Q["applied_migrations"])
             applied = {r[0] for r in await cur.fetchall()}
-            for migration in sql.migrations("postgres"):
-                if migration.version in applied:
-                    continue
+            pending = [m for m in sql.migrations("postgres") if m.version not in applied]
+            if pending and not apply:
+                raise sql.SchemaOutdated(self.target, [f"{m.version:04d}_{m.name}" for m in pending])
+            for migration in pending:
                 await conn.execute(migration.sql)
                 await conn.execute(
                     _Q["record_migration"],
                     {"version": migration.version, "name": migration.name, "applied_ns": time.time_ns()},
                 )
                 log.info("applied migration %04d_%s", migration.version, migration.name)
+            self.schema_version = max([*applied, *(m.version for m in pending)], default=0)
 
     async def close(self) -> None:
         self._closed = True

@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["Migration", "migrations", "queries"]
+from orchestrator.domain import PersistenceError
+
+__all__ = ["Migration", "SchemaOutdated", "migrations", "queries"]
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
@@ -18,6 +20,17 @@ def queries(dialect: str) -> dict[str, str]:
     text = resources.files("orchestrator.stores").joinpath("queries", f"{dialect}.sql").read_text("utf-8")
     parts = _NAME.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+class SchemaOutdated(PersistenceError):
+    """The database schema is older than this release and migrations are off."""
+
+    def __init__(self, target: str, pending: list[str]) -> None:
+        super().__init__(
+            f"the schema of {target} lacks migrations {', '.join(pending)}: run `orchestrator db upgrade` "
+            "(or start without --no-migrate)"
+        )
+        self.pending = pending
 
 
 @dataclass(frozen=True, slots=True)

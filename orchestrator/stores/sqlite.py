@@ -56,19 +56,22 @@ class SQLiteJobStore:
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._lock_retries = lock_retries
         self._conn: sqlite3.Connection | None = None
+        self._migrate_on_open = True
+        self.schema_version = 0
         self._limiter = anyio.CapacityLimiter(1)
         self._wake: anyio.Event | None = None
         self._retry_log = logs.RateLimitedLog(5.0)
 
     # -- connection -------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
         if self._conn is not None:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PersistenceError(f"cannot create the data directory {self.path.parent}: {exc}") from exc
+        self._migrate_on_open = migrate
         await self._run("open", self._open_sync)
 
     def _open_sync(self, _: sqlite3.Connection | None = None) -> None:
@@ -78,7 +81,11 @@ class SQLiteJobStore:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        self._migrate(conn)
+        try:
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -89,9 +96,10 @@ class SQLiteJobStore:
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)"
             )
             applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for migration in sql.migrations("sqlite"):
-                if migration.version in applied:
-                    continue
+            pending = [m for m in sql.migrations("sqlite") if m.version not in applied]
+            if pending and not self._migrate_on_open:
+                raise sql.SchemaOutdated(str(self.path), [f"{m.version:04d}_{m.name}" for m in pending])
+            for migration in pending:
                 for statement in _statements(migration.sql):
                     conn.execute(statement)
                 conn.execute(
@@ -100,6 +108,7 @@ class SQLiteJobStore:
                 )
                 log.info("applied migration %04d_%s", migration.version, migration.name)
             conn.execute("COMMIT")
+            self.schema_version = max([*applied, *(m.version for m in pending)], default=0)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
