@@ -30,6 +30,7 @@ from orchestrator.domain import (
 from orchestrator.stores.base import JobStore
 from orchestrator.stores.postgres import PostgresJobStore
 from orchestrator.stores.sqlite import SQLiteJobStore
+from orchestrator.stores.sql import migrations
 
 pytestmark = pytest.mark.anyio
 
@@ -599,8 +600,11 @@ async def test_workers_starting_at_once_apply_migrations_once(postgres_url: str,
         for instance in stores:
             await instance.close()
     with psycopg.connect(postgres_url) as conn:
-        query = sql.SQL("SELECT version, name FROM {}.schema_migrations").format(sql.Identifier(pg_schema))
-        assert conn.execute(query).fetchall() == [(1, "init")]
+        query = sql.SQL("SELECT version, name FROM {}.schema_migrations ORDER BY version").format(
+            sql.Identifier(pg_schema)
+        )
+        expected = [(m.version, m.name) for m in migrations("postgres")]
+        assert conn.execute(query).fetchall() == expected
 
 
 @pytest.mark.postgres

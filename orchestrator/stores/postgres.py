@@ -280,7 +280,12 @@ class PostgresJobStore:
         return job
 
     async def claim(self, *, worker_id: str, lease_ns: int, now_ns: int) -> Job | None:
-        params = {"worker_id": worker_id, "now_ns": now_ns, "expires_ns": now_ns + lease_ns}
+        params = {
+            "worker_id": worker_id,
+            "now_ns": now_ns,
+            "expires_ns": now_ns + lease_ns,
+            "timestamp": rows.iso(now_ns),
+        }
         async with self._connection("claim") as conn:
             row = await _fetchone(conn, _Q["claim"], params)
         return rows.job_from_row(row) if row is not None else None
@@ -489,6 +494,7 @@ def _transition_params(t: Transition) -> dict[str, Any]:
         "results": rows.dump_results(t.results) if t.results is not None else None,
         "lease_owner": t.lease_owner,
         "lease_expires_ns": t.lease_expires_ns,
+        **rows.outbox_params(t),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,8 @@ from orchestrator.domain import (
     ModuleResult,
     Phase,
     TraceContext,
+    Transition,
+    lifecycle_event,
 )
 
 __all__ = ["HISTORY_COLUMNS", "JOB_COLUMNS", "dump_results", "entry_from_row", "job_from_row", "job_to_row"]
@@ -56,6 +59,16 @@ HISTORY_COLUMNS = (
     "attempt",
     "worker_id",
 )
+
+
+def iso(ns: int) -> str:
+    """An RFC 3339 UTC timestamp (microseconds) for payloads."""
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def outbox_params(t: Transition) -> dict[str, str]:
+    """The webhook event a transition emits, for the outbox insert of its statement."""
+    return {"event": str(lifecycle_event(t.status_from, t.status_to)), "timestamp": iso(t.at_ns)}
 
 
 def dump_results(results: tuple[ModuleResult, ...]) -> str:

@@ -206,6 +206,7 @@ class SQLiteJobStore:
                         project_id=current["project_id"],
                     )
                 conn.execute(_Q["insert_history"], _history_params(transition))
+                conn.execute(_Q["insert_outbox"], _outbox_params(transition))
                 return rows.job_from_row(row)
 
         job = await self._run("apply", apply)
@@ -234,6 +235,7 @@ class SQLiteJobStore:
                 )
                 row = conn.execute(_Q["apply_transition"], _transition_params(transition)).fetchone()
                 conn.execute(_Q["insert_history"], _history_params(transition))
+                conn.execute(_Q["insert_outbox"], _outbox_params(transition))
                 return rows.job_from_row(row)
 
         return await self._run("claim", claim)
@@ -375,6 +377,10 @@ def _history_params(t: Transition) -> dict[str, Any]:
         "attempt": t.new_attempt,
         "worker_id": t.worker_id,
     }
+
+
+def _outbox_params(t: Transition) -> dict[str, Any]:
+    return {"job_id": t.job_id, "status_from": str(t.status_from), **rows.outbox_params(t)}
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:

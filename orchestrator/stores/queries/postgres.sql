@@ -84,6 +84,19 @@ WITH moved AS (
            (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM job_history h WHERE h.job_id = m.id),
            %(status_from)s, m.status, m.reason, m.status_ns, %(duration_ms)s, m.attempt, %(worker_id)s
     FROM moved m
+), outbox AS (
+    -- Webhook deliveries for the subscriptions that want this event: the outbox row
+    -- commits with the transition or not at all.
+    INSERT INTO webhook_deliveries (id, subscription_id, job_id, project_id, event, payload, status,
+                                    next_attempt_ns, created_ns, trace_id, root_span_id, trace_sampled)
+    SELECT replace(gen_random_uuid()::text, '-', ''), s.id, m.id, m.project_id, %(event)s::text,
+           jsonb_build_object('event', %(event)s::text, 'job_id', m.id, 'project_id', m.project_id,
+                              'status_from', %(status_from)s::text, 'status_to', m.status, 'reason', m.reason,
+                              'timestamp', %(timestamp)s::text, 'attempt', m.attempt, 'trace_id', m.trace_id),
+           'pending', m.status_ns, m.status_ns, m.trace_id, m.root_span_id, m.trace_sampled
+    FROM moved m JOIN webhook_subscriptions s ON s.project_id = m.project_id
+    WHERE s.events ? %(event)s::text
+    ORDER BY s.id
 )
 SELECT m.*,
        CASE WHEN %(notify)s AND m.status = 'queued' THEN pg_notify('orchestrator_jobs', '') END AS woke
@@ -117,6 +130,17 @@ WITH candidate AS (
            'queued', 'running', 'claimed', m.status_ns,
            GREATEST(0, (m.status_ns - m.previous_ns) / 1e6)::double precision, m.attempt, %(worker_id)s
     FROM moved m
+), outbox AS (
+    INSERT INTO webhook_deliveries (id, subscription_id, job_id, project_id, event, payload, status,
+                                    next_attempt_ns, created_ns, trace_id, root_span_id, trace_sampled)
+    SELECT replace(gen_random_uuid()::text, '-', ''), s.id, m.id, m.project_id, 'job.lifecycle.start',
+           jsonb_build_object('event', 'job.lifecycle.start', 'job_id', m.id, 'project_id', m.project_id,
+                              'status_from', 'queued', 'status_to', 'running', 'reason', 'claimed',
+                              'timestamp', %(timestamp)s::text, 'attempt', m.attempt, 'trace_id', m.trace_id),
+           'pending', m.status_ns, m.status_ns, m.trace_id, m.root_span_id, m.trace_sampled
+    FROM moved m JOIN webhook_subscriptions s ON s.project_id = m.project_id
+    WHERE s.events ? 'job.lifecycle.start'
+    ORDER BY s.id
 )
 SELECT * FROM moved;
 

@@ -59,3 +59,17 @@ SELECT * FROM job_history WHERE job_id = :job_id ORDER BY seq;
 
 -- name: queue_depth
 SELECT COUNT(*) AS depth FROM jobs WHERE status = 'queued';
+
+-- name: insert_outbox
+-- Webhook deliveries for the subscriptions that want this event, in the transaction
+-- of the transition they report.
+INSERT INTO webhook_deliveries (id, subscription_id, job_id, project_id, event, payload, status,
+                                next_attempt_ns, created_ns, trace_id, root_span_id, trace_sampled)
+SELECT lower(hex(randomblob(16))), s.id, j.id, j.project_id, :event,
+       json_object('event', :event, 'job_id', j.id, 'project_id', j.project_id,
+                   'status_from', :status_from, 'status_to', j.status, 'reason', j.reason,
+                   'timestamp', :timestamp, 'attempt', j.attempt, 'trace_id', j.trace_id),
+       'pending', j.status_ns, j.status_ns, j.trace_id, j.root_span_id, j.trace_sampled
+FROM jobs j JOIN webhook_subscriptions s ON s.project_id = j.project_id
+WHERE j.id = :job_id AND EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = :event)
+ORDER BY s.id;
