@@ -117,6 +117,21 @@ class JobTelemetry:
         """An OpenTelemetry context whose current span is the job's (remote) root."""
         return trace.set_span_in_context(NonRecordingSpan(_root_span_context(job.trace)))
 
+    @contextlib.contextmanager
+    def _in_job_trace(self, job: Job) -> Iterator[None]:
+        """Make the job's root span current unless a span of the job's trace already is:
+        records written outside one (a claim, a reaper's recovery, a cancel from another
+        process) still carry the job's trace id."""
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid and format(current.trace_id, "032x") == job.trace.trace_id:
+            yield
+            return
+        token = otel_context.attach(self.root_context(job))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
     def _add(self, spec: MetricSpec, value: float, **attributes: str) -> None:
         self._instruments[spec.name].add(value, attributes)
 
@@ -136,7 +151,13 @@ class JobTelemetry:
             "job created",
             job_id=job.id,
             project_id=job.project_id,
+            # The same fields as every other lifecycle record and as the persisted
+            # creation row (and the root span's create event): none -> pending, "created".
+            status_from="none",
             status_to=str(job.status),
+            reason="created",
+            duration_ms=0.0,
+            attempt=job.attempt,
             modules=",".join(job.modules),
             trace_id=job.trace.trace_id,
         )
@@ -146,22 +167,23 @@ class JobTelemetry:
         """Log and count one applied transition (the root span event comes from the
         persisted history when the root span is emitted)."""
         name = lifecycle_event(t.status_from, t.status_to)
-        logs.event(
-            log,
-            _LEVEL_BY_TARGET.get(t.status_to, logging.INFO),
-            name,
-            f"{t.status_from} -> {t.status_to}: {t.reason}",
-            job_id=after.id,
-            project_id=after.project_id,
-            status_from=str(t.status_from),
-            status_to=str(t.status_to),
-            reason=t.reason,
-            duration_ms=round(t.duration_ms, 3),
-            attempt=t.new_attempt,
-            worker_id=t.worker_id,
-            error_category=t.error_category and str(t.error_category),
-            phase=t.error_phase and str(t.error_phase),
-        )
+        with self._in_job_trace(after):
+            logs.event(
+                log,
+                _LEVEL_BY_TARGET.get(t.status_to, logging.INFO),
+                name,
+                f"{t.status_from} -> {t.status_to}: {t.reason}",
+                job_id=after.id,
+                project_id=after.project_id,
+                status_from=str(t.status_from),
+                status_to=str(t.status_to),
+                reason=t.reason,
+                duration_ms=round(t.duration_ms, 3),
+                attempt=t.new_attempt,
+                worker_id=t.worker_id,
+                error_category=t.error_category and str(t.error_category),
+                phase=t.error_phase and str(t.error_phase),
+            )
         self._add(Metric.TRANSITIONS, 1, status_from=str(t.status_from), status_to=str(t.status_to))
         self._record(Metric.PHASE_DURATION, t.duration_ms / 1000, phase=str(t.status_from))
         if t.status_from is JobStatus.QUEUED and t.status_to is JobStatus.RUNNING:
@@ -311,10 +333,16 @@ class JobTelemetry:
             },
         )
         span.add_event(ModuleEvent.SPAWN, {Attr.JOB_ID: job.id, Attr.MODULE: module})
-        logs.event(module_log, logging.INFO, ModuleEvent.SPAWN, f"module {module} spawned", module=module)
+        with _current(span):
+            logs.event(module_log, logging.INFO, ModuleEvent.SPAWN, f"module {module} spawned", module=module)
         return span
 
     def module_finished(self, job: Job, span: trace.Span, result: ModuleResult, exc: BaseException | None) -> None:
+        # The module's span is current while its records are written: they carry its ids.
+        with _current(span):
+            self._module_finished(job, span, result, exc)
+
+    def _module_finished(self, job: Job, span: trace.Span, result: ModuleResult, exc: BaseException | None) -> None:
         attrs: dict[str, Any] = {
             Attr.JOB_ID: job.id,
             Attr.MODULE: result.module,
@@ -414,6 +442,11 @@ class JobTelemetry:
 
     def queue_depth(self, depth: int) -> None:
         self._set(Metric.QUEUE_DEPTH, depth)
+
+
+def _current(span: trace.Span) -> contextlib.AbstractContextManager[trace.Span]:
+    """Make ``span`` current (without ending it or recording exceptions on it)."""
+    return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
 
 
 def _mark_error(span: trace.Span, exc: BaseException) -> None:

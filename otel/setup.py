@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,10 +73,12 @@ class Telemetry:
     _closed: bool = False
 
     def flush(self, timeout_s: float = 5.0) -> None:
+        """Export what is buffered; never blocks longer than ~``timeout_s`` in all."""
         millis = int(timeout_s * 1000)
-        for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
-            if provider is not None:
-                _bounded(lambda p=provider: p.force_flush(millis), timeout_s)  # type: ignore[misc]
+        _bounded(
+            [lambda p=p: p.force_flush(millis) for p in self._providers()],  # type: ignore[misc]
+            self._budget(timeout_s),
+        )
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Flush and shut every provider down; never blocks longer than ~``timeout_s``."""
@@ -84,18 +87,26 @@ class Telemetry:
         self._closed = True
         if self.log_handler is not None:
             logging.getLogger().removeHandler(self.log_handler)
-        per_provider = timeout_s / 3
-        for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
-            if provider is not None:
-                _bounded(provider.shutdown, per_provider)
+        _bounded([p.shutdown for p in self._providers()], self._budget(timeout_s))
+
+    def _providers(self) -> list[Any]:
+        return [p for p in (self.tracer_provider, self.logger_provider, self.meter_provider) if p is not None]
+
+    def _budget(self, timeout_s: float) -> float:
+        """Once exports have failed (a collector down or refusing), waiting for the
+        retries of the last batches would only delay exit: give them a second."""
+        return min(timeout_s, 1.0) if any(self.failures.values()) else timeout_s
 
 
-def _bounded(fn: Callable[[], Any], timeout_s: float) -> None:
-    """Run ``fn`` in a daemon thread and stop waiting after ``timeout_s``: an exporter
-    stuck on an unreachable collector must not hold the process at exit."""
-    thread = threading.Thread(target=fn, name="otel-shutdown", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
+def _bounded(fns: Sequence[Callable[[], Any]], timeout_s: float) -> None:
+    """Run ``fns`` in parallel daemon threads and stop waiting after ``timeout_s`` in
+    all: an exporter stuck on an unreachable collector must not hold the process."""
+    threads = [threading.Thread(target=fn, name="otel-shutdown", daemon=True) for fn in fns]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _env(name: str, env: Mapping[str, str]) -> str:

@@ -139,7 +139,8 @@ async def demo(ctx: Context) -> int:
         return 0
 
     code = await with_app(ctx, go)
-    ctx.telemetry.flush()
+    if ctx.telemetry.mode == "files":
+        ctx.telemetry.flush()  # the epilogue reads the files; OTLP is flushed once, at shutdown
     await _show_telemetry(ctx)
     return code
 

@@ -201,6 +201,11 @@ class PostgresJobStore:
         async with self._connection("ping") as conn:
             await conn.execute(_Q["ping"])
 
+    def connection(self, operation: str) -> contextlib.AbstractAsyncContextManager[_Connection]:
+        """A pooled connection, its transaction committed on exit, driver errors mapped to
+        :class:`PersistenceError` (for companion stores)."""
+        return self._connection(operation)
+
     @contextlib.asynccontextmanager
     async def _connection(self, operation: str) -> AsyncIterator[_Connection]:
         """A pooled connection in a transaction committed on exit; driver errors mapped."""
@@ -262,9 +267,9 @@ class PostgresJobStore:
         params = _transition_params(transition)
         params["notify"] = self.notify
         async with self._connection("apply") as conn:
-            row = await _fetchone(conn, _Q["apply_transition"], params)
+            row = await fetchone(conn, _Q["apply_transition"], params)
             if row is None:
-                current = await _fetchone(conn, _Q["get_job"], {"id": transition.job_id})
+                current = await fetchone(conn, _Q["get_job"], {"id": transition.job_id})
                 if current is None:
                     raise JobNotFound(transition.job_id)
                 raise TransitionConflict(
@@ -287,7 +292,7 @@ class PostgresJobStore:
             "timestamp": rows.iso(now_ns),
         }
         async with self._connection("claim") as conn:
-            row = await _fetchone(conn, _Q["claim"], params)
+            row = await fetchone(conn, _Q["claim"], params)
         return rows.job_from_row(row) if row is not None else None
 
     async def renew_leases(self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int) -> set[str]:
@@ -295,14 +300,14 @@ class PostgresJobStore:
             return set()
         params = {"ids": list(job_ids), "worker_id": worker_id, "expires_ns": expires_ns}
         async with self._connection("renew_leases") as conn:
-            found = await _fetchall(conn, _Q["renew_leases"], params)
+            found = await fetchall(conn, _Q["renew_leases"], params)
         return {r["id"] for r in found}
 
     async def request_cancel(self, job_id: str, reason: str) -> Job:
         async with self._connection("request_cancel") as conn:
-            row = await _fetchone(conn, _Q["request_cancel"], {"id": job_id, "reason": reason})
+            row = await fetchone(conn, _Q["request_cancel"], {"id": job_id, "reason": reason})
             if row is None:
-                row = await _fetchone(conn, _Q["get_job"], {"id": job_id})
+                row = await fetchone(conn, _Q["get_job"], {"id": job_id})
                 if row is None:
                     raise JobNotFound(job_id)
         return rows.job_from_row(row)
@@ -311,7 +316,7 @@ class PostgresJobStore:
 
     async def get(self, job_id: str) -> Job:
         async with self._connection("get") as conn:
-            row = await _fetchone(conn, _Q["get_job"], {"id": job_id})
+            row = await fetchone(conn, _Q["get_job"], {"id": job_id})
         if row is None:
             raise JobNotFound(job_id)
         return rows.job_from_row(row)
@@ -338,29 +343,29 @@ class PostgresJobStore:
         where = pgsql.SQL("WHERE ") + pgsql.SQL(" AND ").join(clauses) if clauses else pgsql.SQL("")
         query = pgsql.SQL(_Q["list_jobs"]).format(where=where)
         async with self._connection("list") as conn:
-            found = await _fetchall(conn, query, params)
+            found = await fetchall(conn, query, params)
         return [rows.job_from_row(r) for r in found]
 
     async def cancel_requests(self, job_ids: Sequence[str]) -> dict[str, str]:
         if not job_ids:
             return {}
         async with self._connection("cancel_requests") as conn:
-            found = await _fetchall(conn, _Q["cancel_requests"], {"ids": list(job_ids)})
+            found = await fetchall(conn, _Q["cancel_requests"], {"ids": list(job_ids)})
         return {r["id"]: r["cancel_requested"] for r in found}
 
     async def expired(self, *, now_ns: int, limit: int = 100) -> list[Job]:
         async with self._connection("expired") as conn:
-            found = await _fetchall(conn, _Q["expired"], {"now_ns": now_ns, "limit": limit})
+            found = await fetchall(conn, _Q["expired"], {"now_ns": now_ns, "limit": limit})
         return [rows.job_from_row(r) for r in found]
 
     async def history(self, job_id: str) -> list[LifecycleEntry]:
         async with self._connection("history") as conn:
-            found = await _fetchall(conn, _Q["history"], {"job_id": job_id})
+            found = await fetchall(conn, _Q["history"], {"job_id": job_id})
         return [rows.entry_from_row(r) for r in found]
 
     async def queue_depth(self) -> int:
         async with self._connection("queue_depth") as conn:
-            row = await _fetchone(conn, _Q["queue_depth"])
+            row = await fetchone(conn, _Q["queue_depth"])
         assert row is not None
         return int(row["depth"])
 
@@ -466,13 +471,13 @@ class PostgresJobStore:
             wake.set()
 
 
-async def _fetchone(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> DictRow | None:
+async def fetchone(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> DictRow | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
         return await cur.fetchone()
 
 
-async def _fetchall(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> list[DictRow]:
+async def fetchall(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> list[DictRow]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()

@@ -121,6 +121,11 @@ class SQLiteJobStore:
     async def ping(self) -> None:
         await self._run("ping", lambda c: c.execute("SELECT 1").fetchone())
 
+    async def run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in the store's thread, retrying lock contention and
+        mapping driver errors to :class:`PersistenceError` (for companion stores)."""
+        return await self._run(operation, fn)
+
     async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a thread, retrying lock contention, mapping driver errors."""
         async with self._limiter:
@@ -170,7 +175,7 @@ class SQLiteJobStore:
         row = rows.job_to_row(job)
 
         def insert(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute(_Q["insert_job"], row)
                 conn.execute(
                     _Q["insert_history"],
@@ -192,7 +197,7 @@ class SQLiteJobStore:
         params = _transition_params(transition)
 
         def apply(conn: sqlite3.Connection) -> Job:
-            with _transaction(conn):
+            with transaction(conn):
                 row = conn.execute(_Q["apply_transition"], params).fetchone()
                 if row is None:
                     current = conn.execute(_Q["get_job"], {"id": transition.job_id}).fetchone()
@@ -216,7 +221,7 @@ class SQLiteJobStore:
 
     async def claim(self, *, worker_id: str, lease_ns: int, now_ns: int) -> Job | None:
         def claim(conn: sqlite3.Connection) -> Job | None:
-            with _transaction(conn):
+            with transaction(conn):
                 candidate = conn.execute(_Q["next_claimable"]).fetchone()
                 if candidate is None:
                     return None
@@ -243,7 +248,7 @@ class SQLiteJobStore:
     async def renew_leases(self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int) -> set[str]:
         def renew(conn: sqlite3.Connection) -> set[str]:
             owned = set()
-            with _transaction(conn):
+            with transaction(conn):
                 for job_id in job_ids:
                     params = {"id": job_id, "worker_id": worker_id, "expires_ns": expires_ns}
                     if conn.execute(_Q["renew_lease"], params).fetchone():
@@ -254,7 +259,7 @@ class SQLiteJobStore:
 
     async def request_cancel(self, job_id: str, reason: str) -> Job:
         def request(conn: sqlite3.Connection) -> Job:
-            with _transaction(conn):
+            with transaction(conn):
                 row = conn.execute(_Q["request_cancel"], {"id": job_id, "reason": reason}).fetchone()
                 if row is None:
                     row = conn.execute(_Q["get_job"], {"id": job_id}).fetchone()
@@ -332,7 +337,7 @@ class SQLiteJobStore:
             self._wake.set()
 
 
-class _transaction:
+class transaction:  # noqa: N801 - used like a function: ``with transaction(conn):``
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:

@@ -1,0 +1,476 @@
+"""``ExecuteAnalysisJobUseCase``: every module outcome, the failure policies, cancellation
+and shutdown, and a real worker that survives every kind of module failure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+
+from orchestrator.bootstrap import App, open_app
+from orchestrator.domain import (
+    ErrorCategory,
+    Job,
+    JobStatus,
+    ModuleError,
+    ModuleOutcome,
+    ModuleResult,
+    Phase,
+    TransitionConflict,
+)
+from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
+from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.settings import Settings
+from orchestrator.usecases import CancelKind, JobControl
+
+pytestmark = pytest.mark.anyio
+
+
+# --- test modules ------------------------------------------------------------------------------
+
+
+class OkModule(BaseModule):
+    name: ClassVar[str] = "ok"
+    expected_runtime: ClassVar[float] = 1.0
+    timeout: ClassVar[float] = 5.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        return {"files": 3, "module": context.module}
+
+
+class DelayedOkModule(BaseModule):
+    """Finishes well after a failing sibling: proves complete_all lets it run."""
+
+    name: ClassVar[str] = "delayed"
+    expected_runtime: ClassVar[float] = 2.0
+    timeout: ClassVar[float] = 5.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        await anyio.sleep(0.2)
+        return {"delayed": True}
+
+
+class FailingModule(BaseModule):
+    name: ClassVar[str] = "failing"
+    timeout: ClassVar[float] = 5.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        raise ModuleError("malformed manifest")
+
+
+class TimeoutModule(BaseModule):
+    name: ClassVar[str] = "sleepy"
+    expected_runtime: ClassVar[float] = 0.1
+    timeout: ClassVar[float] = 0.2
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        await anyio.sleep(5)
+        return {}
+
+
+class PanicModule(BaseModule):
+    name: ClassVar[str] = "panicky"
+    timeout: ClassVar[float] = 5.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        raise RuntimeError("boom")
+
+
+class ExitModule(BaseModule):
+    name: ClassVar[str] = "exiting"
+    timeout: ClassVar[float] = 5.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        raise SystemExit(3)
+
+
+class OverrunModule(BaseModule):
+    name: ClassVar[str] = "overrun"
+    expected_runtime: ClassVar[float] = 0.05
+    timeout: ClassVar[float] = 5.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        await anyio.sleep(0.3)
+        return {"slow": True}
+
+
+class NotJsonModule(BaseModule):
+    name: ClassVar[str] = "notjson"
+    timeout: ClassVar[float] = 5.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        return {"when": object()}
+
+
+class SlowModule(BaseModule):
+    """Sleeps 5 s and never checks for cancellation itself."""
+
+    name: ClassVar[str] = "slow"
+    expected_runtime: ClassVar[float] = 10.0
+    timeout: ClassVar[float] = 30.0
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        self.started += 1
+        await anyio.sleep(5)
+        return {"slept": 5}
+
+
+def registry(slow: SlowModule | None = None) -> ModuleRegistry:
+    return ModuleRegistry(
+        [
+            OkModule(),
+            DelayedOkModule(),
+            FailingModule(),
+            TimeoutModule(),
+            PanicModule(),
+            ExitModule(),
+            OverrunModule(),
+            NotJsonModule(),
+            slow or SlowModule(),
+        ]
+    )
+
+
+# --- fixtures and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow() -> SlowModule:
+    return SlowModule()
+
+
+@pytest.fixture
+async def app(tmp_path: Path, slow: SlowModule) -> AsyncIterator[App]:
+    settings = Settings(data_dir=tmp_path / "data", poll_seconds=0.05, cancel_poll_seconds=0.1)
+    async with open_app(settings, registry=registry(slow)) as opened:
+        yield opened
+
+
+async def create(app: App, source: Path, modules: list[str], **options: Any) -> Job:
+    request: dict[str, Any] = {"project_id": "p", "source": str(source), "modules": modules}
+    if options:
+        request["options"] = options
+    job = await app.create.execute(request)
+    assert job.status is JobStatus.QUEUED
+    return job
+
+
+async def claim(app: App, job: Job) -> Job:
+    running = await app.workflow.claim("w1", lease_seconds=30)
+    assert running is not None
+    assert (running.id, running.status) == (job.id, JobStatus.RUNNING)
+    return running
+
+
+async def run_job(app: App, source: Path, modules: list[str], **options: Any) -> Job:
+    running = await claim(app, await create(app, source, modules, **options))
+    final = await app.execute.execute(running, control=JobControl(), worker_id="w1")
+    assert final == await app.store.get(running.id)
+    return final
+
+
+def by_module(job: Job) -> dict[str, ModuleResult]:
+    assert [r.module for r in job.results] == list(job.modules)
+    return {r.module: r for r in job.results}
+
+
+# --- one module, every outcome -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expect:
+    outcome: ModuleOutcome
+    error_type: str | None
+    error: str | None  # a substring of the result's error
+    status: JobStatus
+    category: ErrorCategory | None
+
+
+CASES: dict[str, Expect] = {
+    "ok": Expect(ModuleOutcome.OK, None, None, JobStatus.COMPLETED, None),
+    "failing": Expect(ModuleOutcome.ERROR, "ModuleError", "malformed manifest", JobStatus.FAILED, ErrorCategory.MODULE),
+    "sleepy": Expect(
+        ModuleOutcome.TIMEOUT, "TimeoutError", "0.2 s timeout", JobStatus.FAILED, ErrorCategory.MODULE_TIMEOUT
+    ),
+    "panicky": Expect(
+        ModuleOutcome.PANIC, "RuntimeError", "RuntimeError: boom", JobStatus.FAILED, ErrorCategory.MODULE_PANIC
+    ),
+    "exiting": Expect(ModuleOutcome.PANIC, "SystemExit", "SystemExit", JobStatus.FAILED, ErrorCategory.MODULE_PANIC),
+    "overrun": Expect(ModuleOutcome.OK, None, None, JobStatus.COMPLETED, None),
+    "notjson": Expect(
+        ModuleOutcome.ERROR, "ModuleError", "not JSON-serialisable", JobStatus.FAILED, ErrorCategory.MODULE
+    ),
+}
+
+
+@pytest.mark.parametrize("module", list(CASES))
+async def test_each_module_outcome_becomes_a_result_and_decides_the_job_status(
+    app: App, tmp_path: Path, module: str
+) -> None:
+    expect = CASES[module]
+    started = time.perf_counter()
+
+    final = await run_job(app, tmp_path, [module])
+
+    assert time.perf_counter() - started < 2.0
+    result = by_module(final)[module]
+    assert result.outcome is expect.outcome
+    assert result.error_type == expect.error_type
+    if expect.error is None:
+        assert result.error is None
+    else:
+        assert result.error is not None
+        assert expect.error in result.error
+    assert (result.attempt, result.version) == (1, "1.0.0")
+    assert final.status is expect.status
+    assert final.error_category is expect.category
+    assert final.finished_ns is not None
+    assert (final.lease_owner, final.lease_expires_ns) == (None, None)
+    if expect.status is JobStatus.FAILED:
+        assert final.error_phase is Phase.EXECUTE
+        assert final.reason is not None
+        assert final.reason.startswith("1 of 1 modules failed")
+        assert f"{module} ({expect.category})" in final.reason
+        assert result.summary == {}
+    else:
+        assert final.error_phase is None
+        assert final.reason is not None
+        assert final.reason.startswith("all 1 modules completed")
+    last = (await app.store.history(final.id))[-1]
+    assert (last.status_from, last.status_to, last.reason, last.worker_id) == (
+        JobStatus.RUNNING,
+        final.status,
+        final.reason,
+        "w1",
+    )
+
+
+async def test_a_timed_out_module_is_stopped_at_its_timeout(app: App, tmp_path: Path) -> None:
+    final = await run_job(app, tmp_path, ["sleepy"])
+    result = by_module(final)["sleepy"]
+    assert result.timeout_ms == 200
+    assert 190 <= result.duration_ms < 1000
+
+
+async def test_an_overrun_is_a_warning_in_the_reason_not_a_failure(app: App, tmp_path: Path) -> None:
+    final = await run_job(app, tmp_path, ["ok", "overrun"])
+
+    results = by_module(final)
+    assert final.status is JobStatus.COMPLETED
+    assert results["overrun"].outcome is ModuleOutcome.OK
+    assert results["overrun"].overran
+    assert results["overrun"].duration_ms >= 300
+    assert results["overrun"].expected_ms == 50
+    assert results["overrun"].summary == {"slow": True}
+    assert not results["ok"].overran
+    assert final.reason == "all 2 modules completed; overrun exceeded expected runtime"
+
+
+async def test_a_module_summary_survives_the_store_round_trip(app: App, tmp_path: Path) -> None:
+    final = await run_job(app, tmp_path, ["ok"])
+    assert by_module(final)["ok"].summary == {"files": 3, "module": "ok"}
+
+
+# --- failure policies --------------------------------------------------------------------------
+
+
+async def test_complete_all_runs_every_module_and_keeps_every_result(app: App, tmp_path: Path) -> None:
+    final = await run_job(app, tmp_path, ["failing", "ok", "delayed", "panicky"])
+
+    results = by_module(final)
+    assert {name: r.outcome for name, r in results.items()} == {
+        "failing": ModuleOutcome.ERROR,
+        "ok": ModuleOutcome.OK,
+        "delayed": ModuleOutcome.OK,
+        "panicky": ModuleOutcome.PANIC,
+    }
+    assert results["delayed"].summary == {"delayed": True}
+    assert results["delayed"].duration_ms >= 200  # it ran to the end after the failures
+    assert final.status is JobStatus.FAILED
+    assert final.reason is not None
+    assert final.reason.startswith("2 of 4 modules failed")
+    assert "failing (module): malformed manifest" in final.reason
+    assert "panicky (module_panic): RuntimeError: boom" in final.reason
+    assert final.error_category in (ErrorCategory.MODULE, ErrorCategory.MODULE_PANIC)
+
+
+async def test_fail_fast_cancels_the_other_modules_at_the_first_failure(
+    app: App, tmp_path: Path, slow: SlowModule
+) -> None:
+    started = time.perf_counter()
+
+    final = await run_job(app, tmp_path, ["slow", "failing"], failure_policy="fail_fast")
+
+    assert time.perf_counter() - started < 1.0
+    results = by_module(final)
+    assert slow.started == 1
+    assert results["failing"].outcome is ModuleOutcome.ERROR
+    assert results["slow"].outcome is ModuleOutcome.CANCELLED
+    assert results["slow"].error == "cancelled"
+    assert final.status is JobStatus.FAILED
+    assert (final.error_category, final.error_phase) == (ErrorCategory.MODULE, Phase.EXECUTE)
+    assert final.reason is not None
+    assert final.reason.startswith("1 of 2 modules failed")
+
+
+async def test_fail_fast_cancels_modules_that_had_not_started(app: App, tmp_path: Path, slow: SlowModule) -> None:
+    final = await run_job(app, tmp_path, ["failing", "slow", "ok"], failure_policy="fail_fast", concurrency=1)
+
+    results = by_module(final)
+    assert results["failing"].outcome is ModuleOutcome.ERROR
+    assert slow.started == 0
+    for name in ("slow", "ok"):
+        assert results[name].outcome is ModuleOutcome.CANCELLED
+        assert results[name].error == "cancelled before it started"
+        assert results[name].duration_ms == 0
+    assert final.status is JobStatus.FAILED
+
+
+# --- cancellation and shutdown -----------------------------------------------------------------
+
+
+async def execute_then_cancel(
+    app: App, running: Job, slow: SlowModule, kind: CancelKind, reason: str
+) -> tuple[Job, float]:
+    """Execute ``running``; once the slow module runs, cancel; return the job and the
+    seconds from the cancel to the end of execute."""
+    control = JobControl()
+    outcome: dict[str, Job] = {}
+
+    async def execute() -> None:
+        outcome["job"] = await app.execute.execute(running, control=control, worker_id="w1")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(execute)
+        with anyio.fail_after(2):
+            while not slow.started:
+                await anyio.sleep(0.01)
+        cancelled_at = time.perf_counter()
+        control.cancel(kind, reason)
+    return outcome["job"], time.perf_counter() - cancelled_at
+
+
+async def test_a_user_cancel_mid_run_ends_the_job_cancelled_within_a_second(
+    app: App, tmp_path: Path, slow: SlowModule
+) -> None:
+    running = await claim(app, await create(app, tmp_path, ["ok", "slow"]))
+
+    final, took = await execute_then_cancel(app, running, slow, CancelKind.USER, "stopped by the test")
+
+    assert took < 1.0
+    assert final.status is JobStatus.CANCELLED
+    assert (final.reason, final.error_category, final.error_phase) == (
+        "stopped by the test",
+        ErrorCategory.CANCELLED,
+        Phase.EXECUTE,
+    )
+    results = by_module(final)
+    assert results["slow"].outcome is ModuleOutcome.CANCELLED
+    assert results["ok"].outcome is ModuleOutcome.OK
+    assert await app.store.get(final.id) == final
+    last = (await app.store.history(final.id))[-1]
+    assert (last.status_from, last.status_to, last.reason) == (
+        JobStatus.RUNNING,
+        JobStatus.CANCELLED,
+        "stopped by the test",
+    )
+
+
+async def test_a_shutdown_cancel_sends_the_job_back_to_the_queue_with_the_next_attempt(
+    app: App, tmp_path: Path, slow: SlowModule
+) -> None:
+    running = await claim(app, await create(app, tmp_path, ["slow"]))
+
+    final, took = await execute_then_cancel(app, running, slow, CancelKind.SHUTDOWN, "worker_shutdown")
+
+    assert took < 1.0
+    assert final.status is JobStatus.QUEUED
+    assert (final.attempt, final.reason) == (2, "worker_shutdown")
+    assert final.error_category is None
+    assert (final.lease_owner, final.lease_expires_ns) == (None, None)
+    last = (await app.store.history(final.id))[-1]
+    assert (last.status_from, last.status_to, last.reason, last.attempt) == (
+        JobStatus.RUNNING,
+        JobStatus.QUEUED,
+        "worker_shutdown",
+        2,
+    )
+    assert await app.store.queue_depth() == 1
+    again = await app.workflow.claim("w2", lease_seconds=30)
+    assert again is not None
+    assert (again.id, again.attempt) == (final.id, 2)
+
+
+async def test_a_lost_lease_discards_the_results_and_writes_nothing(
+    app: App, tmp_path: Path, slow: SlowModule
+) -> None:
+    running = await claim(app, await create(app, tmp_path, ["slow"]))
+    history_before = await app.store.history(running.id)
+
+    final, took = await execute_then_cancel(app, running, slow, CancelKind.LEASE_LOST, "taken over")
+
+    assert took < 1.0
+    assert final == running
+    assert await app.store.get(running.id) == running
+    assert await app.store.history(running.id) == history_before
+
+
+async def test_executing_a_job_that_is_not_running_is_refused(app: App, tmp_path: Path) -> None:
+    queued = await create(app, tmp_path, ["ok"])
+    with pytest.raises(TransitionConflict, match="was queued, not running"):
+        await app.execute.execute(queued, worker_id="w1")
+    assert (await app.store.get(queued.id)).status is JobStatus.QUEUED
+
+
+# --- the worker survives -----------------------------------------------------------------------
+
+
+async def test_a_worker_survives_every_kind_of_module_failure(app: App, tmp_path: Path) -> None:
+    kinds = ["failing", "sleepy", "panicky", "exiting", "notjson", "overrun", "ok"]
+    jobs = {kind: await create(app, tmp_path, [kind]) for kind in kinds}
+    worker = app.worker(concurrency=4, worker_id="survivor")
+    stopped = anyio.Event()
+
+    async def run_worker() -> None:
+        await worker.run()
+        stopped.set()
+
+    async def all_terminal(ids: list[str]) -> dict[str, Job]:
+        with anyio.fail_after(4):
+            while True:
+                current = {job_id: await app.store.get(job_id) for job_id in ids}
+                if all(j.status.terminal for j in current.values()):
+                    return current
+                await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_worker)
+        finals = await all_terminal([j.id for j in jobs.values()])
+        assert not stopped.is_set(), "the worker stopped on its own"
+
+        # Still alive and claiming: one more job after all those failures.
+        extra = await create(app, tmp_path, ["ok"])
+        extra_final = (await all_terminal([extra.id]))[extra.id]
+        assert not stopped.is_set()
+        worker.stop()
+        with anyio.fail_after(2):
+            await stopped.wait()
+
+    statuses = {kind: finals[job.id].status for kind, job in jobs.items()}
+    assert statuses == {kind: CASES[kind].status for kind in kinds}
+    for kind, job in jobs.items():
+        final = finals[job.id]
+        assert final.error_category is CASES[kind].category
+        assert by_module(final)[kind].outcome is CASES[kind].outcome
+        assert final.attempt == 1
+    assert extra_final.status is JobStatus.COMPLETED
+    assert worker.jobs_run == len(kinds) + 1
+    assert worker.in_flight == {}
