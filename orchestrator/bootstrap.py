@@ -14,6 +14,8 @@ from orchestrator.stores import JobStore
 from orchestrator.stores.sqlite import SQLiteJobStore
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.usecases import CreateAnalysisJobUseCase, ExecuteAnalysisJobUseCase
+from orchestrator.webhooks.dispatcher import DispatcherConfig, WebhookDispatcher
+from orchestrator.webhooks.store import webhook_store
 from orchestrator.workflow import JobWorkflow
 
 __all__ = ["App", "build_store", "open_app"]
@@ -42,6 +44,18 @@ class App:
             shutdown_grace_seconds=s.shutdown_grace_seconds,
         )
         return Worker(self.workflow, self.execute, self.telemetry, config, worker_id=worker_id)
+
+
+    def dispatcher(self) -> WebhookDispatcher:
+        """The webhook dispatcher over this app's outbox."""
+        s = self.settings
+        config = DispatcherConfig(
+            max_attempts=s.webhook_max_attempts,
+            backoff_base_seconds=s.webhook_backoff_seconds,
+            read_timeout=s.webhook_timeout_seconds,
+            allow_private=s.webhook_allow_private,
+        )
+        return WebhookDispatcher(webhook_store(self.store), self.telemetry, config)
 
 
 def build_store(settings: Settings) -> JobStore:

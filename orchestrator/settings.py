@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     #: Load third-party modules from the ``orchestrator.modules`` entry-point group.
     load_entry_points: bool = True
+    #: Bearer token the HTTP API requires when set (compared in constant time). Never logged.
+    api_token: SecretStr | None = None
+    #: Largest request body the HTTP API accepts (413 beyond).
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: Deliver webhooks from this process (worker and serve).
+    webhooks: bool = True
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(default=1.0, gt=0, le=3600)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: Allow webhook URLs that resolve to loopback or private addresses.
+    webhook_allow_private: bool = False
     #: Apply schema migrations when a worker or server starts.
     auto_migrate: bool = True
 

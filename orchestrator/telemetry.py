@@ -443,6 +443,12 @@ class JobTelemetry:
     def queue_depth(self, depth: int) -> None:
         self._set(Metric.QUEUE_DEPTH, depth)
 
+    def webhook_attempt(self, outcome: str, seconds: float, *, dead: bool) -> None:
+        self._add(Metric.WEBHOOK_DELIVERIES, 1, outcome=outcome)
+        self._record(Metric.WEBHOOK_LATENCY, seconds, outcome=outcome)
+        if dead:
+            self._add(Metric.FAILURES, 1, phase=str(Phase.NOTIFY), error_category=str(ErrorCategory.WEBHOOK))
+
 
 def _current(span: trace.Span) -> contextlib.AbstractContextManager[trace.Span]:
     """Make ``span`` current (without ending it or recording exceptions on it)."""

@@ -67,6 +67,7 @@ class OperationEvent(enum.StrEnum):
     STORE_RETRY = "store.retry"
     TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
     WEBHOOK_DELIVERY = "webhook.delivery"
+    WEBHOOK_SUBSCRIBED = "webhook.subscribed"
 
 
 class Attr:

@@ -123,9 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=commands.modules, log_level_default="error", telemetry=False)
 
+    p = sub.add_parser("serve", help="the HTTP API, with in-process workers and the webhook dispatcher")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers-in-process", type=int, default=1, help="in-process workers (0: API only)")
+    p.add_argument("--no-migrate", action="store_true", help="do not apply schema migrations on start")
+    p.set_defaults(handler=_serve, log_level_default=None, telemetry=True)
+
     commands.add_db_commands(sub)
+    commands.add_webhook_commands(sub)
     commands.add_telemetry_commands(sub)
     return parser
+
+
+async def _serve(ctx: Context) -> int:
+    from orchestrator.api.server import serve
+
+    return await serve(ctx)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

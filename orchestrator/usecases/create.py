@@ -30,7 +30,18 @@ from otel import logs
 from otel.instrument import instrument
 from otel.vocabulary import SpanName
 
-__all__ = ["LIMITS", "CreateAnalysisJobUseCase", "CreateJobRequest", "JobOptionsInput"]
+__all__ = [
+    "LIMITS",
+    "CreateAnalysisJobUseCase",
+    "CreateJobRequest",
+    "JobOptionsInput",
+    "ModuleList",
+    "ModuleName",
+    "ProjectId",
+    "SourcePath",
+    "validate_project_id",
+    "validation_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +66,44 @@ class JobOptionsInput(BaseModel):
     module_options: dict[ModuleName, dict[str, Any]] = Field(default_factory=dict)
 
 
+ProjectId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Project identifier: letters, digits and . _ : / -",
+    ),
+]
+SourcePath = Annotated[
+    str, Field(min_length=1, max_length=Limits.MAX_SOURCE_CHARS, description="Local path to analyse")
+]
+ModuleList = Annotated[
+    list[ModuleName] | None,
+    Field(max_length=Limits.MAX_MODULES, description="Modules to run (default: all registered)"),
+]
+
+
 class CreateJobRequest(BaseModel):
     """What a caller asks for. Validated at the edge (CLI, API) by pydantic."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    project_id: str = Field(
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
-        description="Project identifier: letters, digits and . _ : / -",
-    )
-    source: str = Field(min_length=1, max_length=Limits.MAX_SOURCE_CHARS, description="Local path to analyse")
-    modules: list[ModuleName] | None = Field(
-        default=None, max_length=Limits.MAX_MODULES, description="Modules to run (default: all registered)"
-    )
+    project_id: ProjectId
+    source: SourcePath
+    modules: ModuleList = None
     options: JobOptionsInput = Field(default_factory=JobOptionsInput)
     traceparent: str | None = Field(default=None, max_length=128, description="Caller's W3C traceparent")
+
+
+_PROJECT_ID = pydantic.TypeAdapter(ProjectId)
+
+
+def validate_project_id(value: str) -> str:
+    try:
+        return _PROJECT_ID.validate_python(value)
+    except pydantic.ValidationError as exc:
+        raise InvalidRequest(f"project_id: {exc.errors()[0]['msg']}", field="project_id") from None
 
 
 def validation_error(exc: pydantic.ValidationError) -> InvalidRequest:
