@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/orchestrator demo
 
 lint: install
-	$(BIN)/ruff check orchestrator otel tests
+	$(BIN)/ruff check orchestrator otel tests benchmarks
 
 typecheck: install
 	$(BIN)/mypy orchestrator otel

@@ -38,12 +38,23 @@ BINARY_SNIFF_BYTES: Final = 8192
 
 #: Directory names never descended into: VCS metadata, dependency caches and our own
 #: state. They are huge, not the project's own code, and would drown the findings.
-SKIP_DIRS: Final = frozenset({
-    ".git", ".hg", ".svn",
-    "node_modules", "__pycache__", ".venv", "venv",
-    ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox", ".nox",
-    ".orchestrator",
-})
+SKIP_DIRS: Final = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "node_modules",
+        "__pycache__",
+        ".venv",
+        "venv",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".tox",
+        ".nox",
+        ".orchestrator",
+    }
+)
 
 
 @dataclass
@@ -208,9 +219,7 @@ def read_bytes(
     return data
 
 
-def read_text(
-    path: Path, *, stats: WalkStats | None = None, max_bytes: int = DEFAULT_MAX_FILE_BYTES
-) -> str | None:
+def read_text(path: Path, *, stats: WalkStats | None = None, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str | None:
     """The file as text, or ``None`` if unreadable, too large or binary.
 
     Decoding replaces invalid UTF-8 rather than failing: for line counts and

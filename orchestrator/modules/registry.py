@@ -52,9 +52,13 @@ class ModuleRegistry:
                 self.register(module)
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
                 logs.event(
-                    log, logging.ERROR, OperationEvent.ERROR,
+                    log,
+                    logging.ERROR,
+                    OperationEvent.ERROR,
                     f"cannot load module entry point {entry.name!r} ({entry.value}): {exc}",
-                    operation="modules.load", module=entry.name, exc_info=exc,
+                    operation="modules.load",
+                    module=entry.name,
+                    exc_info=exc,
                 )
 
     def get(self, name: str) -> AnalysisModule:

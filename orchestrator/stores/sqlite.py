@@ -337,7 +337,7 @@ class SQLiteJobStore:
             self._wake.set()
 
 
-class transaction:  # noqa: N801 - used like a function: ``with transaction(conn):``
+class transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:

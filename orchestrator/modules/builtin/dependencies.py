@@ -117,11 +117,7 @@ def _poetry_spec(value: Any) -> str:
 
 def _poetry_table(table: Mapping[str, Any], group: str) -> list[Dependency]:
     # "python" in Poetry dependencies is the interpreter constraint, not a package.
-    return [
-        Dependency(name, _poetry_spec(spec), group)
-        for name, spec in table.items()
-        if name.lower() != "python"
-    ]
+    return [Dependency(name, _poetry_spec(spec), group) for name, spec in table.items() if name.lower() != "python"]
 
 
 def parse_pyproject(data: bytes) -> list[Dependency]:
@@ -174,9 +170,7 @@ def manifest_kind(path: Path) -> tuple[str, Parser] | None:
     return None
 
 
-def _read_manifest(
-    path: Path, relpath: str, kind: str, parse: Parser, stats: WalkStats, module: str
-) -> dict[str, Any]:
+def _read_manifest(path: Path, relpath: str, kind: str, parse: Parser, stats: WalkStats, module: str) -> dict[str, Any]:
     data = read_bytes(path, stats=stats, reject_binary=False)
     if data is None:
         return {"path": relpath, "kind": kind, "skipped": "unreadable or too large"}

@@ -18,19 +18,36 @@ _CHUNK: Final = 1 << 20
 
 #: Extension -> language. ``.h`` is counted as C: it is the more common owner.
 LANGUAGES: Final[dict[str, str]] = {
-    ".py": "Python", ".pyi": "Python",
-    ".js": "JavaScript", ".mjs": "JavaScript", ".cjs": "JavaScript", ".jsx": "JavaScript",
-    ".ts": "TypeScript", ".tsx": "TypeScript", ".mts": "TypeScript", ".cts": "TypeScript",
+    ".py": "Python",
+    ".pyi": "Python",
+    ".js": "JavaScript",
+    ".mjs": "JavaScript",
+    ".cjs": "JavaScript",
+    ".jsx": "JavaScript",
+    ".ts": "TypeScript",
+    ".tsx": "TypeScript",
+    ".mts": "TypeScript",
+    ".cts": "TypeScript",
     ".go": "Go",
     ".rs": "Rust",
     ".java": "Java",
-    ".c": "C", ".h": "C",
-    ".cc": "C++", ".cpp": "C++", ".cxx": "C++", ".hh": "C++", ".hpp": "C++", ".hxx": "C++",
-    ".md": "Markdown", ".markdown": "Markdown",
+    ".c": "C",
+    ".h": "C",
+    ".cc": "C++",
+    ".cpp": "C++",
+    ".cxx": "C++",
+    ".hh": "C++",
+    ".hpp": "C++",
+    ".hxx": "C++",
+    ".md": "Markdown",
+    ".markdown": "Markdown",
     ".toml": "TOML",
-    ".yaml": "YAML", ".yml": "YAML",
+    ".yaml": "YAML",
+    ".yml": "YAML",
     ".json": "JSON",
-    ".sh": "Shell", ".bash": "Shell", ".zsh": "Shell",
+    ".sh": "Shell",
+    ".bash": "Shell",
+    ".zsh": "Shell",
 }
 
 
@@ -99,15 +116,13 @@ def build_inventory(source: Path, ctx: ModuleContext) -> dict[str, Any]:
 def _summary(tallies: dict[str, _Tally], largest: list[tuple[int, str]], stats: WalkStats) -> dict[str, Any]:
     return {
         "languages": {
-            language: {"files": t.files, "lines": t.lines, "bytes": t.bytes}
-            for language, t in sorted(tallies.items())
+            language: {"files": t.files, "lines": t.lines, "bytes": t.bytes} for language, t in sorted(tallies.items())
         },
         "total_files": sum(t.files for t in tallies.values()),
         "total_lines": sum(t.lines for t in tallies.values()),
         "total_bytes": sum(t.bytes for t in tallies.values()),
         "largest_files": [
-            {"path": path, "bytes": size}
-            for size, path in sorted(largest, key=lambda item: (-item[0], item[1]))
+            {"path": path, "bytes": size} for size, path in sorted(largest, key=lambda item: (-item[0], item[1]))
         ],
         "walk": stats.as_dict(),
     }

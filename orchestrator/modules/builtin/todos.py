@@ -35,11 +35,59 @@ _GENERIC: Final = ("#", "//", "/*", "*", "<!--", "--", ";")
 
 #: Extension -> comment openers. An empty tuple: the format has no comments (JSON).
 _OPENERS: Final[dict[str, tuple[str, ...]]] = {
-    **dict.fromkeys((".py", ".pyi", ".sh", ".bash", ".zsh", ".toml", ".yaml", ".yml", ".rb", ".pl",
-                     ".r", ".cfg", ".conf", ".mk", ".cmake", ".dockerfile"), _HASH),
-    **dict.fromkeys((".js", ".mjs", ".cjs", ".jsx", ".ts", ".tsx", ".mts", ".cts", ".go", ".rs", ".java",
-                     ".c", ".h", ".cc", ".cpp", ".cxx", ".hh", ".hpp", ".hxx", ".cs", ".kt", ".swift",
-                     ".scala", ".dart", ".css", ".scss", ".less"), _SLASH),
+    **dict.fromkeys(
+        (
+            ".py",
+            ".pyi",
+            ".sh",
+            ".bash",
+            ".zsh",
+            ".toml",
+            ".yaml",
+            ".yml",
+            ".rb",
+            ".pl",
+            ".r",
+            ".cfg",
+            ".conf",
+            ".mk",
+            ".cmake",
+            ".dockerfile",
+        ),
+        _HASH,
+    ),
+    **dict.fromkeys(
+        (
+            ".js",
+            ".mjs",
+            ".cjs",
+            ".jsx",
+            ".ts",
+            ".tsx",
+            ".mts",
+            ".cts",
+            ".go",
+            ".rs",
+            ".java",
+            ".c",
+            ".h",
+            ".cc",
+            ".cpp",
+            ".cxx",
+            ".hh",
+            ".hpp",
+            ".hxx",
+            ".cs",
+            ".kt",
+            ".swift",
+            ".scala",
+            ".dart",
+            ".css",
+            ".scss",
+            ".less",
+        ),
+        _SLASH,
+    ),
     **dict.fromkeys((".md", ".markdown", ".html", ".htm", ".xml", ".svg", ".vue"), _MARKUP),
     **dict.fromkeys((".sql", ".lua", ".hs", ".elm"), ("--", "/*", "*")),
     **dict.fromkeys((".ini", ".lisp", ".el", ".clj", ".asm", ".s"), (";", "#")),
@@ -64,9 +112,7 @@ def comment_markers(line: str, suffix: str) -> list[str]:
     return [] if start is None else _MARKER.findall(line, start)
 
 
-def _scan_file(
-    text: str, path: str, suffix: str, counts: Counter[str], sample: list[dict[str, Any]]
-) -> int:
+def _scan_file(text: str, path: str, suffix: str, counts: Counter[str], sample: list[dict[str, Any]]) -> int:
     found = 0
     for number, line in enumerate(text.splitlines(), start=1):
         for marker in comment_markers(line, suffix):

@@ -168,3 +168,53 @@ SELECT * FROM job_history WHERE job_id = %(job_id)s ORDER BY seq;
 
 -- name: queue_depth
 SELECT COUNT(*) AS depth FROM jobs WHERE status = 'queued';
+
+-- name: webhook_insert_subscription
+INSERT INTO webhook_subscriptions (id, project_id, url, secret, events, created_ns)
+VALUES (%(id)s, %(project_id)s, %(url)s, %(secret)s, %(events)s::jsonb, %(created_ns)s);
+
+-- name: webhook_get_subscription
+SELECT * FROM webhook_subscriptions WHERE id = %(id)s;
+
+-- name: webhook_delete_subscription
+DELETE FROM webhook_subscriptions WHERE id = %(id)s RETURNING id;
+
+-- name: webhook_claim
+-- Due, pending, unleased deliveries that are the oldest pending delivery of their
+-- (subscription, job): deliveries for one job go out in order. SKIP LOCKED lets
+-- several dispatchers share the outbox.
+UPDATE webhook_deliveries SET lease_owner = %(owner)s, lease_expires_ns = %(expires_ns)s
+WHERE seq IN (
+    SELECT d.seq FROM webhook_deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_ns <= %(now_ns)s
+      AND (d.lease_expires_ns IS NULL OR d.lease_expires_ns < %(now_ns)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM webhook_deliveries e
+          WHERE e.subscription_id = d.subscription_id AND e.job_id = d.job_id
+            AND e.status = 'pending' AND e.seq < d.seq
+      )
+    ORDER BY d.seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *;
+
+-- name: webhook_finish_attempt
+UPDATE webhook_deliveries SET
+    attempts = %(attempt)s,
+    status = %(status)s,
+    next_attempt_ns = %(next_attempt_ns)s,
+    last_status_code = %(status_code)s,
+    last_error = %(error)s,
+    finished_ns = CASE WHEN %(status)s = 'pending' THEN NULL ELSE %(at_ns)s::bigint END,
+    lease_owner = NULL,
+    lease_expires_ns = NULL
+WHERE id = %(id)s AND lease_owner = %(owner)s
+RETURNING id;
+
+-- name: webhook_insert_attempt
+INSERT INTO webhook_attempts (delivery_id, attempt, at_ns, duration_ms, outcome, status_code, error)
+VALUES (%(id)s, %(attempt)s, %(at_ns)s, %(duration_ms)s, %(outcome)s, %(status_code)s, %(error)s);
+
+-- name: webhook_attempts
+SELECT * FROM webhook_attempts WHERE delivery_id = %(id)s ORDER BY attempt;

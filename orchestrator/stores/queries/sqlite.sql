@@ -73,3 +73,51 @@ SELECT lower(hex(randomblob(16))), s.id, j.id, j.project_id, :event,
 FROM jobs j JOIN webhook_subscriptions s ON s.project_id = j.project_id
 WHERE j.id = :job_id AND EXISTS (SELECT 1 FROM json_each(s.events) WHERE value = :event)
 ORDER BY s.id;
+
+-- name: webhook_insert_subscription
+INSERT INTO webhook_subscriptions (id, project_id, url, secret, events, created_ns)
+VALUES (:id, :project_id, :url, :secret, :events, :created_ns);
+
+-- name: webhook_get_subscription
+SELECT * FROM webhook_subscriptions WHERE id = :id;
+
+-- name: webhook_delete_subscription
+DELETE FROM webhook_subscriptions WHERE id = :id RETURNING id;
+
+-- name: webhook_claim
+-- Due, pending, unleased deliveries that are the oldest pending delivery of their
+-- (subscription, job): deliveries for one job go out in order.
+UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_ns = :expires_ns
+WHERE seq IN (
+    SELECT d.seq FROM webhook_deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_ns <= :now_ns
+      AND (d.lease_expires_ns IS NULL OR d.lease_expires_ns < :now_ns)
+      AND NOT EXISTS (
+          SELECT 1 FROM webhook_deliveries e
+          WHERE e.subscription_id = d.subscription_id AND e.job_id = d.job_id
+            AND e.status = 'pending' AND e.seq < d.seq
+      )
+    ORDER BY d.seq
+    LIMIT :limit
+)
+RETURNING *;
+
+-- name: webhook_finish_attempt
+UPDATE webhook_deliveries SET
+    attempts = :attempt,
+    status = :status,
+    next_attempt_ns = :next_attempt_ns,
+    last_status_code = :status_code,
+    last_error = :error,
+    finished_ns = CASE WHEN :status = 'pending' THEN NULL ELSE :at_ns END,
+    lease_owner = NULL,
+    lease_expires_ns = NULL
+WHERE id = :id AND lease_owner = :owner
+RETURNING id;
+
+-- name: webhook_insert_attempt
+INSERT INTO webhook_attempts (delivery_id, attempt, at_ns, duration_ms, outcome, status_code, error)
+VALUES (:id, :attempt, :at_ns, :duration_ms, :outcome, :status_code, :error);
+
+-- name: webhook_attempts
+SELECT * FROM webhook_attempts WHERE delivery_id = :id ORDER BY attempt;
