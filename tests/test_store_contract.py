@@ -29,8 +29,8 @@ from orchestrator.domain import (
 )
 from orchestrator.stores.base import JobStore
 from orchestrator.stores.postgres import PostgresJobStore
-from orchestrator.stores.sqlite import SQLiteJobStore
 from orchestrator.stores.sql import migrations
+from orchestrator.stores.sqlite import SQLiteJobStore
 
 pytestmark = pytest.mark.anyio
 
