@@ -37,6 +37,7 @@ __all__ = [
     "OtlpLogHandler",
     "RateLimitedLog",
     "configure_logging",
+    "lower_project_level",
     "event",
     "record_fields",
 ]
@@ -228,6 +229,7 @@ def configure_logging(
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     handler = logging.StreamHandler(stream)
+    handler.setLevel(level)  # loggers may pass more (e.g. info for OTLP export): see lower_project_level
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter(color=stream.isatty()))
     handler.addFilter(ContextFilter())
     handler.set_name("orchestrator-stream")
@@ -240,3 +242,12 @@ def configure_logging(
     for name in LOGGER_NAMES:
         logging.getLogger(name).setLevel(level)
     return handler
+
+
+def lower_project_level(level: int) -> None:
+    """Let the project's loggers emit at least ``level`` (another handler, such as the
+    OTLP export, wants more than the terminal shows; each handler filters its own)."""
+    for name in LOGGER_NAMES:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level > level:
+            logger.setLevel(level)

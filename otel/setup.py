@@ -202,7 +202,11 @@ def setup_telemetry(
     _quiet_exporter_logs()
     _instrument_asyncio()
     if install_log_handler:
-        handler = logs.OtlpLogHandler(logger_provider=logger_provider)
+        # Lifecycle milestones are info: export them even when the terminal shows less.
+        export_level = logging.getLevelName((_env("OTEL_PYTHON_LOG_LEVEL", env) or "info").upper())
+        export_level = export_level if isinstance(export_level, int) else logging.INFO
+        handler = logs.OtlpLogHandler(logger_provider=logger_provider, level=export_level)
+        logs.lower_project_level(export_level)
         handler.addFilter(logs.ContextFilter(trace_ids=False))
         handler.addFilter(_NotOpenTelemetry())
         handler.set_name("orchestrator-otlp")

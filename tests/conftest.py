@@ -6,7 +6,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -15,9 +14,6 @@ from psycopg import sql
 from orchestrator.stores.base import JobStore
 from orchestrator.stores.postgres import PostgresJobStore, describe_target
 from orchestrator.stores.sqlite import SQLiteJobStore
-
-if TYPE_CHECKING:
-    from telemetry_helpers import TelemetryHarness
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -70,11 +66,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await opened.close()
 
 
+# -- telemetry fixtures (tests/telemetry_helpers.py) -------------------------------------
+
+from telemetry_helpers import TelemetryHarness, build_harness  # noqa: E402 - appended after the originals
+
+
 @pytest.fixture
 def harness() -> Iterator[TelemetryHarness]:
     """A JobTelemetry on in-memory SDK providers (spans and metrics readable by the test)."""
-    from telemetry_helpers import build_harness
-
     built = build_harness()
     try:
         yield built
