@@ -37,8 +37,8 @@ __all__ = [
     "OtlpLogHandler",
     "RateLimitedLog",
     "configure_logging",
-    "lower_project_level",
     "event",
+    "lower_project_level",
     "record_fields",
 ]
 
