@@ -99,6 +99,16 @@ class OverrunModule(BaseModule):
         return {"slow": True}
 
 
+class OwnTimeoutModule(BaseModule):
+    """Its own code raises TimeoutError (a network call gave up) well before its timeout."""
+
+    name: ClassVar[str] = "owntimeout"
+    timeout: ClassVar[float] = 5.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        raise TimeoutError("upstream did not answer")
+
+
 class NotJsonModule(BaseModule):
     name: ClassVar[str] = "notjson"
     timeout: ClassVar[float] = 5.0
@@ -134,6 +144,7 @@ def registry(slow: SlowModule | None = None) -> ModuleRegistry:
             ExitModule(),
             OverrunModule(),
             NotJsonModule(),
+            OwnTimeoutModule(),
             slow or SlowModule(),
         ]
     )
@@ -205,6 +216,9 @@ CASES: dict[str, Expect] = {
     ),
     "exiting": Expect(ModuleOutcome.PANIC, "SystemExit", "SystemExit", JobStatus.FAILED, ErrorCategory.MODULE_PANIC),
     "overrun": Expect(ModuleOutcome.OK, None, None, JobStatus.COMPLETED, None),
+    "owntimeout": Expect(
+        ModuleOutcome.PANIC, "TimeoutError", "upstream did not answer", JobStatus.FAILED, ErrorCategory.MODULE_PANIC
+    ),
     "notjson": Expect(
         ModuleOutcome.ERROR, "ModuleError", "not JSON-serialisable", JobStatus.FAILED, ErrorCategory.MODULE
     ),

@@ -162,12 +162,15 @@ class ExecuteAnalysisJobUseCase:
                 outcome, summary, error = ModuleOutcome.OK, {}, None
                 exc: BaseException | None = None
                 try:
-                    with _active(span), anyio.fail_after(module.timeout):
+                    # move_on_after, not fail_after: a TimeoutError the module's own code
+                    # raises (a network call) is a panic, not the hard timeout.
+                    with _active(span), anyio.move_on_after(module.timeout) as deadline:
                         summary = _json_summary(await module.run(ctx))
+                    if deadline.cancelled_caught:
+                        error = f"exceeded its {module.timeout} s timeout"
+                        outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
                 except ModuleError as caught:
                     outcome, error, exc = ModuleOutcome.ERROR, caught.message, caught
-                except TimeoutError as caught:
-                    outcome, error, exc = ModuleOutcome.TIMEOUT, f"exceeded its {module.timeout} s timeout", caught
                 except anyio.get_cancelled_exc_class():
                     outcome, error = ModuleOutcome.CANCELLED, "cancelled"
                     raise
