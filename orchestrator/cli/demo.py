@@ -136,6 +136,11 @@ async def demo(ctx: Context) -> int:
             render.job_panel(job)
             render.console.print()
         render.console.print(f"[dim]{len(jobs)} jobs in {time.monotonic() - started:.1f} s[/]")
+        if ctx.telemetry.mode == "files":
+            render.console.print(
+                f"[dim]spans, logs and metrics: {ctx.settings.telemetry_dir}/*.jsonl (OTLP/JSON); "
+                "logs on stderr too with --log-level info[/]"
+            )
         return 0
 
     code = await with_app(ctx, go)

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the demo on the embedded default")
     p.add_argument("--keep", action="store_true", help="keep earlier demo data (default: start afresh)")
-    p.set_defaults(handler=demo.demo, log_level_default="warning", telemetry=True)
+    p.set_defaults(handler=demo.demo, log_level_default="critical", telemetry=True)
 
     p = sub.add_parser("run", help="create one job, run it in-process, wait for it")
     job_inputs(p)
