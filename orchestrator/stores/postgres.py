@@ -264,7 +264,7 @@ class PostgresJobStore:
             await conn.execute(_Q["insert_history"], history)
 
     async def apply(self, transition: Transition) -> Job:
-        params = _transition_params(transition)
+        params = rows.transition_params(transition)
         params["notify"] = self.notify
         async with self._connection("apply") as conn:
             row = await fetchone(conn, _Q["apply_transition"], params)
@@ -481,26 +481,6 @@ async def fetchall(conn: _Connection, query: Any, params: Mapping[str, Any] | No
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()
-
-
-def _transition_params(t: Transition) -> dict[str, Any]:
-    return {
-        "job_id": t.job_id,
-        "status_from": str(t.status_from),
-        "status_to": str(t.status_to),
-        "reason": t.reason,
-        "at_ns": t.at_ns,
-        "duration_ms": t.duration_ms,
-        "attempt": t.attempt,
-        "new_attempt": t.new_attempt,
-        "worker_id": t.worker_id,
-        "error_category": t.error_category and str(t.error_category),
-        "error_phase": t.error_phase and str(t.error_phase),
-        "results": rows.dump_results(t.results) if t.results is not None else None,
-        "lease_owner": t.lease_owner,
-        "lease_expires_ns": t.lease_expires_ns,
-        **rows.outbox_params(t),
-    }
 
 
 def _conninfo(url: str) -> dict[str, Any]:

@@ -71,6 +71,27 @@ def outbox_params(t: Transition) -> dict[str, str]:
     return {"event": str(lifecycle_event(t.status_from, t.status_to)), "timestamp": iso(t.at_ns)}
 
 
+def transition_params(t: Transition) -> dict[str, Any]:
+    """The parameters of a transition's statements (update, history row, outbox)."""
+    return {
+        "job_id": t.job_id,
+        "status_from": str(t.status_from),
+        "status_to": str(t.status_to),
+        "reason": t.reason,
+        "at_ns": t.at_ns,
+        "duration_ms": t.duration_ms,
+        "attempt": t.attempt,
+        "new_attempt": t.new_attempt,
+        "worker_id": t.worker_id,
+        "error_category": t.error_category and str(t.error_category),
+        "error_phase": t.error_phase and str(t.error_phase),
+        "results": dump_results(t.results) if t.results is not None else None,
+        "lease_owner": t.lease_owner,
+        "lease_expires_ns": t.lease_expires_ns,
+        **outbox_params(t),
+    }
+
+
 def dump_results(results: tuple[ModuleResult, ...]) -> str:
     return json.dumps([r.to_json() for r in results], separators=(",", ":"))
 

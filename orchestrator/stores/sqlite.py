@@ -56,6 +56,7 @@ class SQLiteJobStore:
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._lock_retries = lock_retries
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
         self._migrate_on_open = True
         self.schema_version = 0
         self._limiter = anyio.CapacityLimiter(1)
@@ -72,6 +73,7 @@ class SQLiteJobStore:
         except OSError as exc:
             raise PersistenceError(f"cannot create the data directory {self.path.parent}: {exc}") from exc
         self._migrate_on_open = migrate
+        self._closed = False
         await self._run("open", self._open_sync)
 
     def _open_sync(self, _: sqlite3.Connection | None = None) -> None:
@@ -114,6 +116,7 @@ class SQLiteJobStore:
             raise
 
     async def close(self) -> None:
+        self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -128,6 +131,8 @@ class SQLiteJobStore:
 
     async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a thread, retrying lock contention, mapping driver errors."""
+        if self._closed:  # as PostgreSQL: a closed store is not silently reopened
+            raise PersistenceError(f"sqlite {operation} failed: the store is closed")
         async with self._limiter:
             for attempt in range(self._lock_retries + 1):
                 try:
@@ -194,11 +199,9 @@ class SQLiteJobStore:
         await self._run("insert", insert)
 
     async def apply(self, transition: Transition) -> Job:
-        params = _transition_params(transition)
-
         def apply(conn: sqlite3.Connection) -> Job:
             with transaction(conn):
-                row = conn.execute(_Q["apply_transition"], params).fetchone()
+                row = _apply(conn, transition)
                 if row is None:
                     current = conn.execute(_Q["get_job"], {"id": transition.job_id}).fetchone()
                     if current is None:
@@ -210,8 +213,6 @@ class SQLiteJobStore:
                         transition.status_to,
                         project_id=current["project_id"],
                     )
-                conn.execute(_Q["insert_history"], _history_params(transition))
-                conn.execute(_Q["insert_outbox"], _outbox_params(transition))
                 return rows.job_from_row(row)
 
         job = await self._run("apply", apply)
@@ -238,10 +239,7 @@ class SQLiteJobStore:
                     lease_owner=worker_id,
                     lease_expires_ns=now_ns + lease_ns,
                 )
-                row = conn.execute(_Q["apply_transition"], _transition_params(transition)).fetchone()
-                conn.execute(_Q["insert_history"], _history_params(transition))
-                conn.execute(_Q["insert_outbox"], _outbox_params(transition))
-                return rows.job_from_row(row)
+                return rows.job_from_row(_apply(conn, transition))
 
         return await self._run("claim", claim)
 
@@ -354,38 +352,15 @@ class transaction:
             self._conn.execute("ROLLBACK")
 
 
-def _transition_params(t: Transition) -> dict[str, Any]:
-    return {
-        "job_id": t.job_id,
-        "status_from": str(t.status_from),
-        "status_to": str(t.status_to),
-        "reason": t.reason,
-        "at_ns": t.at_ns,
-        "attempt": t.attempt,
-        "new_attempt": t.new_attempt,
-        "error_category": t.error_category and str(t.error_category),
-        "error_phase": t.error_phase and str(t.error_phase),
-        "results": rows.dump_results(t.results) if t.results is not None else None,
-        "lease_owner": t.lease_owner,
-        "lease_expires_ns": t.lease_expires_ns,
-    }
-
-
-def _history_params(t: Transition) -> dict[str, Any]:
-    return {
-        "job_id": t.job_id,
-        "status_from": str(t.status_from),
-        "status_to": str(t.status_to),
-        "reason": t.reason,
-        "at_ns": t.at_ns,
-        "duration_ms": t.duration_ms,
-        "attempt": t.new_attempt,
-        "worker_id": t.worker_id,
-    }
-
-
-def _outbox_params(t: Transition) -> dict[str, Any]:
-    return {"job_id": t.job_id, "status_from": str(t.status_from), **rows.outbox_params(t)}
+def _apply(conn: sqlite3.Connection, transition: Transition) -> Any:
+    """The compare-and-set update, then (if it matched) the history row and the webhook
+    outbox rows, inside the caller's transaction. None when the job did not match."""
+    params = rows.transition_params(transition)
+    row = conn.execute(_Q["apply_transition"], params).fetchone()
+    if row is not None:
+        conn.execute(_Q["insert_history"], {**params, "attempt": transition.new_attempt})
+        conn.execute(_Q["insert_outbox"], params)
+    return row
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
