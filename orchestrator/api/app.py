@@ -79,25 +79,26 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await too_large(scope, receive, send)
             return
+        # Read the body before the app sees it: an exception raised from ``receive``
+        # would reach FastAPI's body parsing, which turns it into a 400.
+        messages: list[Message] = []
         received = 0
-
-        async def limited() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # a disconnect: the app sees it
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
 
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await too_large(scope, receive, send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def create_api(app: App, *, token: str | None = None, max_body_bytes: int = 1024 * 1024) -> FastAPI:

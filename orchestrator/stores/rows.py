@@ -124,7 +124,8 @@ def job_to_row(job: Job) -> dict[str, Any]:
     }
 
 
-def _json(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A JSON column's value: SQLite returns text, PostgreSQL's JSONB decoded objects."""
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
@@ -133,8 +134,8 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         id=row["id"],
         project_id=row["project_id"],
         source=row["source"],
-        modules=tuple(_json(row["modules"])),
-        options=JobOptions.from_json(_json(row["options"])),
+        modules=tuple(json_value(row["modules"])),
+        options=JobOptions.from_json(json_value(row["options"])),
         status=JobStatus(row["status"]),
         attempt=row["attempt"],
         created_ns=row["created_ns"],
@@ -145,7 +146,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         reason=row["reason"],
         error_category=ErrorCategory(row["error_category"]) if row["error_category"] else None,
         error_phase=Phase(row["error_phase"]) if row["error_phase"] else None,
-        results=tuple(ModuleResult.from_json(r) for r in _json(row["results"]) or ()),
+        results=tuple(ModuleResult.from_json(r) for r in json_value(row["results"]) or ()),
         trace=TraceContext(
             trace_id=row["trace_id"],
             span_id=row["root_span_id"],

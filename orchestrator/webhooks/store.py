@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from orchestrator.stores import JobStore, sql
+from orchestrator.stores import JobStore, rows, sql
 from orchestrator.stores.postgres import PostgresJobStore, fetchall, fetchone
 from orchestrator.stores.sqlite import SQLiteJobStore, transaction
 from orchestrator.webhooks.models import Attempt, Delivery, Subscription
@@ -64,17 +64,13 @@ def webhook_store(store: JobStore) -> WebhookStore:
     raise TypeError(f"no webhook store for {type(store).__name__}")
 
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
-
-
 def _subscription(row: Mapping[str, Any]) -> Subscription:
     return Subscription(
         id=row["id"],
         project_id=row["project_id"],
         url=row["url"],
         secret=row["secret"],
-        events=tuple(_json(row["events"])),
+        events=tuple(rows.json_value(row["events"])),
         created_ns=row["created_ns"],
     )
 
@@ -87,7 +83,7 @@ def _delivery(row: Mapping[str, Any]) -> Delivery:
         job_id=row["job_id"],
         project_id=row["project_id"],
         event=row["event"],
-        payload=_json(row["payload"]),
+        payload=rows.json_value(row["payload"]),
         status=row["status"],
         attempts=row["attempts"],
         next_attempt_ns=row["next_attempt_ns"],
