@@ -292,6 +292,10 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @on(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's "error parsing the body" (a body that is not UTF-8, say): malformed
+            # JSON like any other, so the documented 422 rather than an undocumented 400.
+            return _error(422, "validation_error", f"request body is not valid JSON: {exc.__cause__}")
         return _error(exc.status_code, "http_error", str(exc.detail))
 
     @on(Exception)

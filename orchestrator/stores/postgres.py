@@ -41,6 +41,7 @@ from orchestrator.domain import (
 )
 from orchestrator.stores import rows, sql
 from otel import logs
+from otel.instrument import mark_logged
 from otel.vocabulary import OperationEvent
 
 __all__ = ["NOTIFY_CHANNEL", "PostgresJobStore"]
@@ -56,6 +57,9 @@ NOTIFY_CHANNEL: Final = "orchestrator_jobs"
 _OPEN_TIMEOUT: Final = 10.0
 #: How long an operation waits for a pooled connection.
 _POOL_TIMEOUT: Final = 30.0
+#: How long it waits while the server is known to be unreachable (the last operation
+#: failed to connect): fail fast with PersistenceError instead of the full pool timeout.
+_UNREACHABLE_POOL_TIMEOUT: Final = 1.0
 #: libpq's connect timeout (seconds) of connections outside the pool, unless the URL sets one.
 _CONNECT_TIMEOUT: Final = 10
 #: Backlog notifications drained after a wake-up, at most (each drain is one read).
@@ -97,6 +101,8 @@ class PostgresJobStore:
         self._closed = False
         self._wake: anyio.Event | None = None
         self._error_log = logs.RateLimitedLog(_LOG_INTERVAL)
+        #: The last operation failed at the connection level (server down or unreachable).
+        self._unreachable = False
         self._listen_log = logs.RateLimitedLog(_LOG_INTERVAL)
 
     @property
@@ -131,6 +137,10 @@ class PostgresJobStore:
                 max_size=self.max_size,
                 open=False,
                 configure=self._configure if self.schema is not None else None,
+                # Autocommit: a statement commits on its own, without the BEGIN and
+                # COMMIT round trips of an implicit transaction. Every status change is
+                # one statement; what writes several opens a transaction explicitly.
+                kwargs={"autocommit": True},
                 timeout=_POOL_TIMEOUT,
                 name=f"orchestrator-{self.target}",
             )
@@ -201,24 +211,30 @@ class PostgresJobStore:
         async with self._connection("ping") as conn:
             await conn.execute(_Q["ping"])
 
-    def connection(self, operation: str) -> contextlib.AbstractAsyncContextManager[_Connection]:
+    @contextlib.asynccontextmanager
+    async def connection(self, operation: str) -> AsyncIterator[_Connection]:
         """A pooled connection, its transaction committed on exit, driver errors mapped to
         :class:`PersistenceError` (for companion stores)."""
-        return self._connection(operation)
+        async with self._connection(operation) as conn, conn.transaction():
+            yield conn
 
     @contextlib.asynccontextmanager
     async def _connection(self, operation: str) -> AsyncIterator[_Connection]:
-        """A pooled connection in a transaction committed on exit; driver errors mapped."""
+        """A pooled autocommit connection (each statement is its own transaction unless
+        the caller opens one); driver errors mapped."""
         if self._pool is None and not self._closed:
             await self.open()
         pool = self._pool
         if pool is None:
             raise PersistenceError(f"postgresql {operation} failed: the store is closed")
         try:
-            async with pool.connection() as conn:
+            async with pool.connection(timeout=_UNREACHABLE_POOL_TIMEOUT if self._unreachable else None) as conn:
                 yield conn
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                self._unreachable = True
             raise self._persistence_error(operation, exc) from exc
+        self._unreachable = False
 
     def _persistence_error(self, operation: str, exc: psycopg.Error) -> PersistenceError:
         detail = self._redact(str(exc).strip() or type(exc).__name__)
@@ -239,7 +255,9 @@ class PostgresJobStore:
                 sqlstate=exc.sqlstate,
                 suppressed=(self._error_log.take_suppressed() or None) if flood else None,
             )
-        return PersistenceError(message)
+        error = PersistenceError(message)
+        mark_logged(error)  # logged here (or counted in the next record): callers must not log it again
+        return error
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:

@@ -31,6 +31,7 @@ from orchestrator.domain import (
 )
 from orchestrator.stores import rows, sql
 from otel import logs
+from otel.instrument import mark_logged
 from otel.vocabulary import OperationEvent
 
 __all__ = ["SQLiteJobStore"]
@@ -172,7 +173,9 @@ class SQLiteJobStore:
             error_category="persistence",
             path=str(self.path),
         )
-        return PersistenceError(f"sqlite {operation} failed: {exc}")
+        error = PersistenceError(f"sqlite {operation} failed: {exc}")
+        mark_logged(error)  # logged here: the entry points it passes through must not log it again
+        return error
 
     # -- writes -----------------------------------------------------------------------
 

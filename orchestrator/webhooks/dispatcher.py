@@ -72,8 +72,14 @@ class DispatcherConfig:
 
 
 def check_url(url: str) -> str:
-    """Validate a subscription URL at the edge: http(s), a host, no credentials."""
-    parts = urlsplit(url)
+    """Validate a subscription URL at the edge: http(s), a host, no credentials, and one
+    the HTTP client can send to (a bad port or host would otherwise fail in the dispatcher)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError when not a number in 0-65535
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise InvalidRequest(f"url: not a valid URL ({exc})", field="url") from None
     if parts.scheme not in ("http", "https"):
         raise InvalidRequest("url: only http and https URLs are allowed", field="url")
     if not parts.hostname:
