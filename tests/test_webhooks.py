@@ -35,7 +35,7 @@ from webhook_receiver import HANG, Receiver, Reply, receiver
 from orchestrator.api.app import create_api
 from orchestrator.bootstrap import App
 from orchestrator.webhooks.dispatcher import DispatcherConfig, WebhookDispatcher
-from orchestrator.webhooks.models import verify
+from orchestrator.webhooks.models import Subscription, verify
 from orchestrator.webhooks.store import webhook_store
 
 pytestmark = pytest.mark.anyio
@@ -415,6 +415,30 @@ async def test_private_addresses_are_refused_unless_allowed(app: App, source: Pa
         assert "refused" in delivery.last_error
         [attempt] = await webhook_store(app.store).attempts(delivery.id)
         assert attempt.outcome == "refused"
+
+
+async def test_a_stored_url_that_cannot_be_sent_is_dead_and_does_not_stop_the_dispatcher(
+    app: App, source: Path, rx: Receiver
+) -> None:
+    hooks = webhook_store(app.store)
+    # Written straight to the store, as a subscription made before the URL check tightened.
+    await hooks.add_subscription(
+        Subscription("bad-port", PROJECT, "http://example.invalid:99999/x", SECRET, (ENQUEUE,), time.time_ns())
+    )
+    async with api_client(create_api(app)) as client:
+        await subscribe(client, rx.url, [ENQUEUE])
+        job = await create_job(client, source)
+    async with dispatching(dispatcher(app)):
+        stored = await settled(hooks, job["id"], 2)
+
+    by_subscription = {d.subscription_id: d for d in stored}
+    bad = by_subscription.pop("bad-port")
+    assert bad.status == "dead"
+    assert bad.last_error is not None
+    assert "invalid URL" in bad.last_error
+    [good] = by_subscription.values()
+    assert good.status == "delivered"
+    assert len(rx.requests) == 1
 
 
 # -- secrets ---------------------------------------------------------------------------

@@ -113,9 +113,9 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _host(url: str) -> str:
-    """The URL without path or query (which may carry tokens), for logs and spans."""
+    """The URL without credentials, path or query (which may carry tokens), for logs."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 class WebhookDispatcher:
@@ -168,8 +168,40 @@ class WebhookDispatcher:
         )
         async with anyio.create_task_group() as tg:
             for delivery in due:
-                tg.start_soon(self.attempt, client, delivery)
+                tg.start_soon(self._attempt_safely, client, delivery)
         return len(due)
+
+    async def _attempt_safely(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
+        """One delivery's failure must not stop the others or the dispatcher: an
+        unexpected error is logged with its traceback and the delivery's lease left to
+        expire, so it is retried later."""
+        try:
+            await self.attempt(client, delivery)
+        except OrchestratorError as exc:  # the store failed: logged at its source
+            if self._outage.ready():
+                logs.event(
+                    log,
+                    logging.WARNING,
+                    OperationEvent.STORE_RETRY,
+                    f"webhook delivery {delivery.id} left for a retry: {exc}",
+                    operation="webhooks.attempt",
+                    delivery_id=delivery.id,
+                    suppressed=self._outage.take_suppressed(),
+                )
+        except Exception as exc:  # noqa: BLE001 - never let one delivery stop dispatching
+            logs.event(
+                log,
+                logging.ERROR,
+                OperationEvent.ERROR,
+                f"webhook delivery {delivery.id} failed unexpectedly: {exc}",
+                exc_info=exc,
+                operation="webhooks.attempt",
+                job_id=delivery.job_id,
+                project_id=delivery.project_id,
+                event=delivery.event,
+                delivery_id=delivery.id,
+                error_category="internal",
+            )
 
     async def attempt(self, client: httpx.AsyncClient, delivery: Delivery) -> str:
         subscription = await self.store.get_subscription(delivery.subscription_id)
@@ -221,6 +253,10 @@ class WebhookDispatcher:
         self, client: httpx.AsyncClient, url: str, secret: str, delivery: Delivery
     ) -> tuple[str, int | None, str | None, float | None]:
         """One POST: (outcome, status code, error, Retry-After seconds)."""
+        try:
+            check_url(url)  # a URL stored before validation tightened must not break the loop
+        except InvalidRequest as exc:
+            return Outcome.DEAD, None, f"invalid URL: {exc.message}", None
         parts = urlsplit(url)
         if not self.config.allow_private:
             why = await _refused_address(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
