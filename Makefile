@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/orchestrator demo
 
 lint: install
-	$(BIN)/ruff check orchestrator otel tests benchmarks
+	$(BIN)/ruff check orchestrator otel tests benchmarks grafana
 
 typecheck: install
 	$(BIN)/mypy orchestrator otel

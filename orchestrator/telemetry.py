@@ -469,4 +469,9 @@ def _create(meter: metrics.Meter, spec: MetricSpec) -> Any:
         return meter.create_up_down_counter(spec.name, unit=spec.unit, description=spec.description)
     if spec.kind is MetricKind.GAUGE:
         return meter.create_gauge(spec.name, unit=spec.unit, description=spec.description)
-    return meter.create_histogram(spec.name, unit=spec.unit, description=spec.description)
+    return meter.create_histogram(
+        spec.name,
+        unit=spec.unit,
+        description=spec.description,
+        explicit_bucket_boundaries_advisory=list(spec.buckets) if spec.buckets else None,
+    )

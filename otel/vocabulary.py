@@ -14,6 +14,7 @@ from typing import Final
 
 __all__ = [
     "INSTRUMENTATION_SCOPE",
+    "SECONDS_BUCKETS",
     "METRICS",
     "Attr",
     "LifecycleEvent",
@@ -131,6 +132,37 @@ class MetricSpec:
     unit: str
     description: str
     attributes: tuple[str, ...]
+
+    @property
+    def buckets(self) -> tuple[float, ...] | None:
+        """Histogram bucket bounds. The SDK's defaults (0, 5, 10, 25, ... 10000) are made
+        for milliseconds; durations here are seconds, from milliseconds to minutes."""
+        if self.kind is MetricKind.HISTOGRAM and self.unit == "s":
+            return SECONDS_BUCKETS
+        return None
+
+
+#: Bucket bounds of every duration histogram, in seconds.
+SECONDS_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 
 
 class Metric:
