@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import anyio
+
 from orchestrator.domain import (
     ErrorCategory,
     IllegalTransition,
@@ -52,13 +54,26 @@ class JobWorkflow:
         self._clock = clock
 
     @instrument("workflow.create", fields=_job_fields, level=logging.DEBUG)
-    async def create(self, job: Job) -> Job:
-        """Persist a new Pending job (and its creation history row)."""
+    async def create(self, job: Job, *, enqueue: bool = False) -> Job:
+        """Persist a new Pending job (and its creation history row).
+
+        With ``enqueue``, also move it Pending -> Queued (reason ``enqueued``) in the
+        same write (one statement on PostgreSQL) and return it Queued: the history, the
+        records, the metrics and the outbox are those of :meth:`create` followed by
+        :meth:`transition`, with one round trip instead of two and nothing written at
+        all if the write fails.
+        """
         if job.status is not JobStatus.PENDING:
             raise IllegalTransition(job.id, job.status, JobStatus.PENDING, project_id=job.project_id)
-        await self.store.insert(job)
+        if not enqueue:
+            await self.store.insert(job)
+            self.telemetry.created(job)
+            return job
+        transition = self._transition(job, JobStatus.QUEUED, reason="enqueued")
+        queued = await self.store.insert_enqueued(job, transition)
         self.telemetry.created(job)
-        return job
+        self.telemetry.transitioned(job, queued, transition)
+        return queued
 
     @instrument("workflow.transition", fields=_job_fields, level=logging.DEBUG)
     async def transition(
@@ -82,9 +97,52 @@ class JobWorkflow:
             error = IllegalTransition(job.id, job.status, target, project_id=job.project_id)
             self.telemetry.transition_refused(job, target, error)
             raise error
+        transition = self._transition(
+            job,
+            target,
+            reason=reason,
+            error_category=error_category,
+            error_phase=error_phase,
+            results=results,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+        )
+        # Shielded: once the store has applied the transition it stands, so a cancellation
+        # arriving meanwhile (a worker shutting down its reaper) must not lose its
+        # telemetry, such as the root span emitted at the terminal transition.
+        # A sampled job's root span is emitted at its terminal transition, from the
+        # persisted history: read in the same round trip as the transition.
+        root_span = target.terminal and job.trace.sampled
+        with anyio.CancelScope(shield=True):
+            try:
+                if root_span:
+                    updated, history = await self.store.apply_with_history(transition)
+                else:
+                    updated, history = await self.store.apply(transition), []
+            except TransitionConflict as conflict:
+                self.telemetry.transition_refused(job, target, conflict)
+                raise
+            self.telemetry.transitioned(job, updated, transition)
+            if root_span:
+                self.telemetry.finished(updated, history)
+        return updated
+
+    def _transition(
+        self,
+        job: Job,
+        target: JobStatus,
+        *,
+        reason: str,
+        error_category: ErrorCategory | None = None,
+        error_phase: Phase | None = None,
+        results: tuple[ModuleResult, ...] | None = None,
+        worker_id: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> Transition:
+        """The transition of ``job`` to ``target`` now, as the store applies it."""
         at = self._clock()
         recovering = job.status is JobStatus.RUNNING and target is JobStatus.QUEUED
-        transition = Transition(
+        return Transition(
             job_id=job.id,
             status_from=job.status,
             status_to=target,
@@ -100,15 +158,6 @@ class JobWorkflow:
             lease_owner=worker_id if lease_seconds else None,
             lease_expires_ns=at + int(lease_seconds * 1e9) if lease_seconds else None,
         )
-        try:
-            updated = await self.store.apply(transition)
-        except TransitionConflict as conflict:
-            self.telemetry.transition_refused(job, target, conflict)
-            raise
-        self.telemetry.transitioned(job, updated, transition)
-        if updated.status.terminal and updated.trace.sampled:
-            self.telemetry.finished(updated, await self.store.history(updated.id))
-        return updated
 
     @instrument("workflow.claim", fields=lambda self, worker_id, **_: {"worker_id": worker_id}, level=logging.DEBUG)
     async def claim(self, worker_id: str, *, lease_seconds: float) -> Job | None:

@@ -171,14 +171,16 @@ def setup_telemetry(
 
     span_exporter, log_exporter, metric_exporter = _exporters(env, telemetry_dir, otlp)
 
-    tracer_provider = TracerProvider(resource=resource, id_generator=JobIdGenerator())
+    # shutdown_on_exit=False: Telemetry.shutdown does it, bounded in time (the SDK's own
+    # exit hook would shut down a second time and warn).
+    tracer_provider = TracerProvider(resource=resource, id_generator=JobIdGenerator(), shutdown_on_exit=False)
     tracer_provider.add_span_processor(
         BatchSpanProcessor(_CountingSpanExporter(span_exporter, counted("traces")), max_queue_size=4096)
     )
     telemetry.tracer_provider = tracer_provider
     telemetry.sampler = tracer_provider.sampler
 
-    logger_provider = LoggerProvider(resource=resource)
+    logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
     logger_provider.add_log_record_processor(
         BatchLogRecordProcessor(_CountingLogExporter(log_exporter, counted("logs")), max_queue_size=4096)
     )
@@ -193,7 +195,7 @@ def setup_telemetry(
     )
     if "prometheus" in _env("OTEL_METRICS_EXPORTER", env).split(","):
         readers.append(_prometheus_reader(env))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     telemetry.meter_provider = meter_provider
 
     trace.set_tracer_provider(tracer_provider)

@@ -14,8 +14,8 @@ from typing import Final
 
 __all__ = [
     "INSTRUMENTATION_SCOPE",
-    "SECONDS_BUCKETS",
     "METRICS",
+    "SECONDS_BUCKETS",
     "Attr",
     "LifecycleEvent",
     "Metric",

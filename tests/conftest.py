@@ -79,3 +79,21 @@ def harness() -> Iterator[TelemetryHarness]:
         yield built
     finally:
         built.shutdown()
+
+
+# -- the fault-injection suite (tests/faults/) --------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run the long variants of the fault-injection suite (tests/faults/): more jobs, longer chaos",
+    )
+
+
+@pytest.fixture(scope="session")
+def soak(request: pytest.FixtureRequest) -> bool:
+    """True under ``--soak``: the fault-injection tests run their long variants."""
+    return bool(request.config.getoption("--soak"))

@@ -197,6 +197,8 @@ def _sigterm(signum: int, frame: object) -> None:
 
 
 def _fail(message: str, code: int) -> int:
+    # One line, always: a path or value quoted in the message may hold line breaks.
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     print(f"orchestrator: error: {message}", file=sys.stderr)
     return code
 

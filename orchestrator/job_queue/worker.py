@@ -173,6 +173,17 @@ class Worker:
                 await self.executor.execute(job, control=control, worker_id=self.worker_id)
         except TransitionConflict:
             pass  # the job moved on without us (recovered or cancelled): logged at the source
+        except OrchestratorError as exc:
+            # Typed, and logged where it happened (the store is down, say): the job keeps
+            # its lease until it expires, then a reaper returns it to the queue.
+            logs.event(
+                log,
+                logging.WARNING,
+                OperationEvent.ERROR,
+                f"job {job.id} left to lease-expiry recovery: {exc.message}",
+                error_category=str(exc.category),
+                **job.log_fields(),
+            )
         except Exception as exc:  # noqa: BLE001 - one job must never take the worker down
             logs.event(
                 log,

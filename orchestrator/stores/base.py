@@ -35,6 +35,13 @@ class JobStore(Protocol):
     async def insert(self, job: Job) -> None:
         """Persist a new Pending job with its creation history row."""
 
+    async def insert_enqueued(self, job: Job, transition: Transition) -> Job:
+        """Persist a new Pending job and apply its Pending -> Queued ``transition``
+        atomically (one statement on PostgreSQL, one transaction on SQLite): the job, its
+        creation history row, then the transition's history row, webhook outbox rows and
+        wake-up, exactly as :meth:`insert` followed by :meth:`apply` would. Returns the
+        job Queued."""
+
     async def get(self, job_id: str) -> Job:
         """The job, or :class:`JobNotFound`."""
 
@@ -52,6 +59,10 @@ class JobStore(Protocol):
         """Apply one transition atomically: compare-and-set on (status, attempt), update
         the job, append the history row. Raises :class:`TransitionConflict` when the
         job is no longer in ``status_from`` at ``attempt`` and :class:`JobNotFound`."""
+
+    async def apply_with_history(self, transition: Transition) -> tuple[Job, list[LifecycleEntry]]:
+        """:meth:`apply`, also returning the job's lifecycle history as it stands after
+        the transition (in the same round trip), as :meth:`history` would."""
 
     async def claim(self, *, worker_id: str, lease_ns: int, now_ns: int) -> Job | None:
         """Move the oldest Queued job to Running, leased to ``worker_id``, or None."""

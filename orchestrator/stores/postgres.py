@@ -28,7 +28,7 @@ import anyio
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import DictRow, TupleRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from orchestrator.domain import (
     Job,
@@ -231,8 +231,8 @@ class PostgresJobStore:
             async with pool.connection(timeout=_UNREACHABLE_POOL_TIMEOUT if self._unreachable else None) as conn:
                 yield conn
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError):
-                self._unreachable = True
+            if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout):
+                self._unreachable = True  # the server is gone (a busy pool is not)
             raise self._persistence_error(operation, exc) from exc
         self._unreachable = False
 
@@ -281,9 +281,28 @@ class PostgresJobStore:
             await conn.execute(_Q["insert_job"], rows.job_to_row(job))
             await conn.execute(_Q["insert_history"], history)
 
+    async def insert_enqueued(self, job: Job, transition: Transition) -> Job:
+        params = create_params(job, transition)
+        params["notify"] = self.notify
+        async with self._connection("insert") as conn:
+            row = await fetchone(conn, _Q["create_job"], params)
+        assert row is not None  # an INSERT ... RETURNING that did not raise returned its row
+        queued = rows.job_from_row(row)
+        self._wake_local()
+        return queued
+
     async def apply(self, transition: Transition) -> Job:
+        job, _ = await self._apply(transition, with_history=False)
+        return job
+
+    async def apply_with_history(self, transition: Transition) -> tuple[Job, list[LifecycleEntry]]:
+        job, history = await self._apply(transition, with_history=True)
+        return job, history
+
+    async def _apply(self, transition: Transition, *, with_history: bool) -> tuple[Job, list[LifecycleEntry]]:
         params = rows.transition_params(transition)
         params["notify"] = self.notify
+        params["with_history"] = with_history
         async with self._connection("apply") as conn:
             row = await fetchone(conn, _Q["apply_transition"], params)
             if row is None:
@@ -300,7 +319,8 @@ class PostgresJobStore:
         job = rows.job_from_row(row)
         if job.status is JobStatus.QUEUED:
             self._wake_local()
-        return job
+        history = [rows.entry_from_row(r) for r in row["history"] or ()] if with_history else []
+        return job, history
 
     async def claim(self, *, worker_id: str, lease_ns: int, now_ns: int) -> Job | None:
         params = {
@@ -487,6 +507,31 @@ class PostgresJobStore:
         wake, self._wake = self._wake, None
         if wake is not None:
             wake.set()
+
+
+def create_params(job: Job, transition: Transition) -> dict[str, Any]:
+    """The parameters of ``create_job`` (without ``notify``): the job row as the
+    Pending -> Queued update would leave it, and what its two history rows and the
+    outbox need."""
+    t = transition
+    if (job.status, t.status_from, t.status_to) != (JobStatus.PENDING,) * 2 + (JobStatus.QUEUED,) or t.job_id != job.id:
+        raise ValueError(f"insert_enqueued takes a new Pending job and its Pending -> Queued transition: {t}")
+    return {
+        **rows.job_to_row(job),
+        "status": str(t.status_to),
+        "status_ns": t.at_ns,
+        "attempt": t.new_attempt,
+        "queued_ns": t.at_ns,
+        "reason": t.reason,
+        "lease_owner": t.lease_owner,
+        "lease_expires_ns": t.lease_expires_ns,
+        "cancel_requested": None,
+        "created_status": str(job.status),
+        "created_attempt": job.attempt,
+        "duration_ms": t.duration_ms,
+        "worker_id": t.worker_id,
+        **rows.outbox_params(t),
+    }
 
 
 async def fetchone(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> DictRow | None:

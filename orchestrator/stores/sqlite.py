@@ -185,24 +185,42 @@ class SQLiteJobStore:
         def insert(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 conn.execute(_Q["insert_job"], row)
-                conn.execute(
-                    _Q["insert_history"],
-                    {
-                        "job_id": job.id,
-                        "status_from": None,
-                        "status_to": str(job.status),
-                        "reason": "created",
-                        "at_ns": job.created_ns,
-                        "duration_ms": 0.0,
-                        "attempt": job.attempt,
-                        "worker_id": None,
-                    },
-                )
+                conn.execute(_Q["insert_history"], _creation_history(job))
 
         await self._run("insert", insert)
 
+    async def insert_enqueued(self, job: Job, transition: Transition) -> Job:
+        if (job.status, transition.status_from, transition.status_to) != (
+            JobStatus.PENDING,
+            JobStatus.PENDING,
+            JobStatus.QUEUED,
+        ) or transition.job_id != job.id:
+            raise ValueError(f"insert_enqueued takes a Pending job and its enqueue transition: {transition}")
+        row = rows.job_to_row(job)
+
+        def insert_enqueued(conn: sqlite3.Connection) -> Job:
+            # insert() and apply() in one transaction: the same statements, one commit.
+            with transaction(conn):
+                conn.execute(_Q["insert_job"], row)
+                conn.execute(_Q["insert_history"], _creation_history(job))
+                queued = _apply(conn, transition)
+                assert queued is not None  # the job was inserted Pending just above
+                return rows.job_from_row(queued)
+
+        queued = await self._run("insert", insert_enqueued)
+        self._notify()
+        return queued
+
     async def apply(self, transition: Transition) -> Job:
-        def apply(conn: sqlite3.Connection) -> Job:
+        job, _ = await self._apply(transition, with_history=False)
+        return job
+
+    async def apply_with_history(self, transition: Transition) -> tuple[Job, list[LifecycleEntry]]:
+        job, history = await self._apply(transition, with_history=True)
+        return job, history
+
+    async def _apply(self, transition: Transition, *, with_history: bool) -> tuple[Job, list[LifecycleEntry]]:
+        def apply(conn: sqlite3.Connection) -> tuple[Job, list[LifecycleEntry]]:
             with transaction(conn):
                 row = _apply(conn, transition)
                 if row is None:
@@ -216,12 +234,16 @@ class SQLiteJobStore:
                         transition.status_to,
                         project_id=current["project_id"],
                     )
-                return rows.job_from_row(row)
+                history = []
+                if with_history:
+                    found = conn.execute(_Q["history"], {"job_id": transition.job_id}).fetchall()
+                    history = [rows.entry_from_row(r) for r in found]
+                return rows.job_from_row(row), history
 
-        job = await self._run("apply", apply)
+        job, history = await self._run("apply", apply)
         if job.status is JobStatus.QUEUED:
             self._notify()
-        return job
+        return job, history
 
     async def claim(self, *, worker_id: str, lease_ns: int, now_ns: int) -> Job | None:
         def claim(conn: sqlite3.Connection) -> Job | None:
@@ -353,6 +375,20 @@ class transaction:
             self._conn.execute("COMMIT")
         elif self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+
+
+def _creation_history(job: Job) -> dict[str, Any]:
+    """The history row of a job's creation (none -> its initial status)."""
+    return {
+        "job_id": job.id,
+        "status_from": None,
+        "status_to": str(job.status),
+        "reason": "created",
+        "at_ns": job.created_ns,
+        "duration_ms": 0.0,
+        "attempt": job.attempt,
+        "worker_id": None,
+    }
 
 
 def _apply(conn: sqlite3.Connection, transition: Transition) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -14,13 +13,10 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.domain import (
-    ErrorCategory,
     FailurePolicy,
     InvalidRequest,
     Job,
     JobOptions,
-    JobStatus,
-    OrchestratorError,
     Phase,
 )
 from orchestrator.modules.registry import ModuleRegistry
@@ -93,10 +89,14 @@ class CreateJobRequest(BaseModel):
     source: SourcePath
     modules: ModuleList = None
     options: JobOptionsInput = Field(default_factory=JobOptionsInput)
-    traceparent: str | None = Field(default=None, max_length=128, description="Caller's W3C traceparent")
+    # Not length-limited here: a malformed caller context (an over-long one too) is
+    # ignored with a warning, it never fails the request (see execute).
+    traceparent: str | None = Field(default=None, description="Caller's W3C traceparent (ignored when malformed)")
 
 
 _PROJECT_ID = pydantic.TypeAdapter(ProjectId)
+#: Longer traceparent values are malformed (W3C's is 55 characters; later versions may add fields).
+_MAX_TRACEPARENT_CHARS = 128
 
 
 def validate_project_id(value: str) -> str:
@@ -131,7 +131,8 @@ class CreateAnalysisJobUseCase:
             except pydantic.ValidationError as exc:
                 raise validation_error(exc) from None
         modules, options, source = self._validate(request)
-        link = request.traceparent if parse_traceparent(request.traceparent) else None
+        raw = request.traceparent
+        link = raw if raw and len(raw) <= _MAX_TRACEPARENT_CHARS and parse_traceparent(raw) else None
         if request.traceparent and link is None:
             logs.event(
                 log,
@@ -149,12 +150,9 @@ class CreateAnalysisJobUseCase:
             trace=trace_context,
         )
         with self._telemetry.phase(job, SpanName.CREATE, start_ns=job.created_ns):
-            job = await self._workflow.create(job)
-            try:
-                return await self._workflow.transition(job, JobStatus.QUEUED, reason="enqueued")
-            except OrchestratorError as exc:
-                await self._fail_unqueued(job, exc)
-                raise
+            # Persisted and enqueued in one write: a job is never left Pending because
+            # its enqueue failed after its insert succeeded.
+            return await self._workflow.create(job, enqueue=True)
 
     def _validate(self, request: CreateJobRequest) -> tuple[tuple[str, ...], JobOptions, Path]:
         names = request.modules if request.modules else self._registry.names()
@@ -181,20 +179,6 @@ class CreateAnalysisJobUseCase:
             module_options=request.options.module_options,
         )
         return tuple(names), options, source
-
-    async def _fail_unqueued(self, job: Job, exc: OrchestratorError) -> None:
-        """Pending -> Failed when the job could not be queued (best effort: the store
-        may be what failed)."""
-        # A failure here was logged at its source; the job stays Pending, visible in
-        # `orchestrator jobs --status pending`.
-        with contextlib.suppress(OrchestratorError):
-            await self._workflow.transition(
-                job,
-                JobStatus.FAILED,
-                reason=f"could not be queued: {exc.message}",
-                error_category=exc.category if exc.category is not ErrorCategory.INTERNAL else ErrorCategory.QUEUE,
-                error_phase=Phase.ENQUEUE,
-            )
 
 
 def _check_source(raw: str) -> Path:

@@ -53,10 +53,48 @@ VALUES (%(job_id)s,
 -- name: get_job
 SELECT * FROM jobs WHERE id = %(id)s;
 
+-- name: create_job
+-- A new job created and enqueued in one statement, one round trip: the job row as it
+-- stands after Pending -> Queued, its two history rows (none -> pending "created",
+-- then pending -> queued), the webhook outbox rows of the enqueue and, when wake-ups
+-- are on, the notification (sent at commit). Nothing is written if any part fails.
+WITH created AS (
+    INSERT INTO jobs (id, project_id, source, modules, options, status, attempt, created_ns, status_ns,
+                      queued_ns, started_ns, finished_ns, reason, error_category, error_phase, results,
+                      trace_id, root_span_id, trace_sampled, trace_link, lease_owner, lease_expires_ns,
+                      cancel_requested)
+    VALUES (%(id)s, %(project_id)s, %(source)s, %(modules)s::jsonb, %(options)s::jsonb, %(status)s, %(attempt)s,
+            %(created_ns)s, %(status_ns)s, %(queued_ns)s, %(started_ns)s, %(finished_ns)s, %(reason)s,
+            %(error_category)s, %(error_phase)s, %(results)s::jsonb, %(trace_id)s, %(root_span_id)s,
+            %(trace_sampled)s, %(trace_link)s, %(lease_owner)s, %(lease_expires_ns)s, %(cancel_requested)s)
+    RETURNING *
+), hist AS (
+    INSERT INTO job_history (job_id, seq, status_from, status_to, reason, at_ns, duration_ms, attempt, worker_id)
+    SELECT c.id, 1, NULL, %(created_status)s, 'created', c.created_ns, 0.0, %(created_attempt)s, NULL FROM created c
+    UNION ALL
+    SELECT c.id, 2, %(created_status)s, c.status, c.reason, c.status_ns, %(duration_ms)s, c.attempt, %(worker_id)s
+    FROM created c
+), outbox AS (
+    INSERT INTO webhook_deliveries (id, subscription_id, job_id, project_id, event, payload, status,
+                                    next_attempt_ns, created_ns, trace_id, root_span_id, trace_sampled)
+    SELECT replace(gen_random_uuid()::text, '-', ''), s.id, c.id, c.project_id, %(event)s::text,
+           jsonb_build_object('event', %(event)s::text, 'job_id', c.id, 'project_id', c.project_id,
+                              'status_from', %(created_status)s::text, 'status_to', c.status, 'reason', c.reason,
+                              'timestamp', %(timestamp)s::text, 'attempt', c.attempt, 'trace_id', c.trace_id),
+           'pending', c.status_ns, c.status_ns, c.trace_id, c.root_span_id, c.trace_sampled
+    FROM created c JOIN webhook_subscriptions s ON s.project_id = c.project_id
+    WHERE s.events ? %(event)s::text
+    ORDER BY s.id
+)
+SELECT c.*,
+       CASE WHEN %(notify)s AND c.status = 'queued' THEN pg_notify('orchestrator_jobs', '') END AS woke
+FROM created c;
+
 -- name: apply_transition
 -- One statement, one round trip: compare-and-set on (status, attempt) (the attempt
 -- fences off a worker whose lease was taken over), the history row, and, when the
--- job enters the queue and wake-ups are on, a notification sent at commit.
+-- job enters the queue and wake-ups are on, a notification sent at commit; on request,
+-- the job's history as it stands after the transition.
 -- Timestamps of each status are set when it is entered. The next seq is safe to
 -- compute here: the UPDATE holds the job's row lock and every history writer
 -- changes the job's status under that lock.
@@ -84,6 +122,7 @@ WITH moved AS (
            (SELECT COALESCE(MAX(h.seq), 0) + 1 FROM job_history h WHERE h.job_id = m.id),
            %(status_from)s, m.status, m.reason, m.status_ns, %(duration_ms)s, m.attempt, %(worker_id)s
     FROM moved m
+    RETURNING *
 ), outbox AS (
     -- Webhook deliveries for the subscriptions that want this event: the outbox row
     -- commits with the transition or not at all.
@@ -99,7 +138,14 @@ WITH moved AS (
     ORDER BY s.id
 )
 SELECT m.*,
-       CASE WHEN %(notify)s AND m.status = 'queued' THEN pg_notify('orchestrator_jobs', '') END AS woke
+       CASE WHEN %(notify)s AND m.status = 'queued' THEN pg_notify('orchestrator_jobs', '') END AS woke,
+       -- With with_history, the job's whole history, this transition's row included (the
+       -- statement's own insert is not visible to its reads: it comes from hist), so that
+       -- a terminal transition needs no second round trip to emit the root span.
+       CASE WHEN %(with_history)s THEN (
+           SELECT json_agg(h ORDER BY h.seq)
+           FROM (SELECT * FROM job_history WHERE job_id = m.id UNION ALL SELECT * FROM hist) h
+       ) END AS history
 FROM moved m;
 
 -- name: claim
