@@ -412,9 +412,10 @@ class JobTelemetry:
         span.end()
 
     def fanout(self, job: Job, *, done: int, failed: int, cancelled: int, total: int, final: bool) -> None:
+        # Progress after each module at debug; the aggregate at the end is the milestone.
         logs.event(
             module_log,
-            logging.INFO,
+            logging.INFO if final else logging.DEBUG,
             ModuleEvent.FANOUT,
             f"{done}/{total} modules done, {failed} failed" + (f", {cancelled} cancelled" if cancelled else ""),
             completed=done,

@@ -122,6 +122,7 @@ class CreateAnalysisJobUseCase:
     @instrument(
         "usecase.create_job",
         fields=lambda self, request, **_: {"project_id": getattr(request, "project_id", None)},
+        level=logging.DEBUG,
     )
     async def execute(self, request: CreateJobRequest | dict[str, Any]) -> Job:
         """Validate ``request``, persist the job Pending, enqueue it. Returns it Queued."""

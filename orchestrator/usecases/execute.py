@@ -89,7 +89,7 @@ class ExecuteAnalysisJobUseCase:
         self._module_concurrency = module_concurrency
         self._clock = clock
 
-    @instrument("usecase.execute_job", fields=lambda self, job, **_: job.log_fields())
+    @instrument("usecase.execute_job", fields=lambda self, job, **_: job.log_fields(), level=logging.DEBUG)
     async def execute(self, job: Job, *, control: JobControl | None = None, worker_id: str | None = None) -> Job:
         """Run a Running job's modules and move it to its terminal status.
 
