@@ -172,3 +172,60 @@ def test_job_submitted_by_one_process_and_run_by_a_worker_in_another_forms_one_t
     assert {"job.create", "job.queued", "job.execute", "job.finalize", "job.module"} <= names
     # phase spans from both processes parent on the root
     assert all(s.parent_id == root.span_id for s in spans if s.name in ("job.create", "job.queued", "job.execute"))
+
+
+def test_webhook_subscriptions_are_managed_from_the_cli_and_never_show_the_secret(
+    tmp_path: Path, project: Path
+) -> None:
+    data = tmp_path / "data"
+    secret = "cli-webhook-secret-0123456789"
+    added = cli(
+        data,
+        "webhooks",
+        "add",
+        "--project-id",
+        "acme",
+        "--url",
+        "https://hooks.example.com/x",
+        "--secret-env",
+        "HOOK_SECRET",
+        "--events",
+        "job.lifecycle.complete",
+        HOOK_SECRET=secret,
+    )
+    assert added.returncode == 0, added.stderr
+    subscription_id = added.stdout.strip()
+
+    listed = cli(data, "webhooks", "list", "--json")
+    assert json.loads(listed.stdout) == [
+        {
+            "id": subscription_id,
+            "project_id": "acme",
+            "url": "https://hooks.example.com/x",
+            "events": ["job.lifecycle.complete"],
+        }
+    ]
+    done = json.loads(cli(data, "run", "--source", str(project), "--project-id", "acme", "--json").stdout)
+    deliveries = json.loads(cli(data, "webhooks", "deliveries", "--job-id", done["id"], "--json").stdout)
+    assert [(d["event"], d["status"]) for d in deliveries] == [("job.lifecycle.complete", "pending")]
+    for output in (added, listed):
+        assert secret not in output.stdout + output.stderr
+
+    assert cli(data, "webhooks", "remove", subscription_id).returncode == 0
+    assert json.loads(cli(data, "webhooks", "list", "--json").stdout) == []
+    assert "no webhook subscription" in _one_line_error(cli(data, "webhooks", "remove", subscription_id))
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["webhooks", "add", "--project-id", "acme", "--url", "ftp://x/y", "--secret", "s" * 20], "http and https"),
+        (["webhooks", "add", "--project-id", "acme", "--url", "https://x/y", "--secret", "short"], "16 characters"),
+        (
+            ["webhooks", "add", "--project-id", "acme", "--url", "https://x/y", "--secret", "s" * 20, "--events", "x"],
+            "unknown x",
+        ),
+    ],
+)
+def test_bad_webhook_input_prints_one_line_and_exits_2(tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert fragment in _one_line_error(cli(tmp_path / "data", *args))
