@@ -19,9 +19,7 @@ from typing import Any, Final
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics.export import (
@@ -33,6 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel import logs
+from otel.otlp_json import encode_logs_json, encode_spans_json
 from otel.vocabulary import OperationEvent
 
 __all__ = [
@@ -131,7 +130,7 @@ class FileSpanExporter(SpanExporter):
         self._writer = writer
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        line = json.dumps(to_otlp_json(encode_spans(spans)), separators=(",", ":"))
+        line = json.dumps(encode_spans_json(spans), separators=(",", ":"))
         return SpanExportResult.SUCCESS if self._writer.write(line) else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
@@ -146,7 +145,7 @@ class FileLogExporter(LogRecordExporter):
         self._writer = writer
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        line = json.dumps(to_otlp_json(encode_logs(batch)), separators=(",", ":"))
+        line = json.dumps(encode_logs_json(batch), separators=(",", ":"))
         return LogRecordExportResult.SUCCESS if self._writer.write(line) else LogRecordExportResult.FAILURE
 
     def shutdown(self) -> None:
