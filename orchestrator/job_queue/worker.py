@@ -161,9 +161,14 @@ class Worker:
                 slots.release()
                 await self.store.wait_for_work(max_wait=self.config.poll_seconds)
                 continue
-            self._idle = anyio.Event() if self._idle.is_set() else self._idle
-            self.in_flight[job.id] = JobControl()
-            jobs.start_soon(self._run_job, job, slots, name=f"job:{job.id}")
+            self._start(jobs, job, slots)
+
+    def _start(self, jobs: anyio.abc.TaskGroup, job: Job, slots: anyio.Semaphore) -> None:
+        """Run a Running job in the worker's job task group (its slot already taken)."""
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self.in_flight[job.id] = JobControl()
+        jobs.start_soon(self._run_job, job, slots, name=f"job:{job.id}")
 
     async def _run_job(self, job: Job, slots: anyio.Semaphore) -> None:
         control = self.in_flight[job.id]
@@ -230,9 +235,7 @@ class Worker:
         except BaseException:
             self._adopt_slots.release()
             raise
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self.in_flight[running.id] = JobControl()
-        self._jobs.start_soon(self._run_job, running, self._adopt_slots, name=f"job:{running.id}")
+        self._start(self._jobs, running, self._adopt_slots)
         return running
 
     # -- heartbeat --------------------------------------------------------------------
