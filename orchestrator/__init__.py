@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from orchestrator.domain import ErrorCategory, Job, JobStatus, ModuleError, OrchestratorError, Phase
-from orchestrator.modules.base import AnalysisModule, BaseModule, ModuleContext
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.domain import ErrorCategory, Job, JobStatus, ModuleError, OrchestratorError, Phase
+    from orchestrator.modules.base import AnalysisModule, BaseModule, ModuleContext
 
 __all__ = [
     "AnalysisModule",
@@ -16,4 +20,27 @@ __all__ = [
     "OrchestratorError",
     "Phase",
 ]
+
+# The public names are imported on first use (PEP 562): importing a submodule, such as the
+# domain from the telemetry vocabulary, must not drag in the whole package (and its cycles).
+_HOME = {
+    "AnalysisModule": "orchestrator.modules.base",
+    "BaseModule": "orchestrator.modules.base",
+    "ModuleContext": "orchestrator.modules.base",
+    "ErrorCategory": "orchestrator.domain",
+    "Job": "orchestrator.domain",
+    "JobStatus": "orchestrator.domain",
+    "ModuleError": "orchestrator.domain",
+    "OrchestratorError": "orchestrator.domain",
+    "Phase": "orchestrator.domain",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
 __version__ = "0.1.0"

@@ -12,6 +12,10 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
+# Lifecycle event names belong to the domain (history rows carry them); re-exported here
+# so that spans, logs, dashboards and tests take every name from this module.
+from orchestrator.domain.events import LifecycleEvent
+
 __all__ = [
     "INSTRUMENTATION_SCOPE",
     "METRICS",
@@ -27,19 +31,6 @@ __all__ = [
 ]
 
 INSTRUMENTATION_SCOPE: Final = "orchestrator"
-
-
-class LifecycleEvent(enum.StrEnum):
-    """Job lifecycle events: span events on the job's root span and log event names."""
-
-    CREATE = "job.lifecycle.create"
-    ENQUEUE = "job.lifecycle.enqueue"
-    START = "job.lifecycle.start"
-    COMPLETE = "job.lifecycle.complete"
-    FAIL = "job.lifecycle.fail"
-    CANCEL = "job.lifecycle.cancel"
-    #: Running -> Queued when a worker's lease expired or the worker shut down.
-    RECOVER = "job.lifecycle.recover"
 
 
 class ModuleEvent(enum.StrEnum):

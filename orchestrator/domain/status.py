@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from otel.vocabulary import LifecycleEvent
+from orchestrator.domain.events import LifecycleEvent
 
 __all__ = [
     "TERMINAL",
