@@ -3,48 +3,86 @@
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import signal
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from rich.table import Table
 
 from orchestrator.bootstrap import open_app
 from orchestrator.cli import render
-from orchestrator.cli.main import Context, exit_code, print_json, request_from_args, with_app
-from orchestrator.domain import InvalidRequest, JobStatus, now_ns
+from orchestrator.cli.ids import resolve_job
+from orchestrator.cli.inputs import flag_error, request_from_args
+from orchestrator.cli.main import Context, exit_code, print_json, with_app
+from orchestrator.cli.render import Column, entry_json, job_json, timestamp
+from orchestrator.domain import (
+    ErrorCategory,
+    IllegalTransition,
+    InvalidRequest,
+    Job,
+    JobStatus,
+    OrchestratorError,
+    TransitionConflict,
+    now_ns,
+)
 from orchestrator.job_queue import Worker
-from orchestrator.usecases.create import validate_project_id
-from orchestrator.webhooks.dispatcher import check_url
-from orchestrator.webhooks.models import SUBSCRIBABLE_EVENTS, Subscription
-from orchestrator.webhooks.store import webhook_store
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import App
 
-__all__ = ["add_telemetry_commands", "cancel", "events", "jobs", "modules", "run", "status", "submit", "worker"]
+__all__ = [
+    "add_db_commands",
+    "add_telemetry_commands",
+    "cancel",
+    "events",
+    "jobs",
+    "modules",
+    "run",
+    "status",
+    "submit",
+    "worker",
+]
 
 log = logging.getLogger(__name__)
 
 
-async def run(ctx: Context) -> int:
+async def create_job(app: App, ctx: Context) -> Job:
+    """Create the job the ``run``/``submit`` flags describe; errors name the flags."""
     request = request_from_args(ctx.args)
+    try:
+        job = await app.create.execute(request)
+    except InvalidRequest as exc:
+        raise flag_error(exc) from None
+    if ctx.args.project_id is None and not ctx.args.json:
+        render.err_console.print(
+            f"project id {job.project_id!r} (from the folder name; --project-id to choose another)", style="dim"
+        )
+    return job
+
+
+async def run(ctx: Context) -> int:
+    request_from_args(ctx.args)  # flag errors before the store is opened
 
     async def go(app: App) -> int:
-        job = await app.create.execute(request)
+        job = await create_job(app, ctx)
         if not ctx.args.json:
             render.err_console.print(f"job {job.id} queued (trace {job.trace.trace_id})", style="dim")
         worker = app.worker(concurrency=1)
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: worker.run(claim=False))
-            await worker.adopt(job)
-            while (job := await app.store.get(job.id)).status is JobStatus.RUNNING:  # noqa: ASYNC110
+            try:
+                await worker.adopt(job)
+            except TransitionConflict:
+                # A worker serving the same store claimed it first: it runs there.
+                current = await app.store.get(job.id)
+                render.err_console.print(
+                    f"job {job.id} was claimed by worker {current.lease_owner or '?'} first; waiting for it",
+                    style="yellow",
+                )
+            while not (job := await app.store.get(job.id)).status.terminal:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
             worker.stop()
         if ctx.args.json:
-            print_json(render.job_json(job))
+            print_json(job_json(job))
         else:
             render.job_panel(job)
         return exit_code(job)
@@ -53,12 +91,12 @@ async def run(ctx: Context) -> int:
 
 
 async def submit(ctx: Context) -> int:
-    request = request_from_args(ctx.args)
+    request_from_args(ctx.args)
 
     async def go(app: App) -> int:
-        job = await app.create.execute(request)
+        job = await create_job(app, ctx)
         if ctx.args.json:
-            print_json(render.job_json(job))
+            print_json(job_json(job))
         else:
             print(job.id)
         return 0
@@ -99,55 +137,115 @@ async def _stop_on_signal(w: Worker) -> None:
 
 async def status(ctx: Context) -> int:
     async def go(app: App) -> int:
-        job = await app.store.get(ctx.args.job_id)
+        job = await resolve_job(app.store, ctx.args.job_id)
         if ctx.args.json:
-            print_json(render.job_json(job))
+            print_json(job_json(job))
         else:
             render.job_panel(job)
         return 0
 
-    return await with_app(ctx, go)
+    return await with_app(ctx, go, modules=False)
 
 
 async def jobs(ctx: Context) -> int:
+    limit = max(1, min(ctx.args.limit, 1000))
+    status = JobStatus(ctx.args.status) if ctx.args.status else None
+    category = ErrorCategory(ctx.args.error_category) if ctx.args.error_category else None
+
     async def go(app: App) -> int:
-        found = await app.store.list_jobs(
-            status=JobStatus(ctx.args.status) if ctx.args.status else None,
-            project_id=ctx.args.project_id,
-            limit=max(1, min(ctx.args.limit, 1000)),
-        )
-        if ctx.args.json:
-            print_json([render.job_json(j) for j in found])
+        if category is None:
+            found = await app.store.list_jobs(status=status, project_id=ctx.args.project_id, limit=limit)
         else:
-            render.console.print(render.jobs_table(found))
+            found = await _jobs_in_category(app, category, status, ctx.args.project_id, limit)
+        if ctx.args.json:
+            print_json([job_json(j) for j in found])
+        else:
+            render.print_table(render.JOB_COLUMNS, render.jobs_rows(found))
         return 0
 
-    return await with_app(ctx, go)
+    return await with_app(ctx, go, modules=False)
+
+
+async def _jobs_in_category(
+    app: App, category: ErrorCategory, status: JobStatus | None, project_id: str | None, limit: int
+) -> list[Job]:
+    """Jobs whose error category is ``category``, newest first (filtered page by page)."""
+    found: list[Job] = []
+    after: str | None = None
+    while len(found) < limit:
+        page = await app.store.list_jobs(status=status, project_id=project_id, limit=500, after=after)
+        found.extend(j for j in page if j.error_category is category)
+        if len(page) < 500:
+            break
+        after = page[-1].id
+    return found[:limit]
 
 
 async def events(ctx: Context) -> int:
     async def go(app: App) -> int:
-        await app.store.get(ctx.args.job_id)  # JobNotFound for an unknown id
-        entries = await app.store.history(ctx.args.job_id)
+        job = await resolve_job(app.store, ctx.args.job_id)
+        entries = await app.store.history(job.id)
         if ctx.args.json:
-            print_json([render.entry_json(e) for e in entries])
+            print_json([entry_json(e) for e in entries])
         else:
-            render.console.print(render.events_table(entries))
+            render.print_table(render.EVENT_COLUMNS, render.events_rows(entries))
         return 0
 
-    return await with_app(ctx, go)
+    return await with_app(ctx, go, modules=False)
+
+
+class NothingToCancel(OrchestratorError):
+    """The job has already finished."""
+
+    category = ErrorCategory.TRANSITION
 
 
 async def cancel(ctx: Context) -> int:
     async def go(app: App) -> int:
-        job = await app.workflow.cancel(ctx.args.job_id, reason=ctx.args.reason)
-        if job.status is JobStatus.RUNNING:
-            print(f"cancellation of running job {job.id} requested; its worker stops it shortly")
-        else:
+        job = await resolve_job(app.store, ctx.args.job_id)
+        if job.status.terminal:
+            raise _finished(job)
+        try:
+            job = await app.workflow.cancel(job.id, reason=ctx.args.reason)
+        except IllegalTransition:
+            job = await app.store.get(job.id)
+            if job.status.terminal:
+                raise _finished(job) from None
+            raise
+        if job.status is not JobStatus.RUNNING:
             print(f"job {job.id} {job.status}")
+            return 0
+        print(await _cancel_running(app, job))
         return 0
 
-    return await with_app(ctx, go)
+    return await with_app(ctx, go, modules=False)
+
+
+def _finished(job: Job) -> NothingToCancel:
+    at = f" at {timestamp(job.finished_ns)}" if job.finished_ns else ""
+    return NothingToCancel(f"job {job.id} already {job.status}{at}: nothing to cancel", job_id=job.id)
+
+
+async def _cancel_running(app: App, job: Job) -> str:
+    """A Running job was flagged for cancellation: say what will really happen, which
+    depends on whether a live worker holds its lease."""
+    expires = job.lease_expires_ns or 0
+    owner = job.lease_owner or "an unknown worker"
+    if expires > now_ns():
+        return (
+            f"cancellation of running job {job.id} requested: worker {owner} holds its lease and stops it within "
+            f"about {app.settings.cancel_poll_seconds:g} s; if that worker is gone, the job is cancelled when its "
+            f"lease expires at {timestamp(expires)} (by any worker's reaper, or `orchestrator cancel {job.id}` "
+            "again)"
+        )
+    # No worker renewed the lease: nobody is running the job, so cancel it here.
+    try:
+        done = await app.workflow.recover(job, max_attempts=app.settings.max_attempts)
+    except TransitionConflict:
+        done = await app.store.get(job.id)
+        return f"job {job.id} is {done.status} (another process moved it meanwhile)"
+    since = f" since {timestamp(expires)}" if expires else ""
+    return f"job {job.id} {done.status}: no worker was running it (the lease of {owner} had expired{since})"
 
 
 async def modules(ctx: Context) -> int:
@@ -165,18 +263,19 @@ async def modules(ctx: Context) -> int:
         if ctx.args.json:
             print_json(rows)
             return 0
-        table = Table(box=None, header_style="dim")
-        for column in ("module", "version", "expected", "timeout", "description"):
-            table.add_column(column)
-        for row in rows:
-            table.add_row(
-                row["name"],
-                row["version"],
-                f"{row['expected_runtime_s']:g} s",
-                f"{row['timeout_s']:g} s",
-                row["description"],
-            )
-        render.console.print(table)
+        render.print_table(
+            (
+                Column("module"),
+                Column("version"),
+                Column("expected", "right"),
+                Column("timeout", "right"),
+                Column("description"),
+            ),
+            (
+                [r["name"], r["version"], f"{r['expected_runtime_s']:g} s", f"{r['timeout_s']:g} s", r["description"]]
+                for r in rows
+            ),
+        )
         return 0
 
     return await with_app(ctx, go)
@@ -195,137 +294,6 @@ def add_db_commands(sub: Any) -> None:
     db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = db.add_parser("upgrade", help="apply pending schema migrations")
     up.set_defaults(handler=db_upgrade, log_level_default="info", telemetry=False)
-
-
-async def webhooks_add(ctx: Context) -> int:
-    args = ctx.args
-    secret = os.environ.get(args.secret_env, "") if args.secret_env else (args.secret or "")
-    if len(secret) < 16:
-        source = f"${args.secret_env}" if args.secret_env else "--secret"
-        raise InvalidRequest(f"secret: {source} must hold at least 16 characters", field="secret")
-    events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events else list(SUBSCRIBABLE_EVENTS)
-    unknown = sorted(set(events) - set(SUBSCRIBABLE_EVENTS))
-    if unknown:
-        raise InvalidRequest(f"events: unknown {', '.join(unknown)} (known: {', '.join(SUBSCRIBABLE_EVENTS)})")
-    project_id = validate_project_id(args.project_id)
-    subscription = Subscription(
-        id=secrets.token_hex(8),
-        project_id=project_id,
-        url=check_url(args.url),
-        secret=secret,
-        events=tuple(dict.fromkeys(events)),
-        created_ns=now_ns(),
-    )
-
-    async def go(app: App) -> int:
-        await webhook_store(app.store).add_subscription(subscription)
-        print(subscription.id)
-        return 0
-
-    return await with_app(ctx, go)
-
-
-async def webhooks_list(ctx: Context) -> int:
-    async def go(app: App) -> int:
-        found = await webhook_store(app.store).list_subscriptions(project_id=ctx.args.project_id)
-        if ctx.args.json:
-            print_json(
-                [{"id": s.id, "project_id": s.project_id, "url": s.url, "events": list(s.events)} for s in found]
-            )
-            return 0
-        table = Table(box=None, header_style="dim")
-        for column in ("id", "project", "url", "events"):
-            table.add_column(column)
-        for s in found:
-            table.add_row(s.id, s.project_id, s.url, ", ".join(s.events))
-        render.console.print(table)
-        return 0
-
-    return await with_app(ctx, go)
-
-
-async def webhooks_remove(ctx: Context) -> int:
-    async def go(app: App) -> int:
-        await webhook_store(app.store).delete_subscription(ctx.args.subscription_id)
-        print(f"webhook {ctx.args.subscription_id} removed")
-        return 0
-
-    return await with_app(ctx, go)
-
-
-async def webhooks_deliveries(ctx: Context) -> int:
-    async def go(app: App) -> int:
-        hooks = webhook_store(app.store)
-        if ctx.args.subscription:
-            await hooks.get_subscription(ctx.args.subscription)
-        if ctx.args.job_id:
-            await app.store.get(ctx.args.job_id)
-        found = await hooks.list_deliveries(
-            job_id=ctx.args.job_id, subscription_id=ctx.args.subscription, limit=ctx.args.limit
-        )
-        rows: list[dict[str, Any]] = []
-        for d in found:
-            rows.append(
-                {
-                    "id": d.id,
-                    "subscription_id": d.subscription_id,
-                    "job_id": d.job_id,
-                    "event": d.event,
-                    "status": d.status,
-                    "attempts": d.attempts,
-                    "last_status_code": d.last_status_code,
-                    "last_error": d.last_error,
-                    "history": [
-                        {
-                            "attempt": a.attempt,
-                            "outcome": a.outcome,
-                            "status_code": a.status_code,
-                            "error": a.error,
-                            "duration_ms": a.duration_ms,
-                        }
-                        for a in await hooks.attempts(d.id)
-                    ],
-                }
-            )
-        if ctx.args.json:
-            print_json(rows)
-            return 0
-        table = Table(box=None, header_style="dim")
-        for column in ("delivery", "job", "event", "status", "attempts", "last"):
-            table.add_column(column)
-        for row in rows:
-            last = row["last_error"] or (str(row["last_status_code"]) if row["last_status_code"] else "")
-            table.add_row(row["id"], row["job_id"], row["event"], row["status"], str(row["attempts"]), last)
-        render.console.print(table)
-        return 0
-
-    return await with_app(ctx, go)
-
-
-def add_webhook_commands(sub: Any) -> None:
-    p = sub.add_parser("webhooks", help="webhook subscriptions and their deliveries")
-    hooks = p.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
-    add = hooks.add_parser("add", help="subscribe a URL to a project's lifecycle events")
-    add.add_argument("--project-id", required=True)
-    add.add_argument("--url", required=True)
-    secret = add.add_mutually_exclusive_group(required=True)
-    secret.add_argument("--secret-env", metavar="VAR", help="environment variable holding the signing secret")
-    secret.add_argument("--secret", help="the signing secret (visible in the process list: prefer --secret-env)")
-    add.add_argument("--events", help=f"comma-separated, default all of: {', '.join(SUBSCRIBABLE_EVENTS)}")
-    add.set_defaults(handler=webhooks_add, log_level_default="error", telemetry=False)
-    ls = hooks.add_parser("list", help="list subscriptions")
-    ls.add_argument("--project-id")
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=webhooks_list, log_level_default="error", telemetry=False)
-    rm = hooks.add_parser("remove", help="delete a subscription")
-    rm.add_argument("subscription_id")
-    rm.set_defaults(handler=webhooks_remove, log_level_default="error", telemetry=False)
-    dl = hooks.add_parser("deliveries", help="delivery history, with every attempt")
-    dl.add_argument("--job-id")
-    dl.add_argument("--subscription")
-    dl.add_argument("--limit", type=int, default=100)
-    dl.add_argument("--json", action="store_true")
-    dl.set_defaults(handler=webhooks_deliveries, log_level_default="error", telemetry=False)
 
 
 def add_telemetry_commands(sub: Any) -> None:

@@ -1,6 +1,12 @@
 """``orchestrator demo``: the whole product on the embedded default, in under a minute.
 
-It writes four sample projects into the data directory (a clean one, one whose
+It works in a directory of its own (``./.orchestrator-demo`` unless ``demo --dir``
+says otherwise) with the embedded SQLite database, whatever ``--data-dir``,
+``ORCHESTRATOR_DATA_DIR`` or ``ORCHESTRATOR_DATABASE_URL`` name: starting afresh
+there can never delete a user's jobs. A marker file tells a demo directory apart;
+any other non-empty directory is refused.
+
+It writes four sample projects into that directory (a clean one, one whose
 ``package.json`` is malformed so the dependencies module fails, a large one that
 makes the secrets scan overrun its expected runtime, and one that is cancelled
 while it runs), submits a job for each, runs a worker in-process until all are
@@ -10,7 +16,9 @@ failed job and the report that answers the four operational questions.
 
 from __future__ import annotations
 
+import os
 import random
+import shlex
 import shutil
 import textwrap
 import time
@@ -24,12 +32,15 @@ from rich.table import Table
 
 from orchestrator.cli import render
 from orchestrator.cli.main import Context, with_app
-from orchestrator.domain import Job, JobStatus
+from orchestrator.domain import InvalidRequest, Job, JobStatus
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import App
 
-__all__ = ["demo", "write_sample_projects"]
+__all__ = ["MARKER", "demo", "write_sample_projects"]
+
+#: The file that marks a directory as the demo's own (safe to start afresh).
+MARKER = ".orchestrator-demo"
 
 
 @dataclass(frozen=True)
@@ -115,9 +126,10 @@ def _write_large(root: Path, rng: random.Random, *, files: int) -> None:
 
 async def demo(ctx: Context) -> int:
     data_dir = ctx.settings.data_dir
-    if not ctx.args.keep:
-        _reset(data_dir)
-    render.console.print(f"[bold]orchestrator demo[/] - data in {data_dir.resolve()}")
+    _claim(data_dir, keep=ctx.args.keep)
+    render.console.print(f"[bold]orchestrator demo[/] - in its own directory {data_dir.resolve()}")
+    for note in _ignored(ctx):
+        render.console.print(f"[dim]{note}[/]")
     started = time.monotonic()
     samples = await anyio.to_thread.run_sync(write_sample_projects, data_dir / "demo-projects")
 
@@ -143,10 +155,17 @@ async def demo(ctx: Context) -> int:
             )
         return 0
 
+    def explore() -> None:
+        where = _shell_path(data_dir)
+        render.console.print(
+            f"[dim]look around: orchestrator --data-dir {where} jobs | status ID | events ID | trace ID | report[/]"
+        )
+
     code = await with_app(ctx, go)
     if ctx.telemetry.mode == "files":
         ctx.telemetry.flush()  # the epilogue reads the files; OTLP is flushed once, at shutdown
     await _show_telemetry(ctx)
+    explore()
     return code
 
 
@@ -193,9 +212,36 @@ async def _show_telemetry(ctx: Context) -> None:
     await views.demo_epilogue(ctx)
 
 
-def _reset(data_dir: Path) -> None:
-    """Start afresh: the demo's database, telemetry files and sample projects only."""
-    for name in ("orchestrator.db", "orchestrator.db-wal", "orchestrator.db-shm"):
-        (data_dir / name).unlink(missing_ok=True)
-    for folder in ("telemetry", "demo-projects"):
-        shutil.rmtree(data_dir / folder, ignore_errors=True)
+def _claim(data_dir: Path, *, keep: bool) -> None:
+    """Make ``data_dir`` the demo's: create it with the marker, or start it afresh when
+    it already is one. A directory holding anything else is refused, never emptied."""
+    marker = data_dir / MARKER
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            raise InvalidRequest(f"demo --dir {data_dir}: exists and is not a directory")
+        if not marker.is_file() and any(data_dir.iterdir()):
+            raise InvalidRequest(
+                f"demo --dir {data_dir}: not empty and not a demo directory (no {MARKER} file in it); "
+                "the demo only writes into a new, empty or earlier demo directory: pass another --dir"
+            )
+        if marker.is_file() and not keep:
+            shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(
+        "Written by `orchestrator demo`, which empties this directory when it starts again.\n", encoding="utf-8"
+    )
+
+
+def _ignored(ctx: Context) -> list[str]:
+    """What the demo leaves alone, said once so nobody wonders where their jobs went."""
+    notes = []
+    if ctx.args.data_dir is not None or os.environ.get("ORCHESTRATOR_DATA_DIR"):
+        notes.append("--data-dir / ORCHESTRATOR_DATA_DIR are not used by the demo (demo --dir chooses its directory)")
+    if os.environ.get("ORCHESTRATOR_DATABASE_URL"):
+        notes.append("ORCHESTRATOR_DATABASE_URL is set: the demo ignores it and uses its own SQLite database")
+    return notes
+
+
+def _shell_path(path: Path) -> str:
+    text = str(path)
+    return shlex.quote(text)

@@ -8,35 +8,46 @@ exits 1. No traceback is shown for either.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
+import os
+import re
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 import pydantic
 
 from orchestrator import __version__
 from orchestrator.bootstrap import App, open_app
+from orchestrator.cli.inputs import add_job_inputs, request_from_args
 from orchestrator.domain import (
     ErrorCategory,
-    InvalidRequest,
     Job,
     JobStatus,
     OrchestratorError,
 )
+from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
 from otel.logs import configure_logging
 from otel.setup import Telemetry, setup_telemetry
 
-__all__ = ["main"]
+__all__ = ["DEMO_DIR", "main", "request_from_args"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
+#: 128 + SIGPIPE, as a shell reports a command whose reader went away (``| head``).
+EXIT_BROKEN_PIPE = 141
+#: Where ``orchestrator demo`` works unless ``demo --dir`` says otherwise: never the
+#: data directory that run/submit/worker use.
+DEMO_DIR = Path(".orchestrator-demo")
 _USER_ERRORS = frozenset({ErrorCategory.VALIDATION, ErrorCategory.TRANSITION})
 
 
@@ -60,7 +71,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.cli import commands, demo
+    from orchestrator.cli import commands, demo, webhook_commands
 
     parser = _Parser(prog="orchestrator", description="Analysis jobs, observable end to end with OpenTelemetry.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -71,16 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["auto", "json", "console"], help="log format on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def job_inputs(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--source", required=True, help="path to analyse")
-        p.add_argument("--project-id", help="project id (default: the source folder's name)")
-        p.add_argument("--modules", help="comma-separated modules (default: all)")
-        p.add_argument("--fail-fast", action="store_true", help="cancel the other modules at the first failure")
-        p.add_argument("--module-concurrency", type=int, help="modules of this job that run at once")
-        p.add_argument("--traceparent", help="W3C traceparent of the caller's trace, linked from the job's root span")
-        p.add_argument("--json", action="store_true", help="print JSON")
+    job_inputs = add_job_inputs
 
-    p = sub.add_parser("demo", help="run the demo on the embedded default")
+    p = sub.add_parser("demo", help="run the demo on the embedded default, in a directory of its own")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=DEMO_DIR,
+        help=f"the demo's own directory (default ./{DEMO_DIR}); --data-dir and ORCHESTRATOR_DATA_DIR are "
+        "not used, so the demo never touches the data of run/submit/worker",
+    )
     p.add_argument("--keep", action="store_true", help="keep earlier demo data (default: start afresh)")
     p.set_defaults(handler=demo.demo, log_level_default="critical", telemetry=True)
 
@@ -102,8 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=commands.status, log_level_default="error", telemetry=False)
 
-    p = sub.add_parser("jobs", help="list jobs")
+    p = sub.add_parser("jobs", help="list jobs, newest first (whole ids when piped)")
     p.add_argument("--status", choices=[s.value for s in JobStatus])
+    p.add_argument(
+        "--error-category",
+        choices=[c.value for c in ErrorCategory],
+        help="only failed or cancelled jobs of this error category",
+    )
     p.add_argument("--project-id")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
@@ -114,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=commands.events, log_level_default="error", telemetry=False)
 
-    p = sub.add_parser("cancel", help="cancel a job (a running one within a bounded time)")
+    p = sub.add_parser("cancel", help="cancel a job; says what will happen to a running one")
     p.add_argument("job_id")
     p.add_argument("--reason", default="cancelled by user")
     p.set_defaults(handler=commands.cancel, log_level_default="error", telemetry=True)
@@ -131,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_serve, log_level_default=None, telemetry=True)
 
     commands.add_db_commands(sub)
-    commands.add_webhook_commands(sub)
+    webhook_commands.add_webhook_commands(sub)
     commands.add_telemetry_commands(sub)
     return parser
 
@@ -146,6 +162,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
+    if args.command == "demo":
+        # Its own directory and the embedded SQLite database, whatever the environment
+        # names: the demo starts afresh there and must never touch a user's jobs.
+        overrides["data_dir"] = args.dir
+        overrides["database_url"] = None
     if args.log_level is not None:
         overrides["log_level"] = args.log_level
     if args.log_format is not None:
@@ -170,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (quiet for one-shot commands, info for the worker).
     explicit = "log_level" in settings.model_fields_set
     level = args.log_level or (settings.log_level if explicit else None) or args.log_level_default or "info"
-    configure_logging(level.upper(), settings.log_format)
+    stream = configure_logging(level.upper(), settings.log_format)
+    if level != "debug" and stream.formatter is not None:
+        stream.setFormatter(_BriefPluginErrors(stream.formatter))
     telemetry = (
         setup_telemetry(service_version=__version__, telemetry_dir=settings.telemetry_dir)
         if args.telemetry
@@ -180,15 +203,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm)
     handler: Handler = args.handler
     try:
-        return anyio.run(handler, Context(args, settings, telemetry))
+        code = anyio.run(handler, Context(args, settings, telemetry))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except OrchestratorError as exc:
         code = EXIT_USAGE if exc.category in _USER_ERRORS else EXIT_FAILED
         return _fail(exc.message, code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BaseException as exc:
+        if _only_broken_pipes(exc):
+            return _closed_pipe()
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         telemetry.shutdown(timeout_s=5.0)
+        _note_lost_telemetry(telemetry)
         logging.shutdown()
 
 
@@ -196,9 +226,67 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _only_broken_pipes(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipes(e) for e in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``orchestrator jobs --json | head``): stop quietly.
+    stdout is pointed at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _note_lost_telemetry(telemetry: Telemetry) -> None:
+    """One line at exit when telemetry could not be delivered: jobs are unaffected, but
+    the operator should know the traces of this command are missing."""
+    failed = {kind: n for kind, n in telemetry.failures.items() if n}
+    # Telemetry.shutdown stops waiting for its "otel-shutdown" threads after its budget:
+    # one still alive is an export that did not finish (a collector that does not answer).
+    pending = any(t.name == "otel-shutdown" and t.is_alive() for t in threading.enumerate())
+    if not failed and not pending:
+        return
+    where = _otlp_target() if telemetry.mode == "otlp" else str(telemetry.telemetry_dir or "the telemetry files")
+    parts = [f"{n} {kind} batch{'es' if n > 1 else ''} failed" for kind, n in sorted(failed.items())]
+    if pending:
+        parts.append("export still unfinished at exit")
+    print(
+        f"orchestrator: note: telemetry could not be delivered to {where} ({', '.join(parts)}); jobs are not affected",
+        file=sys.stderr,
+    )
+
+
+def _otlp_target() -> str:
+    raw = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or next(
+        (
+            v.strip()
+            for k, v in sorted(os.environ.items())
+            if k.startswith("OTEL_EXPORTER_OTLP_") and k.endswith("_ENDPOINT") and v.strip()
+        ),
+        "",
+    )
+    try:
+        parts = urlsplit(raw)
+        # host and port only: a URL may carry credentials
+        port = f":{parts.port}" if parts.port else ""
+        return f"the OTLP endpoint {parts.hostname}{port}" if parts.hostname else "the OTLP endpoint"
+    except ValueError:
+        return "the OTLP endpoint"
+
+
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _fail(message: str, code: int) -> int:
-    # One line, always: a path or value quoted in the message may hold line breaks.
-    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    # One line, always. Multi-line messages (a database driver's "...\n\tIs the server
+    # running...") become one sentence; other control characters are shown escaped.
+    message = _LINE_BREAKS.sub(" ", message.strip())
+    message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
     print(f"orchestrator: error: {message}", file=sys.stderr)
     return code
 
@@ -208,27 +296,31 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
-def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The create-job request the ``run`` and ``submit`` flags describe."""
-    modules = [m.strip() for m in args.modules.split(",") if m.strip()] if args.modules else None
-    if args.modules is not None and not modules:
-        raise InvalidRequest("--modules: no module named", field="modules")
-    options: dict[str, Any] = {"failure_policy": "fail_fast" if args.fail_fast else "complete_all"}
-    if args.module_concurrency is not None:
-        options["concurrency"] = args.module_concurrency
-    return {
-        "project_id": args.project_id or (Path(args.source).resolve().name or "project"),
-        "source": args.source,
-        "modules": modules,
-        "options": options,
-        "traceparent": args.traceparent,
-    }
-
-
 def exit_code(job: Job) -> int:
     return {JobStatus.COMPLETED: EXIT_OK, JobStatus.CANCELLED: EXIT_CANCELLED}.get(job.status, EXIT_FAILED)
 
 
-async def with_app(ctx: Context, fn: Callable[[App], Awaitable[int]]) -> int:
-    async with open_app(ctx.settings, telemetry=ctx.job_telemetry()) as app:
+async def with_app(ctx: Context, fn: Callable[[App], Awaitable[int]], *, modules: bool = True) -> int:
+    """Open the app around ``fn``. Commands that run or validate no module pass
+    ``modules=False``: third-party modules are not loaded (a broken one stays silent)."""
+    registry = None if modules else ModuleRegistry.default(entry_points=False)
+    async with open_app(ctx.settings, telemetry=ctx.job_telemetry(), registry=registry) as app:
         return await fn(app)
+
+
+class _BriefPluginErrors(logging.Formatter):
+    """A third-party module that fails to load is one line on the terminal, naming it;
+    its traceback only with ``--log-level debug`` (it would otherwise repeat on every
+    command). Other handlers (the OTLP export) still get the whole record."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "orchestrator.modules.registry" and record.exc_info:
+            brief = copy.copy(record)
+            brief.exc_info, brief.exc_text, brief.stack_info = None, None, None
+            brief.msg, brief.args = f"{record.getMessage()} (traceback with --log-level debug)", None
+            return self._inner.format(brief)
+        return self._inner.format(record)

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from orchestrator.domain import Job, JobStatus, LifecycleEntry, ModuleOutcome
+from orchestrator.serialization import entry_json, job_json  # re-exported: the JSON form lives there
 
-__all__ = ["console", "entry_json", "events_table", "job_json", "job_panel", "jobs_table", "status_text"]
+__all__ = [
+    "Column",
+    "console",
+    "entry_json",
+    "err_console",
+    "events_rows",
+    "job_json",
+    "job_panel",
+    "jobs_rows",
+    "print_table",
+    "status_text",
+    "timestamp",
+]
 
-console = Console(highlight=False, soft_wrap=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: a long line (an id, a path, a reason) is never broken at 80 columns when
+# the output is a pipe or a file; tables lay themselves out (see print_table).
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _STATUS_STYLE = {
     JobStatus.PENDING: "dim",
@@ -38,47 +55,13 @@ def status_text(status: JobStatus) -> Text:
     return Text(str(status), style=_STATUS_STYLE[status])
 
 
+def timestamp(ns: int) -> str:
+    """RFC 3339 in UTC with microseconds and a ``Z`` (the API's form)."""
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def _ts(ns: int | None) -> str:
-    if ns is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "project_id": job.project_id,
-        "source": job.source,
-        "modules": list(job.modules),
-        "options": job.options.to_json(),
-        "status": str(job.status),
-        "attempt": job.attempt,
-        "reason": job.reason,
-        "error_category": job.error_category and str(job.error_category),
-        "error_phase": job.error_phase and str(job.error_phase),
-        "created_at": _ts(job.created_ns),
-        "queued_at": _ts(job.queued_ns) if job.queued_ns else None,
-        "started_at": _ts(job.started_ns) if job.started_ns else None,
-        "finished_at": _ts(job.finished_ns) if job.finished_ns else None,
-        "trace_id": job.trace.trace_id,
-        "root_span_id": job.trace.span_id,
-        "sampled": job.trace.sampled,
-        "cancel_requested": job.cancel_requested,
-        "results": [r.to_json() for r in job.results],
-    }
-
-
-def entry_json(entry: LifecycleEntry) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "status_from": entry.status_from and str(entry.status_from),
-        "status_to": str(entry.status_to),
-        "reason": entry.reason,
-        "at": _ts(entry.at_ns),
-        "duration_ms": round(entry.duration_ms, 3),
-        "attempt": entry.attempt,
-        "worker_id": entry.worker_id,
-    }
+    return "-" if ns is None else timestamp(ns)
 
 
 def modules_table(job: Job) -> Table:
@@ -123,34 +106,104 @@ def job_panel(job: Job) -> None:
         console.print(modules_table(job), style="", crop=False)
 
 
-def jobs_table(jobs: Sequence[Job]) -> Table:
+@dataclass(frozen=True, slots=True)
+class Column:
+    header: str
+    justify: Literal["left", "right"] = "left"
+    #: Ids and timestamps: never cut on a terminal (people copy them).
+    whole: bool = False
+
+
+Cell = str | Text
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def print_table(columns: Sequence[Column], rows: Iterable[Sequence[Cell]]) -> None:
+    """A table on stdout: laid out by rich on a terminal; plain, aligned, whole values
+    (no width limit, no ellipsis, no colour) when piped, so ``awk``/``cut`` get full ids."""
+    listed = [list(row) for row in rows]
+    if console.is_terminal:
+        console.print(_rich_table(columns, listed))
+        return
+    cells = [[c.header for c in columns], *([_plain(cell) for cell in row] for row in listed)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    out = console.file
+    for row in cells:
+        padded = [
+            value.rjust(width) if column.justify == "right" else value.ljust(width)
+            for value, width, column in zip(row, widths, columns, strict=True)
+        ]
+        out.write("  ".join(padded).rstrip() + "\n")
+
+
+def _plain(cell: Cell) -> str:
+    text = cell.plain if isinstance(cell, Text) else str(cell)
+    # One row per line whatever a reason or path holds.
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _rich_table(columns: Sequence[Column], rows: list[list[Cell]]) -> Table:
     table = Table(box=None, header_style="dim")
-    for column in ("id", "project", "status", "attempt", "created", "reason"):
-        table.add_column(column)
-    for job in jobs:
-        table.add_row(
+    for i, column in enumerate(columns):
+        if column.whole:
+            longest = max([len(column.header), *(len(_plain(row[i])) for row in rows)])
+            table.add_column(column.header, justify=column.justify, no_wrap=True, min_width=longest)
+        else:
+            table.add_column(column.header, justify=column.justify, overflow="ellipsis", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+JOB_COLUMNS = (
+    Column("id", whole=True),
+    Column("project"),
+    Column("status"),
+    Column("attempt", "right"),
+    Column("created", whole=True),
+    Column("category"),
+    Column("reason"),
+)
+
+
+def jobs_rows(jobs: Sequence[Job]) -> list[list[Cell]]:
+    return [
+        [
             job.id,
             job.project_id,
             status_text(job.status),
             str(job.attempt),
             _ts(job.created_ns),
-            Text(job.reason or "", overflow="ellipsis", no_wrap=True),
-        )
-    return table
+            str(job.error_category or ""),
+            job.reason or "",
+        ]
+        for job in jobs
+    ]
 
 
-def events_table(entries: Sequence[LifecycleEntry]) -> Table:
-    table = Table(box=None, header_style="dim")
-    for column in ("#", "at", "from", "to", "time in from", "attempt", "reason"):
-        table.add_column(column, justify="right" if column in ("#", "time in from", "attempt") else "left")
-    for e in entries:
-        table.add_row(
+EVENT_COLUMNS = (
+    Column("#", "right"),
+    Column("at", whole=True),
+    Column("from"),
+    Column("to"),
+    Column("time in from", "right"),
+    Column("attempt", "right"),
+    Column("worker"),
+    Column("reason"),
+)
+
+
+def events_rows(entries: Sequence[LifecycleEntry]) -> list[list[Cell]]:
+    return [
+        [
             str(e.seq),
             _ts(e.at_ns),
             str(e.status_from or "-"),
             status_text(e.status_to),
             f"{e.duration_ms:,.1f} ms",
             str(e.attempt),
+            e.worker_id or "",
             e.reason,
-        )
-    return table
+        ]
+        for e in entries
+    ]
