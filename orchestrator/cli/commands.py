@@ -297,14 +297,14 @@ def add_db_commands(sub: Any) -> None:
 
 
 def add_telemetry_commands(sub: Any) -> None:
-    """``trace`` and ``report``: terminal views over the embedded telemetry files."""
+    """``trace`` and ``report``: what a tracing backend would show, without one."""
     from orchestrator.cli import views
 
-    p = sub.add_parser("trace", help="a job's trace as a waterfall (embedded telemetry files)")
+    p = sub.add_parser("trace", help="a job's trace as a waterfall (the job from the store, spans from the files)")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=views.trace_command, log_level_default="warning", telemetry=False)
 
-    p = sub.add_parser("report", help="answer the four operational questions from the telemetry files")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("report", help="answer the four operational questions (from the store by default)")
+    views.add_report_arguments(p)
     p.set_defaults(handler=views.report_command, log_level_default="warning", telemetry=False)
