@@ -13,7 +13,7 @@ from orchestrator.cli import render
 from orchestrator.cli.ids import resolve_job
 from orchestrator.cli.inputs import flag_error, request_from_args
 from orchestrator.cli.main import Context, exit_code, print_json, with_app
-from orchestrator.cli.render import Column, entry_json, job_json, timestamp
+from orchestrator.cli.render import Column
 from orchestrator.domain import (
     ErrorCategory,
     IllegalTransition,
@@ -25,6 +25,7 @@ from orchestrator.domain import (
     now_ns,
 )
 from orchestrator.job_queue import Worker
+from orchestrator.serialization import entry_json, job_json, timestamp
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import App
@@ -303,8 +304,8 @@ def add_telemetry_commands(sub: Any) -> None:
     p = sub.add_parser("trace", help="a job's trace as a waterfall (the job from the store, spans from the files)")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=views.trace_command, log_level_default="warning", telemetry=False)
+    p.set_defaults(handler=views.trace_command, log_level_default="critical", telemetry=False)
 
     p = sub.add_parser("report", help="answer the four operational questions (from the store by default)")
     views.add_report_arguments(p)
-    p.set_defaults(handler=views.report_command, log_level_default="warning", telemetry=False)
+    p.set_defaults(handler=views.report_command, log_level_default="critical", telemetry=False)

@@ -37,8 +37,9 @@ from orchestrator.domain import (
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
-from otel.logs import configure_logging
+from otel.logs import EVENT_KEY, configure_logging
 from otel.setup import Telemetry, setup_telemetry
+from otel.vocabulary import OperationEvent
 
 __all__ = ["DEMO_DIR", "main", "request_from_args"]
 
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show one job")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.status, log_level_default="error", telemetry=False)
+    p.set_defaults(handler=commands.status, log_level_default="critical", telemetry=False)
 
     p = sub.add_parser("jobs", help="list jobs, newest first (whole ids when piped)")
     p.add_argument("--status", choices=[s.value for s in JobStatus])
@@ -123,17 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project-id")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.jobs, log_level_default="error", telemetry=False)
+    p.set_defaults(handler=commands.jobs, log_level_default="critical", telemetry=False)
 
     p = sub.add_parser("events", help="a job's lifecycle history")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.events, log_level_default="error", telemetry=False)
+    p.set_defaults(handler=commands.events, log_level_default="critical", telemetry=False)
 
     p = sub.add_parser("cancel", help="cancel a job; says what will happen to a running one")
     p.add_argument("job_id")
     p.add_argument("--reason", default="cancelled by user")
-    p.set_defaults(handler=commands.cancel, log_level_default="error", telemetry=True)
+    p.set_defaults(handler=commands.cancel, log_level_default="critical", telemetry=True)
 
     p = sub.add_parser("modules", help="list registered modules")
     p.add_argument("--json", action="store_true")
@@ -194,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stream = configure_logging(level.upper(), settings.log_format)
     if level != "debug" and stream.formatter is not None:
         stream.setFormatter(_BriefPluginErrors(stream.formatter))
+    if not explicit and args.log_level is None and args.log_level_default is not None:
+        stream.addFilter(_ShownElsewhere())
     telemetry = (
         setup_telemetry(service_version=__version__, telemetry_dir=settings.telemetry_dir)
         if args.telemetry
@@ -324,3 +327,16 @@ class _BriefPluginErrors(logging.Formatter):
             brief.msg, brief.args = f"{record.getMessage()} (traceback with --log-level debug)", None
             return self._inner.format(brief)
         return self._inner.format(record)
+
+
+class _ShownElsewhere(logging.Filter):
+    """Records a one-shot command shows in its own output anyway, kept off the terminal
+    unless a log level was asked for: a job's lifecycle and module records (``run``
+    prints the job's result) and a store that cannot be opened (the command's one-line
+    error says so)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = str(getattr(record, EVENT_KEY, ""))
+        if event.startswith(("job.lifecycle.", "job.module.")):
+            return False
+        return not (event == OperationEvent.ERROR and record.name.startswith("orchestrator.stores"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.domain import Job, JobStatus, LifecycleEntry, ModuleOutcome
-from orchestrator.serialization import entry_json, job_json  # re-exported: the JSON form lives there
+from orchestrator.serialization import entry_json, job_json, timestamp  # re-exported: the JSON form lives there
 
 __all__ = [
     "Column",
@@ -53,11 +52,6 @@ _OUTCOME_STYLE = {
 
 def status_text(status: JobStatus) -> Text:
     return Text(str(status), style=_STATUS_STYLE[status])
-
-
-def timestamp(ns: int) -> str:
-    """RFC 3339 in UTC with microseconds and a ``Z`` (the API's form)."""
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _ts(ns: int | None) -> str:
