@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +20,7 @@ from orchestrator.domain import (
 )
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.telemetry import JobTelemetry, parse_traceparent
+from orchestrator.usecases.sources import SourcePolicy
 from orchestrator.workflow import JobWorkflow
 from otel import logs
 from otel.instrument import instrument
@@ -97,6 +97,7 @@ class CreateJobRequest(BaseModel):
 _PROJECT_ID = pydantic.TypeAdapter(ProjectId)
 #: Longer traceparent values are malformed (W3C's is 55 characters; later versions may add fields).
 _MAX_TRACEPARENT_CHARS = 128
+_TRUSTED = SourcePolicy.trusted()
 
 
 def validate_project_id(value: str) -> str:
@@ -124,14 +125,17 @@ class CreateAnalysisJobUseCase:
         fields=lambda self, request, **_: {"project_id": getattr(request, "project_id", None)},
         level=logging.DEBUG,
     )
-    async def execute(self, request: CreateJobRequest | dict[str, Any]) -> Job:
-        """Validate ``request``, persist the job Pending, enqueue it. Returns it Queued."""
+    async def execute(self, request: CreateJobRequest | dict[str, Any], *, sources: SourcePolicy = _TRUSTED) -> Job:
+        """Validate ``request``, persist the job Pending, enqueue it. Returns it Queued.
+
+        ``sources`` is the caller's trust: the CLI (the local user) is trusted with any
+        path it can read; the HTTP API passes a policy confined to the source roots."""
         if not isinstance(request, CreateJobRequest):
             try:
                 request = CreateJobRequest.model_validate(request)
             except pydantic.ValidationError as exc:
                 raise validation_error(exc) from None
-        modules, options, source = self._validate(request)
+        modules, options, source = self._validate(request, sources)
         raw = request.traceparent
         link = raw if raw and len(raw) <= _MAX_TRACEPARENT_CHARS and parse_traceparent(raw) else None
         if request.traceparent and link is None:
@@ -155,7 +159,7 @@ class CreateAnalysisJobUseCase:
             # its enqueue failed after its insert succeeded.
             return await self._workflow.create(job, enqueue=True)
 
-    def _validate(self, request: CreateJobRequest) -> tuple[tuple[str, ...], JobOptions, Path]:
+    def _validate(self, request: CreateJobRequest, sources: SourcePolicy) -> tuple[tuple[str, ...], JobOptions, Path]:
         names = request.modules if request.modules else self._registry.names()
         duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
         if duplicates:
@@ -173,26 +177,10 @@ class CreateAnalysisJobUseCase:
                 f"options.module_options: larger than {Limits.MAX_OPTIONS_BYTES} bytes",
                 field="options.module_options",
             )
-        source = _check_source(request.source)
+        source = sources.check(request.source)
         options = JobOptions(
             failure_policy=request.options.failure_policy,
             concurrency=request.options.concurrency,
             module_options=request.options.module_options,
         )
         return tuple(names), options, source
-
-
-def _check_source(raw: str) -> Path:
-    if "\x00" in raw:
-        raise InvalidRequest("source: contains a NUL character", field="source")
-    path = Path(raw).expanduser()
-    try:
-        resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
-        reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc})"
-        raise InvalidRequest(f"source: {raw} {reason}", field="source") from None
-    if not (resolved.is_dir() or resolved.is_file()):
-        raise InvalidRequest(f"source: {raw} is neither a directory nor a regular file", field="source")
-    if not os.access(resolved, os.R_OK):
-        raise InvalidRequest(f"source: {raw} is not readable", field="source")
-    return resolved

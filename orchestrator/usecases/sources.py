@@ -1,0 +1,176 @@
+"""Where a job may point: the source check of ``CreateAnalysisJobUseCase``.
+
+Two kinds of caller (see README: Security):
+
+* **trusted**: the local user of the CLI (``run``, ``submit``) may analyse any path they
+  can read, and is told precisely what is wrong with a path;
+* **confined**: an HTTP API client is not trusted with the server's filesystem. Its
+  source must be an absolute path that, after ``realpath`` (symlinks and ``..``
+  resolved), lies inside one of the configured source roots. A path outside the roots,
+  a missing one, an unreadable one and a special file all get the SAME message, so the
+  API is no oracle for what exists on the server.
+
+Pseudo-filesystems (``/proc``, ``/sys``, ``/dev`` and any mount of such a type) are never
+sources, for anyone: their reads can block forever (``/proc/kmsg``) or describe the
+server itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Final
+
+from orchestrator.domain import InvalidRequest
+
+__all__ = [
+    "NOT_ALLOWED",
+    "NO_ROOTS",
+    "PSEUDO_FILESYSTEM_TYPES",
+    "SourcePolicy",
+    "is_pseudo_filesystem",
+    "resolved_roots",
+]
+
+#: The one message of a confined caller's unusable source, whatever the reason.
+NOT_ALLOWED: Final = "source: not found, or not inside the server's source roots"
+#: A server with no roots accepts no source from confined callers.
+NO_ROOTS: Final = (
+    "source: this server accepts no job sources from API clients: its operator must set "
+    "ORCHESTRATOR_SOURCE_ROOTS to the directories jobs may analyse"
+)
+
+_PSEUDO_PREFIXES: Final = (Path("/proc"), Path("/sys"), Path("/dev"))
+#: Mount types whose files are not data to analyse (kernel interfaces, devices).
+PSEUDO_FILESYSTEM_TYPES: Final = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "fusectl",
+        "bpf",
+        "pstore",
+        "mqueue",
+        "hugetlbfs",
+        "efivarfs",
+        "binfmt_misc",
+        "autofs",
+        "rpc_pipefs",
+        "nsfs",
+    }
+)
+
+
+@lru_cache(maxsize=1)
+def _pseudo_mounts() -> tuple[Path, ...]:
+    """Mount points of pseudo-filesystems (Linux; none elsewhere). Read once per process:
+    mounts made later are still caught by the fixed prefixes when they sit there."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return ()
+    found = []
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        fs_type = line.split(" - ", 1)[1].split()[0]
+        if fs_type in PSEUDO_FILESYSTEM_TYPES:
+            # Mount points escape blanks as octal (\040).
+            found.append(Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])))
+    return tuple(found)
+
+
+def is_pseudo_filesystem(resolved: Path) -> bool:
+    """Whether a realpath lies on a pseudo-filesystem."""
+    return any(resolved.is_relative_to(root) for root in (*_PSEUDO_PREFIXES, *_pseudo_mounts()))
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePolicy:
+    """What a caller may point a job at. ``roots`` None: a trusted caller."""
+
+    roots: tuple[Path, ...] | None = None
+
+    @classmethod
+    def trusted(cls) -> SourcePolicy:
+        return cls(None)
+
+    @classmethod
+    def confined(cls, roots: Iterable[Path]) -> SourcePolicy:
+        return cls(tuple(roots))
+
+    @property
+    def is_trusted(self) -> bool:
+        return self.roots is None
+
+    def check(self, raw: str) -> Path:
+        """The resolved source, or :class:`InvalidRequest` naming the ``source`` field."""
+        if "\x00" in raw:
+            raise InvalidRequest("source: contains a NUL character", field="source")
+        if self.roots is None:
+            return _trusted(raw)
+        return _confined(raw, self.roots)
+
+
+def _trusted(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc})"
+        raise InvalidRequest(f"source: {raw} {reason}", field="source") from None
+    if is_pseudo_filesystem(resolved):
+        raise InvalidRequest(
+            f"source: {raw} is on a pseudo-filesystem (/proc, /sys, /dev): not something to analyse", field="source"
+        )
+    if not (resolved.is_dir() or resolved.is_file()):
+        raise InvalidRequest(f"source: {raw} is neither a directory nor a regular file", field="source")
+    if not os.access(resolved, os.R_OK):
+        raise InvalidRequest(f"source: {raw} is not readable", field="source")
+    return resolved
+
+
+def _confined(raw: str, roots: Sequence[Path]) -> Path:
+    if not roots:
+        raise InvalidRequest(NO_ROOTS, field="source")
+    # Syntax only (reveals nothing about the filesystem): "~" would be the server's home,
+    # a relative path the server's working directory.
+    if raw.startswith("~") or not os.path.isabs(raw):
+        raise InvalidRequest("source: must be an absolute path", field="source")
+    try:
+        resolved = Path(raw).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        raise InvalidRequest(NOT_ALLOWED, field="source") from None
+    allowed = (
+        any(resolved.is_relative_to(root) for root in resolved_roots(roots))
+        and not is_pseudo_filesystem(resolved)
+        and (resolved.is_dir() or resolved.is_file())
+        and os.access(resolved, os.R_OK)
+    )
+    if not allowed:
+        raise InvalidRequest(NOT_ALLOWED, field="source")
+    return resolved
+
+
+def resolved_roots(roots: Iterable[Path]) -> list[Path]:
+    """The roots that exist, after ``realpath`` (a symlinked root is its target)."""
+    found = []
+    for root in roots:
+        try:
+            found.append(root.resolve(strict=True))
+        except (OSError, RuntimeError):
+            continue
+    return found
