@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
@@ -39,17 +40,44 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     #: Load third-party modules from the ``orchestrator.modules`` entry-point group.
     load_entry_points: bool = True
+    #: Directories (``os.pathsep``-separated, absolute) that jobs created through the HTTP
+    #: API must resolve inside; none: the API creates no jobs. The CLI is not confined.
+    source_roots: Annotated[tuple[Path, ...], NoDecode] = ()
     #: Bearer token the HTTP API requires when set (compared in constant time). Never logged.
+    #: Unset: no authentication, which ``serve`` allows on loopback only (with a warning).
     api_token: SecretStr | None = None
+    #: Serve without a token on a non-loopback address anyway (loud, explicit opt-out).
+    api_insecure_no_auth: bool = False
+    #: Host header values the API answers (comma-separated; ``*`` any, ``*.example.com``
+    #: subdomains). Unset: localhost, 127.0.0.1, ::1 and the bind address.
+    api_allowed_hosts: Annotated[tuple[str, ...] | None, NoDecode] = None
+    #: Put /docs, /redoc and /openapi.json behind the token too.
+    api_protect_docs: bool = False
     #: Largest request body the HTTP API accepts (413 beyond).
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: Jobs waiting in the queue beyond which the API refuses new ones (503, Retry-After).
+    max_queued_jobs: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: Jobs one client address may create per minute (429, Retry-After beyond); 0: no limit.
+    api_create_rate_per_minute: int = Field(default=0, ge=0, le=1_000_000)
+    #: A client must send a complete request head within this time (slow-header clients).
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: A client must send its whole request body within this time (408 beyond).
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: An idle keep-alive connection is closed after this time.
+    api_keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    #: Open connections (and requests in progress) beyond which the server answers 503.
+    api_max_connections: int = Field(default=1000, ge=1, le=100_000)
     #: Deliver webhooks from this process (worker and serve).
     webhooks: bool = True
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_seconds: float = Field(default=1.0, gt=0, le=3600)
+    #: Hard deadline of one delivery attempt: resolving, connecting, sending, reading.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     #: Allow webhook URLs that resolve to loopback or private addresses.
     webhook_allow_private: bool = False
+    #: Delivery attempts one dispatcher runs at once, and at most per subscription.
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
+    webhook_concurrency_per_subscription: int = Field(default=4, ge=1, le=256)
     #: Apply schema migrations when a worker or server starts.
     auto_migrate: bool = True
 
@@ -63,6 +91,43 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must be a postgresql:// URL (leave it unset for the embedded SQLite database)")
         return value or None
+
+    @field_validator("source_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(os.pathsep) if part.strip())
+        return value
+
+    @field_validator("source_roots")
+    @classmethod
+    def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        relative = [str(p) for p in value if not p.is_absolute()]
+        if relative:
+            raise ValueError(f"must be absolute paths (got {', '.join(relative)})")
+        return value
+
+    @field_validator("api_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            hosts = tuple(h.strip().lower() for h in value.split(",") if h.strip())
+            if not hosts:
+                raise ValueError("must name at least one host (or *), or be unset")
+            return hosts
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if not token.strip():
+            raise ValueError("is empty: set a long random value, or unset it to turn authentication off")
+        if not all(33 <= ord(c) <= 126 for c in token):
+            raise ValueError("must be printable ASCII without spaces (it is sent in an HTTP header)")
+        return value
 
     @property
     def database_path(self) -> Path:

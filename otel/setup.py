@@ -39,6 +39,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     PeriodicExportingMetricReader,
 )
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -48,7 +49,14 @@ from otel import files, logs
 from otel.ids import JobIdGenerator
 from otel.vocabulary import INSTRUMENTATION_SCOPE, Metric, OperationEvent
 
-__all__ = ["Telemetry", "setup_telemetry"]
+__all__ = [
+    "ALWAYS_SANITIZED_HEADERS",
+    "HTTP_SERVER_METRIC_ATTRIBUTES",
+    "Telemetry",
+    "http_server_views",
+    "sanitized_header_fields",
+    "setup_telemetry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +115,50 @@ def _bounded(fns: Sequence[Callable[[], Any]], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
+
+
+#: Attributes HTTP server metrics keep: the route template (``http.route``; the legacy
+#: ``http.target`` of a metric point is the template too), the method (normalised to the
+#: known ones, else ``_OTHER``), the status code (a value our server chooses from a small
+#: set), the scheme and the error type. Everything a client writes freely (Host header,
+#: server name, peer address, raw path, user agent) is dropped: cardinality never depends
+#: on client input.
+HTTP_SERVER_METRIC_ATTRIBUTES: Final = frozenset(
+    {
+        "http.route",
+        "http.target",
+        "http.request.method",
+        "http.method",
+        "http.response.status_code",
+        "http.status_code",
+        "url.scheme",
+        "http.scheme",
+        "error.type",
+    }
+)
+_METHOD_ATTRIBUTES: Final = frozenset({"http.request.method", "http.method"})
+#: Request and response headers whose values never reach telemetry, whatever
+#: OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_* asks for (regular expressions, searched).
+ALWAYS_SANITIZED_HEADERS: Final = ("authorization", "cookie", "x-api-key", "token", "secret")
+
+
+def http_server_views(env: Mapping[str, str] | None = None) -> list[View]:
+    """Metric views bounding every ``http.server.*`` instrument's attributes. With
+    OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS the instrumentation records raw
+    methods, which a client chooses: the method is dropped then."""
+    env = os.environ if env is None else env
+    keys = set(HTTP_SERVER_METRIC_ATTRIBUTES)
+    if _env("OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS", env):
+        keys -= _METHOD_ATTRIBUTES
+    return [View(instrument_name="http.server.*", attribute_keys=keys)]
+
+
+def sanitized_header_fields(env: Mapping[str, str] | None = None) -> list[str]:
+    """The header patterns to redact in captured headers: the user's
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS plus ours."""
+    env = os.environ if env is None else env
+    own = [f.strip() for f in _env("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", env).split(",")]
+    return list(dict.fromkeys([*(f for f in own if f), *ALWAYS_SANITIZED_HEADERS]))
 
 
 def _env(name: str, env: Mapping[str, str]) -> str:
@@ -195,7 +247,9 @@ def setup_telemetry(
     )
     if "prometheus" in _env("OTEL_METRICS_EXPORTER", env).split(","):
         readers.append(_prometheus_reader(env))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, views=http_server_views(env), shutdown_on_exit=False
+    )
     telemetry.meter_provider = meter_provider
 
     trace.set_tracer_provider(tracer_provider)

@@ -60,6 +60,10 @@ class OperationEvent(enum.StrEnum):
     TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
     WEBHOOK_DELIVERY = "webhook.delivery"
     WEBHOOK_SUBSCRIBED = "webhook.subscribed"
+    #: ``serve`` at start: authentication off, no source roots, Host names accepted.
+    API_SECURITY = "api.security"
+    #: A job creation refused by the queue cap or the per-client rate limit.
+    API_LIMITED = "api.limited"
 
 
 class Attr:

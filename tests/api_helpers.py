@@ -67,6 +67,8 @@ def fast_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "reap_seconds": 60.0,
         "shutdown_grace_seconds": 0.5,
         "load_entry_points": False,
+        # API jobs are confined to the source roots: tests make their projects under tmp_path.
+        "source_roots": (tmp_path,),
         **overrides,
     }
     return Settings(**values)
@@ -125,7 +127,8 @@ async def running_worker(app: App, **kwargs: Any) -> AsyncIterator[Worker]:
 
 
 def api_client(api: FastAPI, **kwargs: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://testserver", **kwargs)
+    # "localhost": a Host name the API answers to by default (see the Host check).
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://localhost", **kwargs)
 
 
 async def poll(

@@ -5,6 +5,7 @@ Every client error has its status and the shared error body, and is never a 500.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from api_helpers import api_client, make_source, open_backend_app, poll, running_worker, wait_terminal
 
+import orchestrator
 from orchestrator.api.app import TRACE_HEADER, create_api
 from orchestrator.bootstrap import App
 
@@ -344,7 +346,7 @@ async def test_readiness_follows_the_store(app: App) -> None:
     async with api_client(create_api(app)) as client:
         health = await client.get("/healthz")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok"}
+        assert health.json() == {"status": "ok", "version": orchestrator.__version__}
         ready = await client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json() == {"status": "ready", "store": app.store.backend}
@@ -390,7 +392,11 @@ async def test_webhook_subscriptions_round_trip(app: App) -> None:
         assert created.status_code == 201, created.text
         hook = created.json()
         assert hook["events"] == ["job.lifecycle.fail"]  # duplicates dropped
-        assert set(hook) == {"id", "project_id", "url", "events", "created_ns"}
+        assert set(hook) == {"id", "project_id", "url", "url_sha256", "events", "created_ns"}
+        # The URL may be a secret: its host, and a fingerprint an operator can recompute.
+        assert hook["url"] == "https://hooks.example.com/…"
+        assert hook["url_sha256"] == hashlib.sha256(b"https://hooks.example.com/h?x=1").hexdigest()[:16]
+        assert "x=1" not in created.text
         everything = await client.post("/v1/webhooks", json=body)
         assert len(everything.json()["events"]) == 6  # every subscribable event by default
         assert (await client.get(f"/v1/webhooks/{hook['id']}")).json() == hook

@@ -1,131 +1,166 @@
 """The HTTP API: create, inspect and cancel jobs; manage webhook subscriptions.
 
 Errors share one JSON body, ``{"error": {"status", "code", "message", "field"}}``:
-422 names the invalid field, 404 an unknown job or subscription, 409 an illegal
-transition, 413 a body over the limit, 401 a missing or wrong bearer token (when
-``ORCHESTRATOR_API_TOKEN`` is set), 503 a store that cannot be reached. A client error
-is never a 500.
+400 a Host header the server does not answer to, 401 a missing or wrong bearer token,
+404 an unknown job or subscription, 408 a request body not received in time, 409 an
+illegal transition, 413 a body over the limit, 422 an invalid field (named), 429 a
+client over its creation rate, 503 a full queue or a store that cannot be reached (429
+and 503 with ``Retry-After``). A client error is never a 500.
+
+What a client may reach is decided here (see README: Security): sources only inside
+the configured roots, webhook targets only public addresses, subscription URLs never
+shown in full.
 """
 
 from __future__ import annotations
 
-import hmac
+import dataclasses
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.security import HTTPBearer
 from opentelemetry import trace
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import __version__
+from orchestrator.api.docs import install_docs
+from orchestrator.api.errors import ApiRefusal, install_error_handlers
+from orchestrator.api.limits import QUEUE_FULL_RETRY_AFTER, BodyLimit, CreateRateLimiter
 from orchestrator.api.schemas import (
     DeliveryOut,
     ErrorBody,
     EventOut,
+    HealthOut,
     JobCreate,
     JobOut,
     JobPage,
     WebhookCreate,
     WebhookOut,
 )
+from orchestrator.api.security import AccessPolicy, BearerAuth, HostCheck, default_allowed_hosts
 from orchestrator.bootstrap import App
-from orchestrator.domain import (
-    IllegalTransition,
-    InvalidRequest,
-    JobNotFound,
-    JobStatus,
-    OrchestratorError,
-    PersistenceError,
-    now_ns,
-)
+from orchestrator.domain import JobStatus, now_ns
+from orchestrator.settings import Settings
 from orchestrator.telemetry import parse_traceparent
-from orchestrator.webhooks.dispatcher import check_url
+from orchestrator.usecases.sources import SourcePolicy
 from orchestrator.webhooks.models import Subscription
 from orchestrator.webhooks.store import WebhookStore, webhook_store
+from orchestrator.webhooks.targets import check_subscription_url
 from otel import logs
 from otel.vocabulary import OperationEvent
 
-__all__ = ["TRACE_HEADER", "create_api"]
+__all__ = ["TRACE_HEADER", "ApiConfig", "create_api"]
 
 log = logging.getLogger(__name__)
 
 TRACE_HEADER = "X-Trace-Id"
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 408, 409, 413, 422, 503)
+}
 
 
-def _error(status_code: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    body = {"error": {"status": status_code, "code": code, "message": message, "field": field}}
-    headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
-    return JSONResponse(body, status_code=status_code, headers=headers)
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """Everything the API enforces, from :class:`Settings` (see :meth:`from_settings`)."""
+
+    token: str | None = None
+    allowed_hosts: tuple[str, ...] = default_allowed_hosts("127.0.0.1")
+    protect_docs: bool = False
+    source_roots: tuple[Path, ...] = ()
+    max_body_bytes: int = 1024 * 1024
+    body_timeout_seconds: float = 30.0
+    max_queued_jobs: int = 10_000
+    create_rate_per_minute: int = 0
+    webhook_allow_private: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, bind_host: str = "127.0.0.1") -> ApiConfig:
+        return cls(
+            token=settings.api_token.get_secret_value() if settings.api_token else None,
+            allowed_hosts=settings.api_allowed_hosts or default_allowed_hosts(bind_host),
+            protect_docs=settings.api_protect_docs,
+            source_roots=settings.source_roots,
+            max_body_bytes=settings.api_max_body_bytes,
+            body_timeout_seconds=settings.api_body_timeout_seconds,
+            max_queued_jobs=settings.max_queued_jobs,
+            create_rate_per_minute=settings.api_create_rate_per_minute,
+            webhook_allow_private=settings.webhook_allow_private,
+        )
+
+    @property
+    def access(self) -> AccessPolicy:
+        return AccessPolicy(token=self.token, allowed_hosts=self.allowed_hosts, protect_docs=self.protect_docs)
 
 
-class BodyLimit:
-    """413 for request bodies over ``limit`` bytes, announced or streamed."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_large = _error(413, "body_too_large", f"request body over {self.limit} bytes")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await too_large(scope, receive, send)
-            return
-        # Read the body before the app sees it: an exception raised from ``receive``
-        # would reach FastAPI's body parsing, which turns it into a 400.
-        messages: list[Message] = []
-        received = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break  # a disconnect: the app sees it
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                await too_large(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-
-def create_api(app: App, *, token: str | None = None, max_body_bytes: int = 1024 * 1024) -> FastAPI:
-    """The FastAPI application around an opened :class:`App`."""
+def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> FastAPI:
+    """The FastAPI application around an opened :class:`App`. ``config`` defaults to the
+    app's settings; keyword ``overrides`` replace single fields of it (tests)."""
+    config = dataclasses.replace(config or ApiConfig.from_settings(app.settings), **overrides)
     hooks: WebhookStore = webhook_store(app.store)
+    sources = SourcePolicy.confined(config.source_roots)
+    limiter = CreateRateLimiter(config.create_rate_per_minute) if config.create_rate_per_minute else None
+    limited_log = logs.RateLimitedLog(10.0)
     api = FastAPI(
         title="orchestrator",
         version=__version__,
         description="Analysis jobs, observable end to end with OpenTelemetry.",
         responses=_ERRORS,
+        docs_url=None,
+        redoc_url=None,
     )
-    api.add_middleware(BodyLimit, limit=max_body_bytes)
-    _install_error_handlers(api)
+    # Outermost last: Host check, then the token, then the body limits, then the routes.
+    api.add_middleware(BodyLimit, limit=config.max_body_bytes, timeout=config.body_timeout_seconds)
+    api.add_middleware(BearerAuth, policy=config.access)
+    api.add_middleware(HostCheck, allowed=config.allowed_hosts)
+    install_error_handlers(api)
+    install_docs(api)
+    # The bearer scheme in the OpenAPI document (Swagger's "Authorize"); BearerAuth enforces it.
+    v1: list[Any] = [Depends(HTTPBearer(auto_error=False))] if config.token is not None else []
 
-    async def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
+    def refuse_if_limited(request: Request) -> None:
+        if limiter is None:
             return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise _Unauthorized
+        try:
+            limiter.take(request.client.host if request.client else "unknown")
+        except ApiRefusal:
+            if limited_log.ready():
+                logs.event(
+                    log,
+                    logging.WARNING,
+                    OperationEvent.API_LIMITED,
+                    "job creation refused: a client is over its rate limit",
+                    limit="rate",
+                    suppressed=limited_log.take_suppressed(),
+                )
+            raise
 
-    v1 = [Depends(authorize)]
+    async def refuse_if_queue_full() -> None:
+        depth = await app.store.queue_depth()
+        if depth < config.max_queued_jobs:
+            return
+        if limited_log.ready():
+            logs.event(
+                log,
+                logging.WARNING,
+                OperationEvent.API_LIMITED,
+                f"job creation refused: {depth} jobs queued (ORCHESTRATOR_MAX_QUEUED_JOBS={config.max_queued_jobs})",
+                limit="queue",
+                suppressed=limited_log.take_suppressed(),
+            )
+        raise ApiRefusal(
+            503,
+            "queue_full",
+            f"the job queue is full ({config.max_queued_jobs} jobs waiting); retry later",
+            retry_after=QUEUE_FULL_RETRY_AFTER,
+        )
 
     @api.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
+    async def healthz() -> HealthOut:
+        """The process is up, and its version."""
+        return HealthOut(status="ok", version=__version__)
 
     @api.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
     async def readyz() -> dict[str, str]:
@@ -133,12 +168,21 @@ def create_api(app: App, *, token: str | None = None, max_body_bytes: int = 1024
         await app.store.ping()
         return {"status": "ready", "store": app.store.backend}
 
-    @api.post("/v1/jobs", status_code=201, tags=["jobs"], dependencies=v1)
-    async def create_job(body: JobCreate, response: Response) -> JobOut:
-        """Create a job and queue it. The response carries its trace id (also in ``X-Trace-Id``)."""
+    @api.post(
+        "/v1/jobs",
+        status_code=201,
+        tags=["jobs"],
+        dependencies=v1,
+        responses={429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    async def create_job(body: JobCreate, request: Request, response: Response) -> JobOut:
+        """Create a job and queue it. The response carries its trace id (also in ``X-Trace-Id``).
+        ``source`` must lie inside the server's source roots (``ORCHESTRATOR_SOURCE_ROOTS``)."""
+        refuse_if_limited(request)
+        await refuse_if_queue_full()
         request_span = trace.get_current_span()
         caller = _traceparent_of(request_span)
-        job = await app.create.execute({**body.model_dump(), "traceparent": caller})
+        job = await app.create.execute({**body.model_dump(), "traceparent": caller}, sources=sources)
         root = parse_traceparent(job.trace.traceparent)
         if root is not None and request_span.is_recording():
             request_span.add_link(root, {"link.kind": "job"})
@@ -191,11 +235,14 @@ def create_api(app: App, *, token: str | None = None, max_body_bytes: int = 1024
 
     @api.post("/v1/webhooks", status_code=201, tags=["webhooks"], dependencies=v1)
     async def create_webhook(body: WebhookCreate) -> WebhookOut:
-        """Subscribe a URL to a project's lifecycle events. The secret is never returned."""
+        """Subscribe a URL to a project's lifecycle events. The URL must lead to a public
+        address. The secret is never returned, the URL only as ``scheme://host/…`` with a
+        fingerprint (``url_sha256``: the first 16 hex digits of its SHA-256)."""
+        url = await check_subscription_url(body.url, allow_private=config.webhook_allow_private)
         subscription = Subscription(
             id=secrets.token_hex(8),
             project_id=body.project_id,
-            url=check_url(body.url),
+            url=url,
             secret=body.secret,
             events=tuple(dict.fromkeys(body.events)),
             created_ns=now_ns(),
@@ -237,76 +284,8 @@ def create_api(app: App, *, token: str | None = None, max_body_bytes: int = 1024
     return api
 
 
-class _Unauthorized(Exception):
-    pass
-
-
 def _traceparent_of(span: trace.Span) -> str | None:
     ctx = span.get_span_context()
     if not ctx.is_valid:
         return None
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
-
-
-def _install_error_handlers(api: FastAPI) -> None:
-    Handler = Callable[[Request, Any], Awaitable[JSONResponse]]
-
-    def on(exc_type: type[Exception]) -> Callable[[Handler], Handler]:
-        def register(fn: Handler) -> Handler:
-            api.add_exception_handler(exc_type, fn)
-            return fn
-
-        return register
-
-    @on(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        field = ".".join(loc) or None
-        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
-        return _error(422, "validation_error", message, field)
-
-    @on(InvalidRequest)
-    async def invalid_request(_: Request, exc: InvalidRequest) -> JSONResponse:
-        return _error(422, "validation_error", exc.message, exc.field)
-
-    @on(JobNotFound)
-    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
-        return _error(404, "not_found", exc.message)
-
-    @on(IllegalTransition)
-    async def conflict(_: Request, exc: IllegalTransition) -> JSONResponse:
-        return _error(409, "illegal_transition", exc.message)
-
-    @on(PersistenceError)
-    async def unavailable(_: Request, exc: PersistenceError) -> JSONResponse:
-        return _error(503, "store_unavailable", "the job store is unavailable; retry later")
-
-    @on(OrchestratorError)
-    async def other(_: Request, exc: OrchestratorError) -> JSONResponse:
-        return _error(500, str(exc.category), exc.message)
-
-    @on(_Unauthorized)
-    async def unauthorized(_: Request, exc: _Unauthorized) -> JSONResponse:
-        return _error(401, "unauthorized", "a valid bearer token is required")
-
-    @on(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
-            # FastAPI's "error parsing the body" (a body that is not UTF-8, say): malformed
-            # JSON like any other, so the documented 422 rather than an undocumented 400.
-            return _error(422, "validation_error", f"request body is not valid JSON: {exc.__cause__}")
-        return _error(exc.status_code, "http_error", str(exc.detail))
-
-    @on(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
-        logs.event(
-            log,
-            logging.ERROR,
-            OperationEvent.ERROR,
-            f"unhandled API error: {exc}",
-            exc_info=exc,
-            operation="api",
-            error_category="internal",
-        )
-        return _error(500, "internal", "internal error")

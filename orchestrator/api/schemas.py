@@ -7,16 +7,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.cli.render import entry_json, job_json
 from orchestrator.domain import Job, LifecycleEntry
+from orchestrator.serialization import entry_json, job_json
 from orchestrator.usecases.create import JobOptionsInput, ModuleList, ProjectId, SourcePath
-from orchestrator.webhooks.models import SUBSCRIBABLE_EVENTS, Attempt, Delivery, Subscription
+from orchestrator.webhooks.models import (
+    SUBSCRIBABLE_EVENTS,
+    Attempt,
+    Delivery,
+    Subscription,
+    display_url,
+    url_fingerprint,
+)
 
 __all__ = [
     "AttemptOut",
     "DeliveryOut",
     "ErrorBody",
     "EventOut",
+    "HealthOut",
     "JobCreate",
     "JobOut",
     "JobPage",
@@ -109,6 +117,11 @@ class EventOut(BaseModel):
         return cls.model_validate(entry_json(entry))
 
 
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
 class ErrorDetail(BaseModel):
     status: int
     code: str
@@ -136,13 +149,24 @@ class WebhookCreate(BaseModel):
 class WebhookOut(BaseModel):
     id: str
     project_id: str
-    url: str
+    url: str = Field(
+        description="scheme://host[:port] and /… when the URL has a path or query: never the full URL, "
+        "which may hold a secret"
+    )
+    url_sha256: str = Field(description="The first 16 hex digits of the SHA-256 of the full URL")
     events: list[str]
     created_ns: int
 
     @classmethod
     def of(cls, s: Subscription) -> WebhookOut:
-        return cls(id=s.id, project_id=s.project_id, url=s.url, events=list(s.events), created_ns=s.created_ns)
+        return cls(
+            id=s.id,
+            project_id=s.project_id,
+            url=display_url(s.url),
+            url_sha256=url_fingerprint(s.url),
+            events=list(s.events),
+            created_ns=s.created_ns,
+        )
 
 
 class AttemptOut(BaseModel):

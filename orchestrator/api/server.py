@@ -1,22 +1,50 @@
-"""``orchestrator serve``: the HTTP API, in-process workers and the webhook dispatcher."""
+"""``orchestrator serve``: the HTTP API, in-process workers and the webhook dispatcher.
+
+Before anything listens, :func:`check_exposure` refuses an unsafe configuration (no
+token on a non-loopback address without the explicit opt-out, source roots that do not
+exist) and returns the warnings printed at start (authentication off, no source roots).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import uvicorn
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from orchestrator.api.app import create_api
+from orchestrator.api.app import ApiConfig, create_api
+from orchestrator.api.protocol import with_header_timeout
+from orchestrator.api.security import is_loopback_bind, is_wildcard_bind
 from orchestrator.bootstrap import open_app
-from orchestrator.cli import render
-from orchestrator.cli.main import Context
+from orchestrator.domain import InvalidRequest
 from orchestrator.job_queue import Worker
+from orchestrator.settings import Settings
+from orchestrator.telemetry import JobTelemetry
+from orchestrator.usecases.sources import is_pseudo_filesystem
+from otel import logs
+from otel.setup import Telemetry, sanitized_header_fields
+from otel.vocabulary import OperationEvent
 
-__all__ = ["serve"]
+__all__ = ["ServeOptions", "check_exposure", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: Largest request head (request line and headers) h11 buffers: 431-style refusal beyond.
+MAX_REQUEST_HEAD_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers_in_process: int = 1
 
 
 class _Server(uvicorn.Server):
@@ -28,25 +56,90 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(ctx: Context) -> int:
-    args, settings = ctx.args, ctx.settings
-    async with open_app(settings, telemetry=ctx.job_telemetry()) as app:
-        token = settings.api_token.get_secret_value() if settings.api_token else None
-        api = create_api(app, token=token, max_body_bytes=settings.api_max_body_bytes)
+def check_exposure(settings: Settings, host: str) -> list[str]:
+    """Raise :class:`InvalidRequest` (naming the setting) for a configuration ``serve``
+    must not start with; return the warnings to print when it may."""
+    token = settings.api_token is not None
+    if not token and not is_loopback_bind(host) and not settings.api_insecure_no_auth:
+        raise InvalidRequest(
+            f"refusing to serve on {host} without a token: set ORCHESTRATOR_API_TOKEN, or "
+            "ORCHESTRATOR_API_INSECURE_NO_AUTH=true to let anyone who can reach it create jobs",
+            field="ORCHESTRATOR_API_TOKEN",
+        )
+    if settings.api_protect_docs and not token:
+        raise InvalidRequest(
+            "ORCHESTRATOR_API_PROTECT_DOCS=true needs ORCHESTRATOR_API_TOKEN", field="ORCHESTRATOR_API_PROTECT_DOCS"
+        )
+    for root in settings.source_roots:
+        resolved = Path(os.path.realpath(root))
+        if not resolved.is_dir() or is_pseudo_filesystem(resolved):
+            raise InvalidRequest(
+                f"ORCHESTRATOR_SOURCE_ROOTS: {root} is not a directory jobs may analyse",
+                field="ORCHESTRATOR_SOURCE_ROOTS",
+            )
+    warnings = []
+    if not token:
+        where = "this machine" if is_loopback_bind(host) else "ANYONE WHO CAN REACH IT"
+        warnings.append(
+            f"authentication is OFF: {where} can use the API on {host} (set ORCHESTRATOR_API_TOKEN to require a token)"
+        )
+    if not settings.source_roots:
+        warnings.append(
+            "no ORCHESTRATOR_SOURCE_ROOTS: API clients cannot create jobs until it names the directories "
+            "they may analyse"
+        )
+    if is_wildcard_bind(host) and settings.api_allowed_hosts is None:
+        warnings.append(
+            "only Host names localhost, 127.0.0.1 and ::1 are answered: set ORCHESTRATOR_API_ALLOWED_HOSTS to the "
+            "names clients use (or * for any)"
+        )
+    return warnings
+
+
+def _uvicorn_config(api: object, settings: Settings, options: ServeOptions) -> uvicorn.Config:
+    return uvicorn.Config(
+        api,  # type: ignore[arg-type]
+        host=options.host,
+        port=options.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http=with_header_timeout(settings.api_header_timeout_seconds),
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+        timeout_keep_alive=settings.api_keep_alive_seconds,
+        limit_concurrency=settings.api_max_connections,
+        # Requests in progress at shutdown get the workers' grace, then are dropped.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
+        # No proxy is documented: X-Forwarded-For from a local client must not choose the
+        # client address the rate limit counts.
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+async def serve(settings: Settings, telemetry: Telemetry, options: ServeOptions = ServeOptions()) -> int:
+    warnings = check_exposure(settings, options.host)
+    job_telemetry = JobTelemetry(telemetry.tracer_provider, telemetry.meter_provider, telemetry.sampler)
+    async with open_app(settings, telemetry=job_telemetry) as app:
+        api = create_api(app, ApiConfig.from_settings(settings, bind_host=options.host))
         FastAPIInstrumentor.instrument_app(
             api,
-            tracer_provider=ctx.telemetry.tracer_provider,
-            meter_provider=ctx.telemetry.meter_provider,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
             excluded_urls="healthz,readyz",
+            http_capture_headers_sanitize_fields=sanitized_header_fields(),
         )
-        server = _Server(
-            uvicorn.Config(api, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="off")
-        )
-        workers = [app.worker() for _ in range(args.workers_in_process)]
-        render.err_console.print(
-            f"serving on http://{args.host}:{args.port} ({app.store.backend}), "
+        server = _Server(_uvicorn_config(api, settings, options))
+        workers = [app.worker() for _ in range(options.workers_in_process)]
+        for warning in warnings:
+            logs.event(log, logging.WARNING, OperationEvent.API_SECURITY, warning)
+        logs.event(
+            log,
+            logging.INFO,
+            OperationEvent.START,
+            f"serving on http://{options.host}:{options.port} ({app.store.backend}), "
             f"{len(workers)} in-process worker(s), webhooks {'on' if settings.webhooks else 'off'}",
-            style="dim",
+            operation="serve",
         )
         async with anyio.create_task_group() as services:
             services.start_soon(_stop_on_signal, server, workers)

@@ -140,8 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=commands.modules, log_level_default="error", telemetry=False)
 
-    p = sub.add_parser("serve", help="the HTTP API, with in-process workers and the webhook dispatcher")
-    p.add_argument("--host", default="127.0.0.1")
+    p = sub.add_parser(
+        "serve",
+        help="the HTTP API, with in-process workers and the webhook dispatcher",
+        description="API jobs may only analyse paths inside ORCHESTRATOR_SOURCE_ROOTS; without "
+        "ORCHESTRATOR_API_TOKEN only a loopback --host is allowed (see README: Security).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers-in-process", type=int, default=1, help="in-process workers (0: API only)")
     p.add_argument("--no-migrate", action="store_true", help="do not apply schema migrations on start")
@@ -154,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(ctx: Context) -> int:
-    from orchestrator.api.server import serve
+    from orchestrator.api.server import ServeOptions, serve
 
-    return await serve(ctx)
+    args = ctx.args
+    options = ServeOptions(host=args.host, port=args.port, workers_in_process=args.workers_in_process)
+    return await serve(ctx.settings, ctx.telemetry, options)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -1,0 +1,120 @@
+"""The API's one error body, ``{"error": {"status", "code", "message", "field"}}``, and
+the handlers that map our typed errors onto it. A client error is never a 500."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.domain import (
+    IllegalTransition,
+    InvalidRequest,
+    JobNotFound,
+    OrchestratorError,
+    PersistenceError,
+)
+from otel import logs
+from otel.vocabulary import OperationEvent
+
+__all__ = ["ApiRefusal", "error_response", "install_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"status": status_code, "code": code, "message": message, "field": field}}
+    extra = dict(headers or {})
+    if status_code == 401:
+        extra.setdefault("WWW-Authenticate", "Bearer")
+    return JSONResponse(body, status_code=status_code, headers=extra or None)
+
+
+class ApiRefusal(Exception):
+    """A request refused before it reaches a use case (queue full, rate limited)."""
+
+    def __init__(
+        self, status_code: int, code: str, message: str, *, retry_after: int | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code, self.code, self.message, self.field = status_code, code, message, field
+        self.retry_after = retry_after
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        return error_response(self.status_code, self.code, self.message, self.field, headers)
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    Handler = Callable[[Request, Any], Awaitable[JSONResponse]]
+
+    def on(exc_type: type[Exception]) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            api.add_exception_handler(exc_type, fn)
+            return fn
+
+        return register
+
+    @on(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        field = ".".join(loc) or None
+        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+        return error_response(422, "validation_error", message, field)
+
+    @on(InvalidRequest)
+    async def invalid_request(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return error_response(422, "validation_error", exc.message, exc.field)
+
+    @on(JobNotFound)
+    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return error_response(404, "not_found", exc.message)
+
+    @on(IllegalTransition)
+    async def conflict(_: Request, exc: IllegalTransition) -> JSONResponse:
+        return error_response(409, "illegal_transition", exc.message)
+
+    @on(PersistenceError)
+    async def unavailable(_: Request, exc: PersistenceError) -> JSONResponse:
+        return error_response(503, "store_unavailable", "the job store is unavailable; retry later")
+
+    @on(OrchestratorError)
+    async def other(_: Request, exc: OrchestratorError) -> JSONResponse:
+        return error_response(500, str(exc.category), exc.message)
+
+    @on(ApiRefusal)
+    async def refused(_: Request, exc: ApiRefusal) -> JSONResponse:
+        return exc.response()
+
+    @on(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's "error parsing the body" (a body that is not UTF-8, say): malformed
+            # JSON like any other, so the documented 422 rather than an undocumented 400.
+            return error_response(422, "validation_error", f"request body is not valid JSON: {exc.__cause__}")
+        return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    @on(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        logs.event(
+            log,
+            logging.ERROR,
+            OperationEvent.ERROR,
+            f"unhandled API error: {exc}",
+            exc_info=exc,
+            operation="api",
+            error_category="internal",
+        )
+        return error_response(500, "internal", "internal error")
