@@ -48,13 +48,7 @@ class App:
 
     def dispatcher(self) -> WebhookDispatcher:
         """The webhook dispatcher over this app's outbox."""
-        s = self.settings
-        config = DispatcherConfig(
-            max_attempts=s.webhook_max_attempts,
-            backoff_base_seconds=s.webhook_backoff_seconds,
-            read_timeout=s.webhook_timeout_seconds,
-            allow_private=s.webhook_allow_private,
-        )
+        config = DispatcherConfig.from_settings(self.settings)
         return WebhookDispatcher(webhook_store(self.store), self.telemetry, config)
 
 

@@ -35,7 +35,7 @@ PROJECT = "acme/traced"
 
 @pytest.fixture
 async def app(tmp_path: Path, harness: TelemetryHarness) -> AsyncIterator[App]:
-    async with open_backend_app("sqlite", tmp_path, telemetry=harness.telemetry) as opened:
+    async with open_backend_app("sqlite", tmp_path, telemetry=harness.telemetry, webhook_allow_private=True) as opened:
         yield opened
 
 

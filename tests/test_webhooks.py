@@ -64,7 +64,8 @@ def rx() -> Iterator[Receiver]:
 
 @pytest.fixture
 async def app(tmp_path: Path, harness: TelemetryHarness) -> AsyncIterator[App]:
-    async with open_backend_app("sqlite", tmp_path, telemetry=harness.telemetry) as opened:
+    # Subscriptions to the loopback receiver are allowed here; tests of the refusal open their own.
+    async with open_backend_app("sqlite", tmp_path, telemetry=harness.telemetry, webhook_allow_private=True) as opened:
         yield opened
 
 
@@ -80,7 +81,7 @@ def dispatcher(app: App, **config: Any) -> WebhookDispatcher:
         "backoff_base_seconds": 0.01,
         "max_attempts": 3,
         "poll_seconds": 0.02,
-        "read_timeout": 5.0,
+        "attempt_deadline": 5.0,
         **config,
     }
     return WebhookDispatcher(webhook_store(app.store), app.telemetry, DispatcherConfig(**values))
@@ -132,7 +133,10 @@ async def test_a_job_lifecycle_is_delivered_in_order_signed_and_traced(
             "postgres_url": request.getfixturevalue("postgres_url"),
             "pg_schema": request.getfixturevalue("pg_schema"),
         }
-    async with open_backend_app(backend, tmp_path, **pg) as app, api_client(create_api(app)) as client:
+    async with (
+        open_backend_app(backend, tmp_path, webhook_allow_private=True, **pg) as app,
+        api_client(create_api(app)) as client,
+    ):
         hook = await subscribe(client, rx.url, LIFECYCLE)
         async with dispatching(dispatcher(app)), running_worker(app):
             job = await create_job(client, source)
@@ -396,25 +400,126 @@ async def _count(rx: Receiver, n: int) -> bool:
 # -- refused addresses -----------------------------------------------------------------
 
 
-async def test_private_addresses_are_refused_unless_allowed(app: App, source: Path, rx: Receiver) -> None:
+async def test_non_public_targets_are_refused_at_subscription_and_at_delivery(
+    tmp_path: Path, source: Path, rx: Receiver
+) -> None:
     localhost = rx.url.replace("127.0.0.1", "localhost")
-    async with api_client(create_api(app)) as client:
-        await subscribe(client, rx.url, [ENQUEUE])
-        await subscribe(client, localhost, [ENQUEUE])
+    port = rx.url.split(":")[2].split("/")[0]
+    async with open_backend_app("sqlite", tmp_path) as strict, api_client(create_api(strict)) as client:
+        # At subscription time: 422 naming the field, nothing stored.
+        for url, why in [
+            (rx.url, "127.0.0.1 is not a public address (loopback)"),
+            (localhost, "localhost resolves to a non-public address: 127.0.0.1 is not a public address (loopback)"),
+        ]:
+            response = await client.post("/v1/webhooks", json={"project_id": PROJECT, "url": url, "secret": SECRET})
+            assert response.status_code == 422, response.text
+            assert response.json() == {
+                "error": {"status": 422, "code": "validation_error", "message": f"url: refused: {why}", "field": "url"}
+            }
+        assert (await client.get("/v1/webhooks")).json() == []
+
+        # At delivery time, the same rule: subscriptions stored before the check existed.
+        hooks = webhook_store(strict.store)
+        for sid, url in [
+            ("old-ip", rx.url),
+            ("old-name", localhost),
+            ("old-mapped", f"http://[::ffff:127.0.0.1]:{port}/"),
+        ]:
+            await hooks.add_subscription(Subscription(sid, PROJECT, url, SECRET, (ENQUEUE,), time.time_ns()))
         job = await create_job(client, source)
-    async with dispatching(dispatcher(app, allow_private=False)):
-        stored = await settled(webhook_store(app.store), job["id"], 2)
-        await anyio.sleep(0.2)
+        async with dispatching(dispatcher(strict, allow_private=False)):
+            stored = await settled(hooks, job["id"], 3)
+        outcomes = [[a.outcome for a in await hooks.attempts(d.id)] for d in stored]
 
     assert rx.requests == []  # nothing reached the receiver
+    assert outcomes == [["refused"]] * 3
+    errors = {}
     for delivery in stored:
-        assert delivery.status == "dead"
-        assert delivery.attempts == 1
-        assert delivery.last_status_code is None
-        assert delivery.last_error is not None
-        assert "refused" in delivery.last_error
-        [attempt] = await webhook_store(app.store).attempts(delivery.id)
-        assert attempt.outcome == "refused"
+        assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("dead", 1, None)
+        errors[delivery.subscription_id] = delivery.last_error
+    assert errors == {
+        "old-ip": "refused: 127.0.0.1 is not a public address (loopback)",
+        "old-name": "refused: localhost resolves to a non-public address: 127.0.0.1 is not a public address (loopback)",
+        "old-mapped": "refused: ::ffff:7f00:1 is an IPv4-mapped IPv6 address (of 127.0.0.1)",
+    }
+
+
+class RebindingResolver:
+    """A hostile DNS server: its first answer is public, every later one is loopback."""
+
+    def __init__(self, first: str = "93.184.216.34", then: str = "127.0.0.1") -> None:
+        self.answers = [first]
+        self.then = then
+        self.calls: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append(host)
+        return [self.answers.pop(0) if self.answers else self.then]
+
+
+async def test_a_rebinding_resolver_cannot_reach_loopback(app: App, source: Path, rx: Receiver) -> None:
+    hooks = webhook_store(app.store)
+    port = rx.url.split(":")[2].split("/")[0]
+    url = f"http://hooks.rebind.test:{port}/hooks"
+    await hooks.add_subscription(Subscription("rebind", PROJECT, url, SECRET, (ENQUEUE,), time.time_ns()))
+    async with api_client(create_api(app)) as client:
+        job = await create_job(client, source)
+    resolver = RebindingResolver()
+    instance = WebhookDispatcher(
+        hooks,
+        app.telemetry,
+        DispatcherConfig(allow_private=False, max_attempts=1, attempt_deadline=1.0, connect_timeout=0.5),
+        resolver=resolver,
+    )
+    async with instance.http_client() as http:
+        assert await instance.dispatch_once(http) == 1
+    [delivery] = await hooks.list_deliveries(job_id=job["id"])
+
+    # Checked once, connected to what was checked (the public address, unreachable here):
+    # the loopback answer a second lookup would have given was never asked for.
+    assert resolver.calls == ["hooks.rebind.test"]
+    assert rx.requests == []
+    assert delivery.status == "dead"
+    assert delivery.last_error is not None
+    assert "127.0.0.1" not in delivery.last_error
+
+
+async def test_the_connection_goes_to_the_resolved_address_with_the_name_as_host(
+    app: App, source: Path, rx: Receiver
+) -> None:
+    hooks = webhook_store(app.store)
+    port = rx.url.split(":")[2].split("/")[0]
+    name = f"hooks.pinned.test:{port}"
+    await hooks.add_subscription(Subscription("pinned", PROJECT, f"http://{name}/hooks", SECRET, (ENQUEUE,), 1))
+    async with api_client(create_api(app)) as client:
+        job = await create_job(client, source)
+    resolver = RebindingResolver(first="127.0.0.1", then="192.0.2.1")
+    instance = WebhookDispatcher(hooks, app.telemetry, DispatcherConfig(allow_private=True), resolver=resolver)
+    async with instance.http_client() as http:
+        assert await instance.dispatch_once(http) == 1
+
+    [received] = rx.requests
+    assert received.headers["host"] == name  # the name, though the connection went to 127.0.0.1
+    assert resolver.calls == ["hooks.pinned.test"]
+    [delivery] = await hooks.list_deliveries(job_id=job["id"])
+    assert delivery.status == "delivered"
+
+
+async def test_a_name_that_does_not_resolve_is_retried(app: App, source: Path) -> None:
+    hooks = webhook_store(app.store)
+    # .invalid never resolves (RFC 6761): a DNS failure, which may be temporary.
+    await hooks.add_subscription(
+        Subscription("no-dns", PROJECT, "https://hooks.example.invalid/x", SECRET, (ENQUEUE,), time.time_ns())
+    )
+    async with api_client(create_api(app)) as client:
+        job = await create_job(client, source)
+    async with dispatching(dispatcher(app, allow_private=False, max_attempts=2)):
+        [delivery] = await settled(hooks, job["id"], 1)
+
+    attempts = await hooks.attempts(delivery.id)
+    assert [(a.attempt, a.outcome) for a in attempts] == [(1, "retry"), (2, "dead")]
+    assert all(a.error is not None and a.error.startswith("cannot resolve hooks.example.invalid") for a in attempts)
+    assert delivery.status == "dead"
 
 
 async def test_a_stored_url_that_cannot_be_sent_is_dead_and_does_not_stop_the_dispatcher(

@@ -12,9 +12,9 @@ from orchestrator.cli.main import Context, print_json, with_app
 from orchestrator.cli.render import Column
 from orchestrator.domain import InvalidRequest, now_ns
 from orchestrator.usecases.create import validate_project_id
-from orchestrator.webhooks.dispatcher import check_url
-from orchestrator.webhooks.models import SUBSCRIBABLE_EVENTS, Subscription
+from orchestrator.webhooks.models import SUBSCRIBABLE_EVENTS, Subscription, display_url, url_fingerprint
 from orchestrator.webhooks.store import webhook_store
+from orchestrator.webhooks.targets import check_subscription_url
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import App
@@ -33,10 +33,12 @@ async def webhooks_add(ctx: Context) -> int:
     if unknown:
         raise InvalidRequest(f"events: unknown {', '.join(unknown)} (known: {', '.join(SUBSCRIBABLE_EVENTS)})")
     project_id = validate_project_id(args.project_id)
+    # The delivery rule, checked now: a non-public target would only ever be refused.
+    url = await check_subscription_url(args.url, allow_private=ctx.settings.webhook_allow_private)
     subscription = Subscription(
         id=secrets.token_hex(8),
         project_id=project_id,
-        url=check_url(args.url),
+        url=url,
         secret=secret,
         events=tuple(dict.fromkeys(events)),
         created_ns=now_ns(),
@@ -53,14 +55,30 @@ async def webhooks_add(ctx: Context) -> int:
 async def webhooks_list(ctx: Context) -> int:
     async def go(app: App) -> int:
         found = await webhook_store(app.store).list_subscriptions(project_id=ctx.args.project_id)
+        # Never the whole URL: its path or query may be a secret (see README: Webhooks).
         if ctx.args.json:
             print_json(
-                [{"id": s.id, "project_id": s.project_id, "url": s.url, "events": list(s.events)} for s in found]
+                [
+                    {
+                        "id": s.id,
+                        "project_id": s.project_id,
+                        "url": display_url(s.url),
+                        "url_sha256": url_fingerprint(s.url),
+                        "events": list(s.events),
+                    }
+                    for s in found
+                ]
             )
             return 0
         render.print_table(
-            (Column("id", whole=True), Column("project"), Column("url", whole=True), Column("events")),
-            ([s.id, s.project_id, s.url, ",".join(s.events)] for s in found),
+            (
+                Column("id", whole=True),
+                Column("project"),
+                Column("url", whole=True),
+                Column("url_sha256", whole=True),
+                Column("events"),
+            ),
+            ([s.id, s.project_id, display_url(s.url), url_fingerprint(s.url), ",".join(s.events)] for s in found),
         )
         return 0
 
@@ -149,17 +167,17 @@ def add_webhook_commands(sub: Any) -> None:
     secret.add_argument("--secret-env", metavar="VAR", help="environment variable holding the signing secret")
     secret.add_argument("--secret", help="the signing secret (visible in the process list: prefer --secret-env)")
     add.add_argument("--events", help=f"comma-separated, default all of: {', '.join(SUBSCRIBABLE_EVENTS)}")
-    add.set_defaults(handler=webhooks_add, log_level_default="error", telemetry=False)
+    add.set_defaults(handler=webhooks_add, log_level_default="critical", telemetry=False)
     ls = hooks.add_parser("list", help="list subscriptions")
     ls.add_argument("--project-id")
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=webhooks_list, log_level_default="error", telemetry=False)
+    ls.set_defaults(handler=webhooks_list, log_level_default="critical", telemetry=False)
     rm = hooks.add_parser("remove", help="delete a subscription")
     rm.add_argument("subscription_id")
-    rm.set_defaults(handler=webhooks_remove, log_level_default="error", telemetry=False)
+    rm.set_defaults(handler=webhooks_remove, log_level_default="critical", telemetry=False)
     dl = hooks.add_parser("deliveries", help="delivery history, with every attempt")
     dl.add_argument("--job-id")
     dl.add_argument("--subscription")
     dl.add_argument("--limit", type=int, default=100)
     dl.add_argument("--json", action="store_true")
-    dl.set_defaults(handler=webhooks_deliveries, log_level_default="error", telemetry=False)
+    dl.set_defaults(handler=webhooks_deliveries, log_level_default="critical", telemetry=False)

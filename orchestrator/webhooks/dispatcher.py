@@ -10,34 +10,53 @@ leased, so deliveries for one job keep their order. Each attempt:
   ``traceparent`` so the receiver can continue the trace;
 * is a ``webhook.deliver`` span in the job's trace, linked to the job's root span with
   the lifecycle event it reports, a log record and two metric points;
-* succeeds on 2xx; retries network errors, timeouts, 429 and 5xx with exponential
-  backoff and full jitter (honouring ``Retry-After``) up to ``max_attempts``, then the
-  delivery is dead with its last error; other statuses are not retried.
+* succeeds on 2xx; retries network errors (a host that does not resolve included),
+  timeouts, 429 and 5xx with exponential backoff and full jitter (honouring
+  ``Retry-After``) up to ``max_attempts``, then the delivery is dead with its last error;
+  other statuses are not retried;
+* goes only where :mod:`orchestrator.webhooks.targets` allows, to the address that was
+  checked, and ends at a hard deadline (resolving, connecting, sending and reading all
+  count: a receiver trickling its answer cannot hold it longer).
+
+:meth:`WebhookDispatcher.run` keeps up to ``concurrency`` attempts in flight, at most
+``per_subscription`` of them for one subscription: a slow or dead receiver takes its own
+slots and never delays the deliveries of other subscriptions.
 """
 
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import logging
 import random
 import secrets
-import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.abc
 import httpx
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from orchestrator.domain import ErrorCategory, InvalidRequest, OrchestratorError, now_ns
+from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
-from orchestrator.webhooks.models import Attempt, Delivery, DeliveryStatus, signature_header
+from orchestrator.webhooks.models import Attempt, Delivery, DeliveryStatus, display_url, signature_header
 from orchestrator.webhooks.store import WebhookStore
+from orchestrator.webhooks.targets import (
+    RefusedTarget,
+    Resolver,
+    Target,
+    UnresolvableHost,
+    parse_target,
+    pin,
+    resolve_public,
+    system_resolver,
+)
 from otel import logs
 from otel.vocabulary import Attr, OperationEvent, SpanName
 
@@ -60,46 +79,46 @@ class DispatcherConfig:
     max_attempts: int = 8
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 300.0
+    #: Hard deadline of one attempt: resolving, connecting, sending, reading.
+    attempt_deadline: float = 10.0
     connect_timeout: float = 5.0
-    read_timeout: float = 10.0
     #: Bytes of a response body read at most (the rest is discarded).
     max_response_bytes: int = 64 * 1024
     #: Allow loopback and private addresses (tests, trusted networks).
     allow_private: bool = False
     poll_seconds: float = 0.5
+    #: Deliveries claimed at once by :meth:`WebhookDispatcher.dispatch_once`.
     batch: int = 16
-    lease_seconds: float = 60.0
+    #: Attempts in flight in :meth:`WebhookDispatcher.run`, in all and per subscription.
+    concurrency: int = 32
+    per_subscription: int = 4
+    #: A delivery's lease; never shorter than the attempt deadline plus 2 s, so an attempt
+    #: ends before another dispatcher may take the delivery over. A delivery claimed while
+    #: its subscription has no free slot is left leased: it waits this long.
+    lease_seconds: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DispatcherConfig:
+        return cls(
+            max_attempts=settings.webhook_max_attempts,
+            backoff_base_seconds=settings.webhook_backoff_seconds,
+            attempt_deadline=settings.webhook_timeout_seconds,
+            allow_private=settings.webhook_allow_private,
+            concurrency=settings.webhook_concurrency,
+            per_subscription=settings.webhook_concurrency_per_subscription,
+        )
+
+    @property
+    def lease_ns(self) -> int:
+        return int(max(self.lease_seconds, self.attempt_deadline + 2.0) * 1e9)
 
 
 def check_url(url: str) -> str:
-    """Validate a subscription URL at the edge: http(s), a host, no credentials, and one
-    the HTTP client can send to (a bad port or host would otherwise fail in the dispatcher)."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError when not a number in 0-65535
-        httpx.URL(url)
-    except (ValueError, httpx.InvalidURL) as exc:
-        raise InvalidRequest(f"url: not a valid URL ({exc})", field="url") from None
-    if parts.scheme not in ("http", "https"):
-        raise InvalidRequest("url: only http and https URLs are allowed", field="url")
-    if not parts.hostname:
-        raise InvalidRequest("url: has no host", field="url")
-    if parts.username or parts.password:
-        raise InvalidRequest("url: must not contain credentials (use the signing secret)", field="url")
+    """Validate a subscription URL's form (scheme, host, no credentials, canonical
+    numbers); :func:`orchestrator.webhooks.targets.check_subscription_url` also checks
+    where it leads."""
+    parse_target(url)
     return url
-
-
-async def _refused_address(host: str, port: int) -> str | None:
-    """Why ``host`` must not be called (private, loopback, link-local...), or None."""
-    try:
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return f"cannot resolve {host}: {exc}"
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            return f"{host} resolves to a non-public address ({address})"
-    return None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -112,12 +131,6 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def _host(url: str) -> str:
-    """The URL without credentials, path or query (which may carry tokens), for logs."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-
-
 class WebhookDispatcher:
     def __init__(
         self,
@@ -126,46 +139,98 @@ class WebhookDispatcher:
         config: DispatcherConfig = DispatcherConfig(),
         *,
         client: httpx.AsyncClient | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.store = store
         self.telemetry = telemetry
         self.config = config
         self.owner = f"dispatcher-{secrets.token_hex(4)}"
         self._client = client
+        self._resolver = resolver
         self._outage = logs.RateLimitedLog(10.0)
+        self._busy: Counter[str] = Counter()  # attempts in flight per subscription
+        self._in_flight = 0
+        self._freed = anyio.Event()
 
     async def run(self) -> None:
-        """Deliver until cancelled."""
-        async with self._http() as client:
+        """Deliver until cancelled, keeping up to ``concurrency`` attempts in flight."""
+        async with self._http() as client, anyio.create_task_group() as attempts:
             while True:
-                try:
-                    sent = await self.dispatch_once(client)
-                except OrchestratorError as exc:
-                    if self._outage.ready():
-                        logs.event(
-                            log,
-                            logging.WARNING,
-                            OperationEvent.STORE_RETRY,
-                            f"webhook outbox unavailable; retrying: {exc}",
-                            operation="webhooks.dispatch",
-                            suppressed=self._outage.take_suppressed(),
-                        )
-                    sent = 0
-                if not sent:
+                free = self.config.concurrency - self._in_flight
+                if free <= 0:
+                    self._freed = anyio.Event()
+                    await self._freed.wait()
+                    continue
+                claimed, started = await self._start_due(client, attempts, free)
+                if claimed < free or not started:
                     await anyio.sleep(self.config.poll_seconds)
+
+    async def _start_due(self, client: httpx.AsyncClient, attempts: anyio.abc.TaskGroup, limit: int) -> tuple[int, int]:
+        """Claim up to ``limit`` due deliveries and start those whose subscription has a
+        free slot. The others stay leased and come back when their lease expires: the
+        store has no way to hand a claim back, and a slow subscription must not fill
+        every slot. Returns (claimed, started)."""
+        try:
+            due = await self._claim(limit)
+        except OrchestratorError as exc:
+            self._warn_outage(f"webhook outbox unavailable; retrying: {exc}", "webhooks.dispatch")
+            return 0, 0
+        started = 0
+        for delivery in due:
+            if self._busy[delivery.subscription_id] >= self.config.per_subscription:
+                continue
+            self._busy[delivery.subscription_id] += 1
+            self._in_flight += 1
+            started += 1
+            attempts.start_soon(self._attempt_in_slot, client, delivery)
+        return len(due), started
+
+    async def _attempt_in_slot(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
+        try:
+            await self._attempt_safely(client, delivery)
+        finally:
+            self._busy[delivery.subscription_id] -= 1
+            if self._busy[delivery.subscription_id] <= 0:
+                del self._busy[delivery.subscription_id]
+            self._in_flight -= 1
+            self._freed.set()
+
+    def _warn_outage(self, message: str, operation: str) -> None:
+        if self._outage.ready():
+            logs.event(
+                log,
+                logging.WARNING,
+                OperationEvent.STORE_RETRY,
+                message,
+                operation=operation,
+                suppressed=self._outage.take_suppressed(),
+            )
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is not None:
             return self._client
-        timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
-        return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+        return self.http_client()
+
+    def http_client(self) -> httpx.AsyncClient:
+        """The client of :meth:`run`: no proxies from the environment (they would connect
+        elsewhere than the checked address), no redirects, and no keep-alive (a pooled
+        connection is keyed by address: two host names on one address must never share
+        a TLS connection)."""
+        timeout = httpx.Timeout(
+            self.config.attempt_deadline, connect=min(self.config.connect_timeout, self.config.attempt_deadline)
+        )
+        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0), retries=0)
+        return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
+
+    async def _claim(self, limit: int) -> list[Delivery]:
+        return await self.store.claim_deliveries(
+            owner=self.owner, now_ns=now_ns(), lease_ns=self.config.lease_ns, limit=limit
+        )
 
     async def dispatch_once(self, client: httpx.AsyncClient) -> int:
-        """Lease a batch of due deliveries and attempt each (in parallel: they belong to
-        different jobs or subscriptions). Returns how many were attempted."""
-        due = await self.store.claim_deliveries(
-            owner=self.owner, now_ns=now_ns(), lease_ns=int(self.config.lease_seconds * 1e9), limit=self.config.batch
-        )
+        """Claim one batch of due deliveries, attempt them in parallel and wait for all
+        (tests and tools; :meth:`run` does not wait). Returns how many were claimed."""
+        due = await self._claim(self.config.batch)
         async with anyio.create_task_group() as tg:
             for delivery in due:
                 tg.start_soon(self._attempt_safely, client, delivery)
@@ -252,18 +317,37 @@ class WebhookDispatcher:
     async def _send(
         self, client: httpx.AsyncClient, url: str, secret: str, delivery: Delivery
     ) -> tuple[str, int | None, str | None, float | None]:
-        """One POST: (outcome, status code, error, Retry-After seconds)."""
+        """One POST within the attempt deadline: (outcome, status code, error, Retry-After seconds)."""
         try:
-            check_url(url)  # a URL stored before validation tightened must not break the loop
+            target = parse_target(url)  # a URL stored before validation tightened must not break the loop
         except InvalidRequest as exc:
             return Outcome.DEAD, None, f"invalid URL: {exc.message}", None
-        parts = urlsplit(url)
-        if not self.config.allow_private:
-            why = await _refused_address(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-            if why:
-                return Outcome.REFUSED, None, f"refused: {why}", None
+        deadline = self.config.attempt_deadline
+        try:
+            with anyio.fail_after(deadline):
+                return await self._post(client, target, secret, delivery)
+        except TimeoutError:
+            return Outcome.RETRY, None, f"timeout: no complete answer within the {deadline:g} s deadline", None
+        except RefusedTarget as exc:
+            return Outcome.REFUSED, None, f"refused: {exc}", None
+        except UnresolvableHost as exc:
+            return Outcome.RETRY, None, str(exc), None
+        except httpx.TimeoutException as exc:
+            return Outcome.RETRY, None, f"timeout: {type(exc).__name__}", None
+        except httpx.HTTPError as exc:
+            # Never the URL: its path or query may be the subscription's secret.
+            message = str(exc).replace(url, display_url(url))
+            return Outcome.RETRY, None, f"{type(exc).__name__}: {message}", None
+
+    async def _post(
+        self, client: httpx.AsyncClient, target: Target, secret: str, delivery: Delivery
+    ) -> tuple[str, int | None, str | None, float | None]:
+        # Resolved once, checked, and connected to: no second lookup can rebind the name.
+        address = await resolve_public(target, allow_private=self.config.allow_private, resolver=self._resolver)
+        pinned = pin(target, address)
         body = delivery.body
         headers = {
+            "Host": pinned.host_header,
             "Content-Type": "application/json",
             "User-Agent": _USER_AGENT,
             "X-Orchestrator-Event": delivery.event,
@@ -271,19 +355,16 @@ class WebhookDispatcher:
             "X-Orchestrator-Signature": signature_header(secret, int(time.time()), body),
         }
         inject(headers)  # traceparent of the delivery span
-        try:
-            async with client.stream("POST", url, content=body, headers=headers) as response:
-                received = 0
-                async for chunk in response.aiter_raw():
-                    received += len(chunk)
-                    if received >= self.config.max_response_bytes:
-                        break  # the body is not needed: never read more than the cap
-                code = response.status_code
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except httpx.TimeoutException as exc:
-            return Outcome.RETRY, None, f"timeout: {type(exc).__name__}", None
-        except httpx.HTTPError as exc:
-            return Outcome.RETRY, None, f"{type(exc).__name__}: {exc}", None
+        async with client.stream(
+            "POST", pinned.url, content=body, headers=headers, extensions=pinned.extensions
+        ) as response:
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received >= self.config.max_response_bytes:
+                    break  # the body is not needed: never read more than the cap
+            code = response.status_code
+            retry_after = _retry_after(response.headers.get("Retry-After"))
         if 200 <= code < 300:
             return Outcome.DELIVERED, code, None, None
         if code == 429 or code >= 500:
@@ -315,7 +396,7 @@ class WebhookDispatcher:
             log,
             level,
             OperationEvent.WEBHOOK_DELIVERY,
-            f"webhook {delivery.event} to {_host(url)}: {attempt.outcome}"
+            f"webhook {delivery.event} to {display_url(url)}: {attempt.outcome}"
             + (f" ({attempt.error})" if attempt.error else "")
             + ("" if owned else "; lease lost, another dispatcher took it over"),
             job_id=delivery.job_id,

@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from otel.vocabulary import LifecycleEvent
 
@@ -17,8 +18,10 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Subscription",
+    "display_url",
     "sign",
     "signature_header",
+    "url_fingerprint",
     "verify",
 ]
 
@@ -52,8 +55,30 @@ class Subscription:
     events: tuple[str, ...]
     created_ns: int
 
-    def __repr__(self) -> str:  # keep the secret out of reprs, tracebacks and debuggers
-        return f"Subscription(id={self.id!r}, project_id={self.project_id!r}, events={self.events!r})"
+    def __repr__(self) -> str:  # keep the secret (and the URL's) out of reprs, tracebacks and debuggers
+        return (
+            f"Subscription(id={self.id!r}, project_id={self.project_id!r}, url={display_url(self.url)!r}, "
+            f"events={self.events!r})"
+        )
+
+
+def display_url(url: str) -> str:
+    """What a subscription URL shows to clients, logs and terminals: ``scheme://host[:port]``
+    and ``/…`` when there is more. Paths and queries often hold the URL's secret (Slack-style
+    hooks), so they are never shown; :func:`url_fingerprint` tells two URLs apart."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]  # never userinfo
+    except ValueError:
+        return "(invalid URL)"
+    rest = "/…" if (parts.path not in ("", "/") or parts.query or parts.fragment) else "/"
+    return f"{parts.scheme}://{netloc}{rest}"
+
+
+def url_fingerprint(url: str) -> str:
+    """The first 16 hex digits of the URL's SHA-256: an operator recognises a URL with
+    ``printf %s "$URL" | sha256sum | cut -c1-16``, a client learns nothing from it."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
