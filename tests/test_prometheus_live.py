@@ -21,6 +21,7 @@ Without ``prometheus`` installed this module skips outside CI and fails in CI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -137,7 +138,9 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def _status(db: Path, job_id: str) -> str:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+    # closing(): sqlite3's own context manager ends the transaction but leaves the connection
+    # open (Python 3.13 reports it as a ResourceWarning, an error in this suite).
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return str(row[0]) if row else ""
 
