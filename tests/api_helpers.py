@@ -4,9 +4,15 @@ ASGI app, and bounded polling."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +35,7 @@ from orchestrator.webhooks.store import WebhookStore
 
 __all__ = [
     "TERMINAL",
+    "Served",
     "api_client",
     "dispatching",
     "fast_settings",
@@ -37,7 +44,9 @@ __all__ = [
     "poll",
     "quick_registry",
     "running_worker",
+    "serve_env",
     "settled",
+    "start_serve",
     "wait_terminal",
 ]
 
@@ -182,3 +191,97 @@ async def settled(hooks: WebhookStore, job_id: str, count: int, *, timeout: floa
         return found if len(found) == count and all(d.status != "pending" for d in found) else None
 
     return await poll(check, timeout=timeout, what=f"{count} deliveries of job {job_id} to settle")
+
+
+# -- a real ``orchestrator serve`` process ------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_env(data_dir: Path, **settings: object) -> dict[str, str]:
+    """A clean environment for ``orchestrator serve``: no ORCHESTRATOR_/OTEL_ variable
+    of ours leaks in, telemetry goes to files in ``data_dir``, JSON logs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHESTRATOR_", "OTEL_"))}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        ORCHESTRATOR_DATA_DIR=str(data_dir),
+        ORCHESTRATOR_LOG_FORMAT="json",
+        ORCHESTRATOR_LOAD_ENTRY_POINTS="false",
+        ORCHESTRATOR_POLL_SECONDS="0.05",
+        ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS="2",
+    )
+    for name, value in settings.items():
+        env[name if name.startswith(("OTEL_", "ORCHESTRATOR_")) else f"ORCHESTRATOR_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class Served:
+    """A running ``orchestrator serve`` on 127.0.0.1."""
+
+    popen: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """A client whose Host header is ``localhost:<port>`` unless told otherwise."""
+        headers = {"Host": f"localhost:{self.port}", **kwargs.pop("headers", {})}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0, trust_env=False, **kwargs)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then the exit status (SIGKILL and a failure after ``timeout`` s)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+            raise AssertionError(f"serve ignored SIGTERM for {timeout} s:\n{self.output()[-3000:]}") from None
+
+
+def start_serve(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True, **settings: object
+) -> Served:
+    """``orchestrator serve`` on a free loopback port; with ``wait``, until /healthz answers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = data_dir / f"serve-{port}.log"
+    command = [sys.executable, "-m", "orchestrator", "serve", "--port", str(port), *args]
+    if "--host" not in args:
+        command += ["--host", "127.0.0.1"]
+    if "--workers-in-process" not in args:
+        command += ["--workers-in-process", "0"]
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            command, env=env or serve_env(data_dir, **settings), stdout=log, stderr=subprocess.STDOUT
+        )
+    served = Served(popen, port, log_path, data_dir)
+    if wait:
+        deadline = time.monotonic() + 30
+        while True:
+            if popen.poll() is not None:
+                raise AssertionError(f"serve exited with {popen.returncode}:\n{served.output()[-3000:]}")
+            try:
+                with served.client() as client:
+                    if client.get("/healthz").status_code == 200:
+                        return served
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                served.stop()
+                raise AssertionError(f"serve did not answer within 30 s:\n{served.output()[-3000:]}")
+            time.sleep(0.05)
+    return served

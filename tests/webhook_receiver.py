@@ -26,6 +26,8 @@ class Reply:
     status: int = 200
     headers: Mapping[str, str] = field(default_factory=dict)
     hang: bool = False
+    #: Seconds between the bytes of a long answer (a receiver trickling it); 0: at once.
+    trickle: float = 0.0
 
 
 #: A reply that does not come until the receiver is closed (or the client goes away).
@@ -58,6 +60,8 @@ class Receiver:
         self._default = default if isinstance(default, Reply) else Reply(default)
         self._lock = threading.Condition()
         self._requests: list[Received] = []
+        #: When the handling of each delivery id ended (answered, cut, or hung up).
+        self.finished: dict[str, float] = {}
         self._released = threading.Event()
         owner = self
 
@@ -76,10 +80,35 @@ class Receiver:
                         )
                     )
                     owner._lock.notify_all()
-                if reply.hang:
-                    owner._released.wait(timeout=30)
-                    self.close_connection = True
-                    return
+                try:
+                    if reply.hang:
+                        owner._released.wait(timeout=30)
+                        self.close_connection = True
+                        return
+                    if reply.trickle:
+                        self._trickle(reply)
+                        return
+                    self._answer(reply)
+                finally:
+                    with owner._lock:
+                        owner.finished[headers.get("x-orchestrator-delivery", "")] = time.monotonic()
+                        owner._lock.notify_all()
+
+            def _trickle(self, reply: Reply) -> None:
+                """Status and headers, then one body byte every ``reply.trickle`` seconds
+                until the client goes away (or the receiver closes)."""
+                self.send_response(reply.status)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    while not owner._released.wait(reply.trickle):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client cut it
+
+            def _answer(self, reply: Reply) -> None:
                 payload = b'{"ok":true}'
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
