@@ -304,8 +304,8 @@ def add_telemetry_commands(sub: Any) -> None:
     p = sub.add_parser("trace", help="a job's trace as a waterfall (the job from the store, spans from the files)")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=views.trace_command, log_level_default="critical", telemetry=False)
+    p.set_defaults(handler=views.trace_command, log_level_default="error", telemetry=False)
 
     p = sub.add_parser("report", help="answer the four operational questions (from the store by default)")
     views.add_report_arguments(p)
-    p.set_defaults(handler=views.report_command, log_level_default="critical", telemetry=False)
+    p.set_defaults(handler=views.report_command, log_level_default="error", telemetry=False)

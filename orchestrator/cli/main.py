@@ -39,7 +39,6 @@ from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
 from otel.logs import EVENT_KEY, configure_logging
 from otel.setup import Telemetry, setup_telemetry
-from otel.vocabulary import OperationEvent
 
 __all__ = ["DEMO_DIR", "main", "request_from_args"]
 
@@ -112,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show one job")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.status, log_level_default="critical", telemetry=False)
+    p.set_defaults(handler=commands.status, log_level_default="error", telemetry=False)
 
     p = sub.add_parser("jobs", help="list jobs, newest first (whole ids when piped)")
     p.add_argument("--status", choices=[s.value for s in JobStatus])
@@ -124,17 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project-id")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.jobs, log_level_default="critical", telemetry=False)
+    p.set_defaults(handler=commands.jobs, log_level_default="error", telemetry=False)
 
     p = sub.add_parser("events", help="a job's lifecycle history")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=commands.events, log_level_default="critical", telemetry=False)
+    p.set_defaults(handler=commands.events, log_level_default="error", telemetry=False)
 
     p = sub.add_parser("cancel", help="cancel a job; says what will happen to a running one")
     p.add_argument("job_id")
     p.add_argument("--reason", default="cancelled by user")
-    p.set_defaults(handler=commands.cancel, log_level_default="critical", telemetry=True)
+    p.set_defaults(handler=commands.cancel, log_level_default="error", telemetry=True)
 
     p = sub.add_parser("modules", help="list registered modules")
     p.add_argument("--json", action="store_true")
@@ -339,11 +338,7 @@ class _BriefPluginErrors(logging.Formatter):
 class _ShownElsewhere(logging.Filter):
     """Records a one-shot command shows in its own output anyway, kept off the terminal
     unless a log level was asked for: a job's lifecycle and module records (``run``
-    prints the job's result) and a store that cannot be opened (the command's one-line
-    error says so)."""
+    prints the job's result, with every module's outcome)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        event = str(getattr(record, EVENT_KEY, ""))
-        if event.startswith(("job.lifecycle.", "job.module.")):
-            return False
-        return not (event == OperationEvent.ERROR and record.name.startswith("orchestrator.stores"))
+        return not str(getattr(record, EVENT_KEY, "")).startswith(("job.lifecycle.", "job.module."))

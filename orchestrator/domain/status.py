@@ -94,6 +94,8 @@ class ErrorCategory(enum.StrEnum):
     MODULE = "module"
     MODULE_TIMEOUT = "module_timeout"
     MODULE_PANIC = "module_panic"
+    #: The job names a module the worker that ran it cannot load (not installed there).
+    MODULE_UNAVAILABLE = "module_unavailable"
     CANCELLED = "cancelled"
     WEBHOOK = "webhook"
     INTERNAL = "internal"

@@ -43,7 +43,7 @@ from orchestrator.telemetry import JobTelemetry
 from orchestrator.workflow import JobWorkflow
 from otel import context, logs
 from otel.instrument import instrument
-from otel.vocabulary import OperationEvent, SpanName
+from otel.vocabulary import Attr, OperationEvent, SpanName
 
 __all__ = ["CancelKind", "ExecuteAnalysisJobUseCase", "JobControl"]
 
@@ -99,11 +99,42 @@ class ExecuteAnalysisJobUseCase:
         if job.status is not JobStatus.RUNNING:
             raise TransitionConflict(job.id, JobStatus.RUNNING, job.status, JobStatus.COMPLETED)
         control = control or JobControl()
+        missing = [name for name in job.modules if name not in self._registry]
+        if missing:
+            return await self._fail_unavailable(job, missing, worker_id)
         with self._telemetry.phase(
             job, SpanName.EXECUTE, attempt=job.attempt, worker_id=worker_id or "", module_count=len(job.modules)
         ):
             results = await self._fan_out(job, control)
         return await self._finalize(job, results, control, worker_id)
+
+    async def _fail_unavailable(self, job: Job, missing: list[str], worker_id: str | None) -> Job:
+        """The job names modules this worker cannot load (installed where the job was
+        created, not here): fail it at once with its own category, naming the modules and
+        the worker, instead of letting the fan-out crash."""
+        names = ", ".join(repr(m) for m in missing)
+        reason = (
+            f"module{'s' if len(missing) > 1 else ''} {names} not available on worker {worker_id or 'this process'} "
+            f"(it has: {', '.join(self._registry.names()) or 'none'})"
+        )
+        # The execute span says why (its error), and ends before the terminal transition
+        # emits the root span: no child outlives the root.
+        with self._telemetry.phase(
+            job, SpanName.EXECUTE, attempt=job.attempt, worker_id=worker_id or "", module_count=len(job.modules)
+        ) as span:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, reason))
+            span.set_attribute(Attr.ERROR_TYPE, str(ErrorCategory.MODULE_UNAVAILABLE))
+        with anyio.CancelScope(shield=True):
+            final = await self._workflow.transition(
+                job,
+                JobStatus.FAILED,
+                reason=reason,
+                error_category=ErrorCategory.MODULE_UNAVAILABLE,
+                error_phase=Phase.EXECUTE,
+                results=(),
+                worker_id=worker_id,
+            )
+        return final
 
     # -- fan-out ----------------------------------------------------------------------
 
