@@ -177,9 +177,9 @@ def loki(expr: str) -> dict[str, Any]:
     return {"datasource": LOKI, "refId": "A", "editorMode": "code", "expr": expr, "queryType": "range"}
 
 
-def explore_url(datasource: dict[str, str], query: dict[str, Any]) -> str:
+def explore_url(datasource: dict[str, str], query: dict[str, Any], value: str = "${__value.raw}") -> str:
     """A Grafana Explore link over the dashboard's time range; ``VALUE`` in ``query``
-    becomes ``${__value.raw}`` (the clicked cell)."""
+    becomes ``value`` (by default ``${__value.raw}``, the clicked cell)."""
     panes = {
         "a": {
             "datasource": datasource["uid"],
@@ -188,21 +188,34 @@ def explore_url(datasource: dict[str, str], query: dict[str, Any]) -> str:
         }
     }
     encoded = urllib.parse.quote(json.dumps(panes, separators=(",", ":")), safe="")
-    for marker, variable in (("VALUE", "${__value.raw}"), ("FROM_MARKER", "${__from}"), ("TO_MARKER", "${__to}")):
+    for marker, variable in (("VALUE", value), ("FROM_MARKER", "${__from}"), ("TO_MARKER", "${__to}")):
         encoded = encoded.replace(marker, variable)
     return "/explore?schemaVersion=1&panes=" + encoded
 
 
-TRACE_LINKS = [
-    {
-        "title": "Open the trace",
-        "url": explore_url(TEMPO, {"queryType": "traceql", "query": "VALUE"}),
-    },
-    {
-        "title": "Logs of this trace",
-        "url": explore_url(LOKI, {"expr": f'{{service_name="{SERVICE}"}} | trace_id="VALUE"'}),
-    },
-]
+# Which field of a Tempo table frame carries the links, and what gives the trace id
+# (the frames Grafana's Tempo data source builds, deploy/upstream-facts/grafana.json):
+# a `traces` table has a visible traceID field; a `spans` table keeps the trace id in a
+# hidden traceIdHidden field, so the links go on spanID and read the id from that field.
+LINK_FIELD = {"traces": ("traceID", "${__value.raw}"), "spans": ("spanID", "${__data.fields.traceIdHidden}")}
+# Tempo's search may drop a trace id's leading zeros while Loki stores all 32 hex digits
+# (deploy/tempo/tempo.yaml pads them with left_pad_trace_ids); `0*` matches either way.
+TRACE_ID_IN_LOKI = 'trace_id=~"0*VALUE"'
+
+
+def trace_links(table: str) -> list[dict[str, str]]:
+    """"Open the trace" and "Logs of this trace" for a Tempo table of type ``table``."""
+    _, trace_id = LINK_FIELD[table]
+    return [
+        {
+            "title": "Open the trace",
+            "url": explore_url(TEMPO, {"queryType": "traceql", "query": "VALUE"}, trace_id),
+        },
+        {
+            "title": "Logs of this trace",
+            "url": explore_url(LOKI, {"expr": f'{{service_name="{SERVICE}"}} | {TRACE_ID_IN_LOKI}'}, trace_id),
+        },
+    ]
 
 
 class Layout:
@@ -357,19 +370,25 @@ def merged_table(title: str, key: str, columns: list[tuple[str, str, str]], *, d
     }
 
 
+# Tempo 3.0 leaves the newest spans out of search (query_frontend.query_end_cutoff, 30s
+# by default; deploy/tempo/tempo.yaml keeps it).
+SEARCH_CUTOFF_NOTE = " Tempo's search leaves out the newest 30 s of spans."
+
+
 def trace_table(title: str, query: str, *, description: str, table: str = "traces", spss: int = 3) -> dict[str, Any]:
+    field, _ = LINK_FIELD[table]
     return {
         "type": "table",
         "title": title,
-        "description": description,
+        "description": description + SEARCH_CUTOFF_NOTE,
         "datasource": TEMPO,
         "targets": [tempo(query, table=table, spss=spss)],
         "fieldConfig": {
             "defaults": {"custom": {"align": "auto"}},
             "overrides": [
                 {
-                    "matcher": {"id": "byName", "options": "traceID"},
-                    "properties": [{"id": "links", "value": TRACE_LINKS}],
+                    "matcher": {"id": "byName", "options": field},
+                    "properties": [{"id": "links", "value": trace_links(table)}],
                 }
             ],
         },
@@ -853,7 +872,7 @@ def job_drilldown() -> dict[str, Any]:
             f"{{ span.{Attr.JOB_ID} = {job} }}",
             description=(
                 "Every span of the job's trace (root, create, queued, execute, module, finalize). "
-                "Trace ID links open the waterfall and the trace's logs."
+                "Span ID links open the waterfall and the trace's logs."
             ),
             table="spans",
             spss=100,
