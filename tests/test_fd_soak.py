@@ -86,9 +86,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, plugin_dir: Path) ->
         return
     with fresh_database(request.getfixturevalue("postgres_url")) as db_url:
         pg_cluster = Cluster(tmp_path, db_url, plugin_dir)
-        settings = Settings(
-            database_url=SecretStr(db_url), data_dir=tmp_path / "submitter", load_entry_points=False
-        )
+        settings = Settings(database_url=SecretStr(db_url), data_dir=tmp_path / "submitter", load_entry_points=False)
         try:
             yield Backend("postgres", pg_cluster, settings)
         finally:
