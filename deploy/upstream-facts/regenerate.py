@@ -7,7 +7,7 @@ at their pinned tags, the component types of the Collector release at its pinned
 the fields Grafana's Tempo data source puts in its table frames, and where each image
 digest came from. CI has no network, so the facts are committed; this script rebuilds
 them from bare clones (any clone works; the session tool `fetch github:<owner>/<name>`
-leaves them in /work/.mirror/<owner>+<name>/repo):
+leaves them in /work/.mirror/<owner>+<name>/repo; UPSTREAM_MIRROR=<dir> points elsewhere):
 
     python3 deploy/upstream-facts/regenerate.py               # every file
     python3 deploy/upstream-facts/regenerate.py tempo loki    # some of them
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -41,7 +42,8 @@ from goconfig import Git, Program, Walker  # noqa: E402
 
 ROOT = HERE.parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-MIRROR = Path("/work/.mirror")
+# Where the bare clones are: <mirror>/<owner>+<name>/repo (the layout `fetch` leaves).
+MIRROR = Path(os.environ.get("UPSTREAM_MIRROR", "/work/.mirror"))
 SNAPSHOTS = HERE / "snapshots.json"
 
 # Tempo rejects override keys that no registered extension claims (modules/overrides/
