@@ -12,8 +12,9 @@
 # are queried from inside the compose network (the telemetry-health container's wget).
 # tests/test_stack_static.py keeps the service names, ports and panel titles used here in
 # step with docker-compose.yml and the dashboards.
+# shellcheck disable=SC2329  # the check functions are called through `retry`
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 # Everything this script knows about the stack (checked against docker-compose.yml).
 SERVICES="postgres migrate api worker loadgen otel-collector telemetry-health tempo loki prometheus grafana"
