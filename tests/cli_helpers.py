@@ -71,6 +71,18 @@ class Panic(BaseModule):
         raise RuntimeError("kaboom")
 
 
+class Stubborn(BaseModule):
+    name = "stubborn"
+    expected_runtime = 5.0
+    timeout = 120.0
+    description = "ignores cancellation for a minute"
+
+    async def run(self, context):
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(60)
+        return {}
+
+
 class Hang(BaseModule):
     name = "hang"
     expected_runtime = 0.1
@@ -107,8 +119,8 @@ def _install(root: Path, package: str, source: str, entry_points: Mapping[str, s
 
 
 def write_plugin(root: Path) -> Path:
-    """The test modules (echo, slow, boom, panic, hang) as an installed distribution."""
-    names = {"echo": "Echo", "slow": "Slow", "boom": "Boom", "panic": "Panic", "hang": "Hang"}
+    """The test modules (echo, slow, boom, panic, hang, stubborn) as an installed distribution."""
+    names = {"echo": "Echo", "slow": "Slow", "boom": "Boom", "panic": "Panic", "hang": "Hang", "stubborn": "Stubborn"}
     return _install(root, "cli_test_modules", PLUGIN_SOURCE, {n: f"cli_test_modules:{c}" for n, c in names.items()})
 
 

@@ -11,13 +11,13 @@ import anyio
 from orchestrator.bootstrap import open_app
 from orchestrator.cli import render
 from orchestrator.cli.ids import resolve_job
-from orchestrator.cli.inputs import flag_error, request_from_args
-from orchestrator.cli.main import Context, exit_code, print_json, with_app
+from orchestrator.cli.inputs import request_from_args
+from orchestrator.cli.main import Context, print_json, with_app
 from orchestrator.cli.render import Column
+from orchestrator.cli.run import create_job
 from orchestrator.domain import (
     ErrorCategory,
     IllegalTransition,
-    InvalidRequest,
     Job,
     JobStatus,
     OrchestratorError,
@@ -37,58 +37,12 @@ __all__ = [
     "events",
     "jobs",
     "modules",
-    "run",
     "status",
     "submit",
     "worker",
 ]
 
 log = logging.getLogger(__name__)
-
-
-async def create_job(app: App, ctx: Context) -> Job:
-    """Create the job the ``run``/``submit`` flags describe; errors name the flags."""
-    request = request_from_args(ctx.args)
-    try:
-        job = await app.create.execute(request)
-    except InvalidRequest as exc:
-        raise flag_error(exc) from None
-    if ctx.args.project_id is None and not ctx.args.json:
-        render.err_console.print(
-            f"project id {job.project_id!r} (from the folder name; --project-id to choose another)", style="dim"
-        )
-    return job
-
-
-async def run(ctx: Context) -> int:
-    request_from_args(ctx.args)  # flag errors before the store is opened
-
-    async def go(app: App) -> int:
-        job = await create_job(app, ctx)
-        if not ctx.args.json:
-            render.err_console.print(f"job {job.id} queued (trace {job.trace.trace_id})", style="dim")
-        worker = app.worker(concurrency=1)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: worker.run(claim=False))
-            try:
-                await worker.adopt(job)
-            except TransitionConflict:
-                # A worker serving the same store claimed it first: it runs there.
-                current = await app.store.get(job.id)
-                render.err_console.print(
-                    f"job {job.id} was claimed by worker {current.lease_owner or '?'} first; waiting for it",
-                    style="yellow",
-                )
-            while not (job := await app.store.get(job.id)).status.terminal:  # noqa: ASYNC110
-                await anyio.sleep(0.05)
-            worker.stop()
-        if ctx.args.json:
-            print_json(job_json(job))
-        else:
-            render.job_panel(job)
-        return exit_code(job)
-
-    return await with_app(ctx, go)
 
 
 async def submit(ctx: Context) -> int:

@@ -71,7 +71,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.cli import commands, demo, webhook_commands
+    from orchestrator.cli import commands, demo, run, webhook_commands
 
     parser = _Parser(prog="orchestrator", description="Analysis jobs, observable end to end with OpenTelemetry.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep earlier demo data (default: start afresh)")
     p.set_defaults(handler=demo.demo, log_level_default="critical", telemetry=True)
 
-    p = sub.add_parser("run", help="create one job, run it in-process, wait for it")
+    p = sub.add_parser("run", help="create one job and run it in this process (Ctrl-C cancels it)")
     job_inputs(p)
-    p.set_defaults(handler=commands.run, log_level_default="warning", telemetry=True)
+    p.set_defaults(handler=run.run, log_level_default="warning", telemetry=True)
 
     p = sub.add_parser("submit", help="create one job and queue it; prints its id")
     job_inputs(p)

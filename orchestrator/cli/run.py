@@ -1,0 +1,150 @@
+"""``orchestrator run``: create one job and run it in this process, as a worker would
+(leased, heartbeat, cancellable from any process), then print its result.
+
+Ctrl-C (or SIGTERM) cancels the job cleanly: its modules are cancelled and it ends
+Cancelled with a reason naming the interrupt; the command exits 130 (143). A second one
+exits at once, saying that the job stays Running until its lease expires and a worker's
+reaper recovers it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from orchestrator.cli import render
+from orchestrator.cli.inputs import flag_error, request_from_args
+from orchestrator.cli.main import Context, exit_code, print_json, with_app
+from orchestrator.domain import InvalidRequest, Job, JobStatus, OrchestratorError, TransitionConflict
+from orchestrator.serialization import job_json
+from orchestrator.usecases.execute import CancelKind
+
+if TYPE_CHECKING:
+    from orchestrator.bootstrap import App
+    from orchestrator.job_queue import Worker
+
+__all__ = ["Interrupts", "create_job", "run"]
+
+
+class Interrupts:
+    """SIGINT/SIGTERM while ``run`` runs: the first cancels the job, the second exits."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._cancel: Callable[[str], Awaitable[None]] | None = None
+        self._job_id: str | None = None
+
+    @property
+    def reason(self) -> str:
+        name = self.signal.name if self.signal else "interrupt"
+        return f"interrupted ({name}) while running in `orchestrator run`"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal) if self.signal else 130
+
+    async def watch(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for signum in received:
+                if self.signal is None:
+                    self.signal = signal.Signals(signum)
+                    render.err_console.print(
+                        f"{self.signal.name}: cancelling job {self._job_id or '(being created)'}; "
+                        "press Ctrl-C again to exit at once",
+                        style="yellow",
+                    )
+                    if self._cancel is not None:
+                        await self._cancel(self.reason)
+                else:
+                    self._force_exit()
+
+    async def on_job(self, job_id: str, cancel: Callable[[str], Awaitable[None]]) -> None:
+        """The job exists and can be cancelled with ``cancel(reason)``; an interrupt that
+        came while it was being created cancels it now."""
+        self._job_id, self._cancel = job_id, cancel
+        if self.signal is not None:
+            await cancel(self.reason)
+
+    def _force_exit(self) -> None:
+        where = f"job {self._job_id} stays Running until its lease expires" if self._job_id else "no job was created"
+        sys.stderr.write(
+            f"orchestrator: error: interrupted again: exiting at once; {where} "
+            "(then a worker's reaper recovers it, or `orchestrator cancel` cancels it)\n"
+        )
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(self.exit_code)
+
+
+async def create_job(app: App, ctx: Context) -> Job:
+    """Create the job the ``run``/``submit`` flags describe; errors name the flags."""
+    request = request_from_args(ctx.args)
+    try:
+        job = await app.create.execute(request)
+    except InvalidRequest as exc:
+        raise flag_error(exc) from None
+    if ctx.args.project_id is None and not ctx.args.json:
+        render.err_console.print(
+            f"project id {job.project_id!r} (from the folder name; --project-id to choose another)", style="dim"
+        )
+    return job
+
+
+async def run(ctx: Context) -> int:
+    request_from_args(ctx.args)  # flag errors before the store is opened
+    interrupts = Interrupts()
+
+    async def go(app: App) -> int:
+        async with anyio.create_task_group() as signals:
+            signals.start_soon(interrupts.watch)
+            job = await create_job(app, ctx)
+            if not ctx.args.json:
+                render.err_console.print(f"job {job.id} queued (trace {job.trace.trace_id})", style="dim")
+            job = await _run_here(app, job, interrupts)
+            signals.cancel_scope.cancel()
+        if ctx.args.json:
+            print_json(job_json(job))
+        else:
+            render.job_panel(job)
+        if interrupts.signal is not None and job.status is JobStatus.CANCELLED:
+            return interrupts.exit_code
+        return exit_code(job)
+
+    return await with_app(ctx, go)
+
+
+async def _run_here(app: App, job: Job, interrupts: Interrupts) -> Job:
+    """Run ``job`` on a worker of this process; returns it terminal."""
+    worker = app.worker(concurrency=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: worker.run(claim=False))
+        try:
+            await worker.adopt(job)
+        except TransitionConflict:
+            # A worker serving the same store claimed it first: it runs there.
+            current = await app.store.get(job.id)
+            render.err_console.print(
+                f"job {job.id} was claimed by worker {current.lease_owner or '?'} first; waiting for it",
+                style="yellow",
+            )
+        await interrupts.on_job(job.id, lambda reason: _cancel(app, worker, job.id, reason))
+        while not (job := await app.store.get(job.id)).status.terminal:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+        worker.stop()
+    return job
+
+
+async def _cancel(app: App, worker: Worker, job_id: str, reason: str) -> None:
+    control = worker.in_flight.get(job_id)
+    if control is not None:
+        control.cancel(CancelKind.USER, reason)  # this process runs it: stop its modules now
+        return
+    try:
+        await app.workflow.cancel(job_id, reason=reason)  # queued, or running elsewhere
+    except OrchestratorError as exc:
+        render.err_console.print(f"could not cancel job {job_id}: {exc.message}", style="red")

@@ -1,0 +1,114 @@
+"""``orchestrator run`` under the habits of real users: Ctrl-C, and a worker serving the
+same store. Real processes, real signals, real stores."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import ORCHESTRATOR, Env, job_row, wait_for, write_plugin
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    return Env(cwd=tmp_path, data_dir=tmp_path / "data", plugins=[write_plugin(tmp_path / "plugin")])
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    yield
+    for popen in _STARTED:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait(timeout=10)
+        if popen.stdout is not None:
+            popen.stdout.close()
+    _STARTED.clear()
+
+
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+def _start_run(env: Env, *args: str) -> tuple[subprocess.Popen[str], Path]:
+    stderr = env.cwd / "run.stderr"
+    with stderr.open("w") as err:  # the child has its own descriptor
+        popen = subprocess.Popen(
+            [*ORCHESTRATOR, "run", "--source", str(env.cwd / "src"), "--json", *args],
+            cwd=env.cwd,
+            env=env.environ(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    _STARTED.append(popen)
+    return popen, stderr
+
+
+def _running_job(env: Env, popen: subprocess.Popen[str]) -> str:
+    """The id of the job ``run`` created, once it is Running (read from the database)."""
+    database = env.data_dir / "orchestrator.db"
+
+    def running() -> str | None:
+        assert popen.poll() is None, "run exited early"
+        if not database.is_file():
+            return None
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)) as db:
+                row = db.execute("SELECT id FROM jobs WHERE status = 'running'").fetchone()
+        except sqlite3.OperationalError:
+            return None  # the schema is being created
+        return row[0] if row else None
+
+    return wait_for(running, what="the job to run")
+
+
+def test_ctrl_c_cancels_the_running_job_cleanly(env: Env) -> None:
+    popen, stderr = _start_run(env, "--modules", "slow,echo", "--option", "slow.seconds=60")
+    job_id = _running_job(env, popen)
+    popen.send_signal(signal.SIGINT)
+    stdout, _ = popen.communicate(timeout=60)
+    assert popen.returncode == 130, stderr.read_text()
+    job = json.loads(stdout)
+    assert job["id"] == job_id
+    assert job["status"] == "cancelled"
+    assert job["reason"] == "interrupted (SIGINT) while running in `orchestrator run`"
+    assert job["error_category"] == "cancelled"
+    assert {r["module"]: r["outcome"] for r in job["results"]} == {"slow": "cancelled", "echo": "ok"}
+    said = stderr.read_text()
+    assert f"SIGINT: cancelling job {job_id}; press Ctrl-C again to exit at once" in said
+    assert "Traceback" not in said
+    row = job_row(env.data_dir / "orchestrator.db", job_id)
+    assert row is not None
+    assert (row["status"], row["lease_owner"]) == ("cancelled", None)
+    # nothing left for a worker: it finds no job to run again
+    events = env.json("events", job_id)
+    assert [(e["status_from"], e["status_to"]) for e in events][-1] == ("running", "cancelled")
+
+
+def test_a_second_ctrl_c_exits_at_once_and_says_what_is_left(env: Env) -> None:
+    popen, stderr = _start_run(env, "--modules", "stubborn")
+    job_id = _running_job(env, popen)
+    popen.send_signal(signal.SIGINT)
+    wait_for(lambda: "press Ctrl-C again" in stderr.read_text(), what="the first interrupt to be taken")
+    popen.send_signal(signal.SIGINT)
+    popen.communicate(timeout=60)
+    assert popen.returncode == 130
+    said = stderr.read_text()
+    assert said.rstrip().endswith(
+        f"orchestrator: error: interrupted again: exiting at once; job {job_id} stays Running until its lease "
+        "expires (then a worker's reaper recovers it, or `orchestrator cancel` cancels it)"
+    ), said
+    row = job_row(env.data_dir / "orchestrator.db", job_id)
+    assert row is not None
+    assert row["status"] == "running"  # left to lease-expiry recovery, as the message says
