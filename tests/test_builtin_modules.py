@@ -10,8 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from orchestrator.modules import files
 from orchestrator.modules.base import BaseModule, ModuleCancelled, ModuleContext, ModuleError
 from orchestrator.modules.builtin import (
     BUILTIN_MODULES,
@@ -20,9 +22,10 @@ from orchestrator.modules.builtin import (
     PythonSyntaxModule,
     SecretsModule,
     TodosModule,
-    secrets_scan,
 )
 from orchestrator.modules.files import WalkStats, iter_files, read_text
+from orchestrator.modules.job_files import JobFiles
+from orchestrator.modules.progress import ModuleProgress, ProgressReporter
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -74,7 +77,7 @@ def test_builtin_modules_are_complete_and_well_formed() -> None:
     for cls in BUILTIN_MODULES:
         module = cls()
         assert isinstance(module, BaseModule)
-        assert module.version == "1.0.0"
+        assert module.version == "1.1.0"  # 1.1: the shared index (walk keys ignored, skipped_special)
         assert 0 < module.expected_runtime < module.timeout
         assert module.description
     assert SecretsModule.expected_runtime == 0.5
@@ -174,19 +177,19 @@ def test_unreadable_entries_are_counted_not_raised(tmp_path: Path, monkeypatch: 
     write(tmp_path, "ok.txt", "fine\n")
     write(tmp_path, "locked.txt", "secret\n")
     write(tmp_path, "closed/inner.txt", "hidden\n")
-    real_open, real_scandir = Path.open, os.scandir
+    real_open, real_scandir = files.open_regular, os.scandir
 
-    def deny_open(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self.name == "locked.txt":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
+    def deny_open(path: Any) -> int:
+        if Path(path).name == "locked.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path)
 
     def deny_scandir(path: Any) -> Any:
         if Path(path).name == "closed":
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(Path, "open", deny_open)
+    monkeypatch.setattr(files, "open_regular", deny_open)
     monkeypatch.setattr(os, "scandir", deny_scandir)
     stats = WalkStats()
     texts = {path.name: read_text(path, stats=stats) for path in iter_files(tmp_path, stats=stats)}
@@ -195,23 +198,25 @@ def test_unreadable_entries_are_counted_not_raised(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.anyio
-async def test_a_module_cancelled_mid_run_stops_early(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_module_cancelled_mid_run_stops_early(tmp_path: Path) -> None:
+    """Cancelled after its first file (one file per batch here), the scan reads no more."""
     for index in range(20):
         write(tmp_path, f"f{index:02}.py", "x = 1\n")
     ctx = make_context(tmp_path, "secrets")
-    reads: list[Path] = []
+    updates: list[int] = []
+    with anyio.CancelScope() as scope:
 
-    def read_then_cancel(path: Path, **kwargs: Any) -> str | None:
-        reads.append(path)
-        ctx.cancel()  # as the runner does when the module times out
-        return read_text(path, **kwargs)
+        def cancel_after_first(update: ModuleProgress) -> None:
+            updates.append(update.done)
+            scope.cancel()  # as the runner does when the module times out
 
-    monkeypatch.setattr(secrets_scan, "read_text", read_then_cancel)
-    with pytest.raises(ModuleError, match="cancelled"):
-        await SecretsModule().run(ctx)
-    assert len(reads) == 1
+        ctx.progress_reporter = ProgressReporter("j", "secrets", cancel_after_first, interval=0)
+        async with JobFiles(tmp_path, batch_files=1) as job_files:
+            ctx.job_files = job_files
+            await SecretsModule().run(ctx)
+    assert scope.cancelled_caught
+    assert updates == [1]
+    assert job_files.opened == 1
 
 
 def test_walker_stops_when_cancelled(tmp_path: Path) -> None:
@@ -251,7 +256,9 @@ async def test_summaries_are_json_and_report_walk_stats(
     write(tmp_path, "blob.bin", b"\x00\x01\x02")
     summary = await module_class().run(make_context(tmp_path, module_class.name))
     assert json.loads(json.dumps(summary)) == summary
-    assert set(summary["walk"]) == {"files_seen", "skipped_binary", "skipped_unreadable", "skipped_large"}
+    assert set(summary["walk"]) == {
+        "files_seen", "skipped_binary", "skipped_unreadable", "skipped_large", "ignored", "skipped_special",
+    }
 
 
 # --- inventory -------------------------------------------------------------------------------

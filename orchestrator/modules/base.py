@@ -6,9 +6,15 @@ returning a JSON-serialisable summary. Raise :class:`ModuleError` for failures t
 module understands (a malformed manifest); anything else it raises is a panic,
 caught and reported, never a crash.
 
-CPU-bound work goes through :meth:`ModuleContext.run_sync`, which runs it in a
-worker thread; long loops should call :meth:`ModuleContext.check_cancelled` so a
-cancelled or timed-out module stops promptly.
+Blocking work goes through :meth:`ModuleContext.run_sync`, which runs it in a daemon
+thread; long loops should call :meth:`ModuleContext.check_cancelled` so a cancelled
+or timed-out module stops promptly.
+
+Modules that read the project's files use the job's shared file index instead of
+walking on their own: :meth:`ModuleContext.index` (one walk per job, with the skip and
+ignore rules applied) and :meth:`ModuleContext.scan` (a :class:`FileAnalyzer` run over
+the files in worker processes, each file read once for all the job's modules, progress
+reported for you). :meth:`ModuleContext.progress` reports progress of other work.
 """
 
 from __future__ import annotations
@@ -19,16 +25,30 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
-
-import anyio
-import anyio.to_thread
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from orchestrator.domain import ModuleError
+from orchestrator.modules.budget import Budget
+from orchestrator.modules.index import FileIndex, UnusableSource
+from orchestrator.modules.runners import run_in_daemon_thread
+from orchestrator.modules.scan import FileAnalyzer
 
-__all__ = ["AnalysisModule", "BaseModule", "ModuleCancelled", "ModuleContext", "ModuleError", "ModuleSummary"]
+if TYPE_CHECKING:
+    from orchestrator.modules.job_files import JobFiles, ScanResult
+    from orchestrator.modules.progress import ProgressReporter
+
+__all__ = [
+    "AnalysisModule",
+    "BaseModule",
+    "FileAnalyzer",
+    "ModuleCancelled",
+    "ModuleContext",
+    "ModuleError",
+    "ModuleSummary",
+]
 
 T = TypeVar("T")
+R = TypeVar("R")
 ModuleSummary = Mapping[str, Any]
 
 
@@ -81,6 +101,11 @@ class ModuleContext:
     attempt: int
     options: Mapping[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("orchestrator.modules"))
+    #: This run's timeout and expected runtime (scaled to the tree once it is walked).
+    budget: Budget | None = None
+    #: The job's shared index and pass; None outside a job (a private one is used).
+    job_files: JobFiles | None = field(default=None, repr=False)
+    progress_reporter: ProgressReporter | None = field(default=None, repr=False)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def check_cancelled(self) -> None:
@@ -96,12 +121,54 @@ class ModuleContext:
         self._cancelled.set()
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU-bound ``fn(*args)`` in a worker thread (context fields go with it).
+        """Run blocking ``fn(*args)`` in a daemon thread (context fields go with it).
 
         If the module is cancelled meanwhile, the thread is asked to stop through
-        :meth:`check_cancelled` and the await returns at once.
+        :meth:`check_cancelled` and the await returns at once. A thread that never
+        returns (a read that blocks forever) is abandoned: being a daemon thread, it
+        never keeps the process from exiting.
         """
         try:
-            return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+            return await run_in_daemon_thread(fn, *args, name=f"module:{self.module}", on_cancel=self.cancel)
         except ModuleCancelled as exc:
             raise ModuleError(f"{self.module} was cancelled", module=self.module) from exc
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """Report progress: ``done`` of ``total`` units (files, for file work). Call it as
+        often as you like, from any thread; updates are throttled before anyone sees
+        them. :meth:`scan` reports for you."""
+        if self.progress_reporter is not None:
+            self.progress_reporter.report(done, total)
+
+    def _refuse_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise ModuleError(f"{self.module} was cancelled", module=self.module)
+
+    async def index(self) -> FileIndex:
+        """The job's file index: the source walked once for all the job's modules
+        (symlinks not followed, special files, pseudo-filesystems and ignored paths left
+        out). Raises :class:`ModuleError` when the source cannot be analysed."""
+        self._refuse_if_cancelled()
+        try:
+            if self.job_files is not None:
+                return await self.job_files.index()
+            from orchestrator.modules.job_files import JobFiles
+
+            async with JobFiles(self.source) as files:
+                return await files.index()
+        except UnusableSource as exc:
+            raise ModuleError(str(exc), module=self.module) from None
+
+    async def scan(self, analyzer: FileAnalyzer[R]) -> ScanResult[R]:
+        """Run ``analyzer`` over the files it selects, in worker processes, each file
+        read once for all the job's modules; progress is reported as batches finish."""
+        from orchestrator.modules.job_files import JobFiles
+
+        self._refuse_if_cancelled()
+        try:
+            if self.job_files is not None:
+                return await self.job_files.scan(analyzer, self.progress)
+            async with JobFiles(self.source) as files:
+                return await files.scan(analyzer, self.progress)
+        except UnusableSource as exc:
+            raise ModuleError(str(exc), module=self.module) from None

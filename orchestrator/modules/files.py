@@ -1,11 +1,13 @@
-"""A safe file walker shared by the built-in modules.
+"""A safe file walker and readers for modules that walk on their own.
 
-Analysed projects are untrusted input: they may contain symlink loops, files we
-cannot read, FIFOs, multi-gigabyte blobs and binary junk. The walker therefore
-never follows symlinks, yields regular files only (opening a FIFO would block
-forever), skips vendored/tooling directories, and counts what it skips in a
-:class:`WalkStats` instead of raising, so a module can report "N files skipped"
-rather than fail on one bad entry.
+The built-in modules use the job's shared index instead
+(:meth:`~orchestrator.modules.base.ModuleContext.index` and ``scan``): one walk and one
+read per file for the whole job. These helpers remain for modules written against
+them; they apply the same safety rules: symlinks are never followed, only regular
+files are yielded and opened (opening a FIFO would block forever), pseudo-filesystems
+(``/proc``, ``/sys``, ``/dev``, wherever they are mounted) are never entered, vendored
+and tooling directories are skipped, and what is skipped is counted in a
+:class:`WalkStats` instead of raising.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
 from orchestrator.modules.base import ModuleContext, ModuleError
+from orchestrator.modules.index import DEFAULT_MAX_FILE_BYTES, WalkStats, open_regular
+from orchestrator.modules.mounts import PseudoFilesystems
+from orchestrator.modules.scan import BINARY_SNIFF_BYTES, looks_binary
 
 __all__ = [
     "BINARY_SNIFF_BYTES",
@@ -31,10 +35,6 @@ __all__ = [
     "read_bytes",
     "read_text",
 ]
-
-DEFAULT_MAX_FILE_BYTES: Final = 5_000_000
-#: A NUL byte in this many leading bytes marks a file as binary (the heuristic git uses).
-BINARY_SNIFF_BYTES: Final = 8192
 
 #: Directory names never descended into: VCS metadata, dependency caches and our own
 #: state. They are huge, not the project's own code, and would drown the findings.
@@ -55,21 +55,6 @@ SKIP_DIRS: Final = frozenset(
         ".orchestrator",
     }
 )
-
-
-@dataclass
-class WalkStats:
-    """What the walker and the readers saw and skipped (all counts, never errors)."""
-
-    #: Regular files found, including those later skipped for size, content or permissions.
-    files_seen: int = 0
-    skipped_binary: int = 0
-    #: Files and directories that could not be listed, stat-ed or opened.
-    skipped_unreadable: int = 0
-    skipped_large: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def check_source(root: Path, module: str) -> None:
@@ -107,10 +92,22 @@ def iter_files(
     within one file rather than at the end of the walk.
     """
     stats = stats if stats is not None else WalkStats()
+    pseudo = PseudoFilesystems.current()
     if ctx is not None:
         ctx.check_cancelled()
     if root.is_file():
-        yield from _accept_file(root, _stat_root(root, stats), max_file_bytes, stats)
+        info = _stat_root(root, stats)
+        if info is not None and pseudo.is_pseudo(root.resolve(), info):
+            stats.skipped_special += 1
+            return
+        yield from _accept_file(root, info, max_file_bytes, stats)
+        return
+    try:
+        refused = pseudo.is_pseudo(root.resolve(), root.stat())
+    except (OSError, RuntimeError):
+        refused = False  # listing it fails below, and is counted there
+    if refused:
+        stats.skipped_special += 1
         return
     pending = [root]
     while pending:
@@ -120,10 +117,18 @@ def iter_files(
             if ctx is not None:
                 ctx.check_cancelled()
             if _is_dir(entry, stats):
-                if entry.name not in SKIP_DIRS:
-                    subdirs.append(Path(entry.path))
+                if entry.name in SKIP_DIRS:
+                    continue
+                info = _entry_stat(entry, stats)
+                if info is not None and pseudo.is_pseudo(entry.path, info):
+                    stats.skipped_special += 1  # a mount of /proc, /sys, /dev...: never entered
+                    continue
+                subdirs.append(Path(entry.path))
             elif _is_file(entry, stats):
                 info = _entry_stat(entry, stats)
+                if info is not None and pseudo.is_pseudo(entry.path, info):
+                    stats.skipped_special += 1
+                    continue
                 yield from _accept_file(Path(entry.path), info, max_file_bytes, stats)
         # Reversed so the stack pops subdirectories in name order.
         pending.extend(reversed(subdirs))
@@ -187,10 +192,6 @@ def _accept_file(
     yield path
 
 
-def looks_binary(data: bytes) -> bool:
-    return b"\0" in data[:BINARY_SNIFF_BYTES]
-
-
 def read_bytes(
     path: Path,
     *,
@@ -205,7 +206,8 @@ def read_bytes(
     """
     stats = stats if stats is not None else WalkStats()
     try:
-        with path.open("rb") as handle:
+        # Never a FIFO or a device, even one swapped in since the walk (see open_regular).
+        with os.fdopen(open_regular(path), "rb") as handle:
             data = handle.read(max_bytes + 1)
     except OSError:
         stats.skipped_unreadable += 1

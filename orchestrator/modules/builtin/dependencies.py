@@ -13,13 +13,14 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from orchestrator.modules.base import BaseModule, ModuleContext, ModuleError
-from orchestrator.modules.files import WalkStats, check_source, display_path, iter_files, read_bytes
+from orchestrator.modules.base import BaseModule, FileAnalyzer, ModuleContext, ModuleError
+from orchestrator.modules.index import FileEntry
+from orchestrator.modules.job_files import ScanResult
+from orchestrator.modules.scan import FileContent
 
-__all__ = ["DependenciesModule", "MalformedManifest", "collect_dependencies", "parse_requirement"]
+__all__ = ["DependenciesModule", "MalformedManifest", "parse_requirement", "read_manifest"]
 
 #: A PEP 508 requirement: a name, optional [extras], then a version spec or "@ url",
 #: then an optional "; marker". The spec must start like one, so that a bare URL
@@ -159,8 +160,8 @@ def parse_package_json(data: bytes) -> list[Dependency]:
 Parser = Callable[[bytes], list[Dependency]]
 
 
-def manifest_kind(path: Path) -> tuple[str, Parser] | None:
-    name = path.name.lower()
+def manifest_kind(name: str) -> tuple[str, Parser] | None:
+    name = name.lower()
     if name == "pyproject.toml":
         return "pyproject", parse_pyproject
     if name == "package.json":
@@ -170,14 +171,15 @@ def manifest_kind(path: Path) -> tuple[str, Parser] | None:
     return None
 
 
-def _read_manifest(path: Path, relpath: str, kind: str, parse: Parser, stats: WalkStats, module: str) -> dict[str, Any]:
-    data = read_bytes(path, stats=stats, reject_binary=False)
-    if data is None:
-        return {"path": relpath, "kind": kind, "skipped": "unreadable or too large"}
+_SKIPPED: Final = "unreadable or too large"
+
+
+def read_manifest(relpath: str, kind: str, parse: Parser, data: bytes) -> dict[str, Any]:
+    """One manifest's summary; ``malformed`` (the reason) when it cannot be parsed."""
     try:
         dependencies = parse(data)
     except MalformedManifest as exc:
-        raise ModuleError(f"malformed manifest {relpath}: {exc}", module=module) from exc
+        return {"path": relpath, "kind": kind, "malformed": str(exc)}
     return {
         "path": relpath,
         "kind": kind,
@@ -186,14 +188,38 @@ def _read_manifest(path: Path, relpath: str, kind: str, parse: Parser, stats: Wa
     }
 
 
-def collect_dependencies(source: Path, ctx: ModuleContext) -> dict[str, Any]:
-    check_source(source, ctx.module)
-    stats = WalkStats()
+class _ManifestAnalyzer(FileAnalyzer[dict[str, Any]]):
+    # A manifest with a NUL byte is malformed, not skipped; one over the size cap is
+    # listed as skipped, so the summary shows it exists.
+    include_binary = True
+    include_large = True
+
+    def select(self, entry: FileEntry) -> bool:
+        return manifest_kind(entry.name) is not None
+
+    def analyze(self, entry: FileEntry, content: FileContent) -> dict[str, Any] | None:
+        found = manifest_kind(entry.name)
+        assert found is not None
+        kind, parse = found
+        if content.data is None:
+            return {"path": entry.relpath, "kind": kind, "skipped": _SKIPPED}
+        return read_manifest(entry.relpath, kind, parse, content.data)
+
+
+def summarise(result: ScanResult[dict[str, Any]], selected: list[FileEntry], module: str) -> dict[str, Any]:
+    by_path = {entry.relpath: manifest for entry, manifest in result.results}
     manifests: list[dict[str, Any]] = []
-    for path in iter_files(source, ctx=ctx, stats=stats):
-        kind = manifest_kind(path)
-        if kind is not None:
-            manifests.append(_read_manifest(path, display_path(path, source), *kind, stats, ctx.module))
+    stats = result.stats
+    for entry in selected:
+        manifest = by_path.get(entry.relpath)
+        if manifest is None:  # unreadable: counted by the scan
+            kind = manifest_kind(entry.name)
+            manifest = {"path": entry.relpath, "kind": kind[0] if kind else "", "skipped": _SKIPPED}
+        elif "malformed" in manifest:
+            raise ModuleError(f"malformed manifest {entry.relpath}: {manifest['malformed']}", module=module)
+        elif "skipped" in manifest:
+            stats.skipped_large += 1
+        manifests.append(manifest)
     parsed = [manifest for manifest in manifests if "skipped" not in manifest]
     names = {_normalise(dep["name"]) for manifest in parsed for dep in manifest["dependencies"]}
     return {
@@ -212,10 +238,13 @@ def _normalise(name: str) -> str:
 
 class DependenciesModule(BaseModule):
     name: ClassVar[str] = "dependencies"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     expected_runtime: ClassVar[float] = 0.5
     timeout: ClassVar[float] = 30.0
     description: ClassVar[str] = "Lists dependencies from pyproject.toml, requirements*.txt and package.json."
 
     async def run(self, context: ModuleContext) -> dict[str, Any]:
-        return await context.run_sync(collect_dependencies, context.source, context)
+        analyzer = _ManifestAnalyzer()
+        result = await context.scan(analyzer)
+        selected = [entry for entry in await context.index() if analyzer.select(entry)]
+        return summarise(result, selected, context.module)

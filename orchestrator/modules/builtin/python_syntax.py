@@ -6,17 +6,18 @@ module succeeds and lists it.
 
 from __future__ import annotations
 
-import ast
+import symtable
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from orchestrator.modules.base import BaseModule, ModuleContext
-from orchestrator.modules.files import WalkStats, check_source, display_path, iter_files, read_bytes
+from orchestrator.modules.base import BaseModule, FileAnalyzer, ModuleContext
+from orchestrator.modules.index import FileEntry
+from orchestrator.modules.job_files import ScanResult
+from orchestrator.modules.scan import FileContent
 
-__all__ = ["PythonSyntaxModule", "check_python_syntax"]
+__all__ = ["PythonSyntaxModule", "syntax_error"]
 
 MAX_ERRORS: Final = 50
 PYTHON_SUFFIXES: Final = frozenset({".py", ".pyi"})
@@ -37,55 +38,55 @@ def _quiet_parser_warnings() -> Iterator[None]:
         yield
 
 
-def _syntax_error(source: bytes, filename: str) -> dict[str, Any] | None:
-    """The first syntax error in ``source``, or ``None`` if it parses."""
+def syntax_error(source: bytes, filename: str) -> dict[str, Any] | None:
+    """The first syntax error in ``source``, or ``None`` if it compiles that far.
+
+    ``symtable`` runs the parser and then the symbol-table pass, without building the
+    Python AST objects ``ast.parse`` makes (a third less CPU on real trees). So it also
+    reports the errors of that pass (``nonlocal`` at module level, a name both global and
+    a parameter), which the interpreter reports at import as well; errors found only
+    while generating bytecode (``return`` outside a function) are not reported.
+    """
     try:
-        # Parsing bytes (not decoded text) lets the parser honour PEP 263 coding
-        # cookies and BOMs exactly as the interpreter would.
-        ast.parse(source, filename=filename)
+        # Bytes (not decoded text) let the parser honour PEP 263 coding cookies and
+        # BOMs exactly as the interpreter would.
+        with _quiet_parser_warnings():
+            symtable.symtable(source, filename, "exec")  # type: ignore[arg-type]  # bytes are accepted
     except SyntaxError as exc:  # includes IndentationError and TabError
         return {"path": filename, "line": exc.lineno, "column": exc.offset, "message": exc.msg}
-    except (ValueError, RecursionError) as exc:
-        # ValueError: e.g. an undecodable source; RecursionError: absurdly deep nesting.
+    except (ValueError, RecursionError, MemoryError) as exc:
+        # ValueError: e.g. a NUL byte; RecursionError/MemoryError: absurdly deep nesting.
         message = str(exc) or type(exc).__name__
         return {"path": filename, "line": None, "column": None, "message": message}
     return None
 
 
-def check_python_syntax(source: Path, ctx: ModuleContext) -> dict[str, Any]:
-    check_source(source, ctx.module)
-    stats = WalkStats()
-    checked = 0
-    errors: list[dict[str, Any]] = []
-    error_count = 0
-    with _quiet_parser_warnings():
-        for path in iter_files(source, ctx=ctx, stats=stats):
-            if path.suffix.lower() not in PYTHON_SUFFIXES:
-                continue
-            data = read_bytes(path, stats=stats)
-            if data is None:
-                continue
-            checked += 1
-            error = _syntax_error(data, display_path(path, source))
-            if error is not None:
-                error_count += 1
-                if len(errors) < MAX_ERRORS:
-                    errors.append(error)
+class _SyntaxAnalyzer(FileAnalyzer[dict[str, Any]]):
+    def select(self, entry: FileEntry) -> bool:
+        return entry.suffix in PYTHON_SUFFIXES
+
+    def analyze(self, entry: FileEntry, content: FileContent) -> dict[str, Any] | None:
+        assert content.data is not None
+        return syntax_error(content.data, entry.relpath)
+
+
+def summarise(result: ScanResult[dict[str, Any]]) -> dict[str, Any]:
+    errors = [error for _entry, error in result.results]
     return {
-        "files_checked": checked,
-        "error_count": error_count,
-        "errors": errors,
-        "errors_truncated": error_count > len(errors),
-        "walk": stats.as_dict(),
+        "files_checked": result.analyzed,
+        "error_count": len(errors),
+        "errors": errors[:MAX_ERRORS],
+        "errors_truncated": len(errors) > MAX_ERRORS,
+        "walk": result.stats.as_dict(),
     }
 
 
 class PythonSyntaxModule(BaseModule):
     name: ClassVar[str] = "python_syntax"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     expected_runtime: ClassVar[float] = 1.0
     timeout: ClassVar[float] = 60.0
     description: ClassVar[str] = "Parses every Python file and lists the syntax errors found."
 
     async def run(self, context: ModuleContext) -> dict[str, Any]:
-        return await context.run_sync(check_python_syntax, context.source, context)
+        return summarise(await context.scan(_SyntaxAnalyzer()))

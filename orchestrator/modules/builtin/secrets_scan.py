@@ -7,16 +7,16 @@ only, never the matched value or the line around it.
 
 from __future__ import annotations
 
-import bisect
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from orchestrator.modules.base import BaseModule, ModuleContext
-from orchestrator.modules.files import WalkStats, check_source, display_path, iter_files, read_text
+from orchestrator.modules.base import BaseModule, FileAnalyzer, ModuleContext
+from orchestrator.modules.index import FileEntry
+from orchestrator.modules.job_files import ScanResult
+from orchestrator.modules.scan import FileContent
 
-__all__ = ["RULES", "SecretsModule", "redact", "redact_secrets", "scan_secrets"]
+__all__ = ["BYTE_RULES", "RULES", "SecretsModule", "redact", "redact_secrets", "scan_bytes"]
 
 MAX_FINDINGS: Final = 100
 
@@ -83,43 +83,76 @@ def redact_secrets(text: str) -> str:
     return text
 
 
-def _line_starts(text: str) -> list[int]:
-    return [0, *(match.end() for match in re.finditer("\n", text))]
+#: The same rules for raw bytes: the scan runs on the file as read, without decoding it
+#: (only the few matched values are decoded, for their redacted preview).
+BYTE_RULES: Final[dict[str, re.Pattern[bytes]]] = {
+    rule: re.compile(pattern.pattern.encode(), pattern.flags & ~re.UNICODE) for rule, pattern in RULES.items()
+}
+#: The generic rule is case-insensitive, which defeats the regex engine's literal search
+#: (~5x slower than the others together). Its keywords are found instead with
+#: ``bytes.find`` in a lower-cased copy, and the rule is tried at those places only.
+_GENERIC: Final = "generic_assignment"
+_GENERIC_KEYWORDS: Final = (b"passwd", b"passwor", b"secret", b"token", b"apikey", b"api_key", b"api-key")
 
 
-def _scan_text(text: str, path: str) -> list[_Finding]:
-    starts = _line_starts(text)
+def _generic_matches(data: bytes) -> list[re.Match[bytes]]:
+    lowered = data.lower()
+    starts = set()
+    for keyword in _GENERIC_KEYWORDS:
+        position = lowered.find(keyword)
+        while position >= 0:
+            starts.add(position)
+            position = lowered.find(keyword, position + 1)
+    pattern = BYTE_RULES[_GENERIC]
+    matches: list[re.Match[bytes]] = []
+    end = -1
+    for start in sorted(starts):
+        # As finditer would: leftmost matches that do not overlap.
+        if start >= end and (match := pattern.match(data, start)) is not None:
+            matches.append(match)
+            end = match.end()
+    return matches
+
+
+def scan_bytes(data: bytes, path: str) -> list[_Finding]:
+    """The findings in one file's bytes, specific rules first, sorted by line."""
     taken: list[tuple[int, int]] = []
-    findings: list[_Finding] = []
-    for rule, pattern in RULES.items():
-        for match in pattern.finditer(text):
+    found: list[tuple[int, str, bytes]] = []
+    for rule, pattern in BYTE_RULES.items():
+        matches = _generic_matches(data) if rule == _GENERIC else pattern.finditer(data)
+        for match in matches:
             span = match.span("secret")
             if any(span[0] < end and start < span[1] for start, end in taken):
                 continue
             taken.append(span)
-            line = bisect.bisect_right(starts, span[0])
-            findings.append(_Finding(path, line, rule, redact(match.group("secret"))))
-    return sorted(findings, key=lambda finding: finding.line)
+            found.append((span[0], rule, match.group("secret")))
+    findings = []
+    previous, line = 0, 1
+    for offset, rule, secret in sorted(found):
+        line += data.count(b"\n", previous, offset)  # in order: each byte counted once
+        previous = offset
+        findings.append(_Finding(path, line, rule, redact(secret.decode("utf-8", errors="replace"))))
+    return findings
 
 
-def scan_secrets(source: Path, ctx: ModuleContext) -> dict[str, Any]:
-    check_source(source, ctx.module)
-    stats = WalkStats()
-    scanned = 0
+class _SecretsAnalyzer(FileAnalyzer[list[_Finding]]):
+    def analyze(self, entry: FileEntry, content: FileContent) -> list[_Finding] | None:
+        assert content.data is not None
+        return scan_bytes(content.data, entry.relpath) or None
+
+
+def summarise(result: ScanResult[list[_Finding]]) -> dict[str, Any]:
     counts = dict.fromkeys(RULES, 0)
     findings: list[dict[str, Any]] = []
-    for path in iter_files(source, ctx=ctx, stats=stats):
-        text = read_text(path, stats=stats)
-        if text is None:
-            continue
-        scanned += 1
-        for finding in _scan_text(text, display_path(path, source)):
+    for _entry, file_findings in result.results:
+        for finding in file_findings:
             counts[finding.rule] += 1
             if len(findings) < MAX_FINDINGS:
                 findings.append(finding.as_dict())
     total = sum(counts.values())
+    stats = result.stats
     return {
-        "files_scanned": scanned,
+        "files_scanned": result.analyzed,
         "total_findings": total,
         "counts_by_rule": counts,
         "findings": findings,
@@ -130,11 +163,11 @@ def scan_secrets(source: Path, ctx: ModuleContext) -> dict[str, Any]:
 
 class SecretsModule(BaseModule):
     name: ClassVar[str] = "secrets"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     # Deliberately tight: the demo shows a large project overrunning it (a warning).
     expected_runtime: ClassVar[float] = 0.5
     timeout: ClassVar[float] = 60.0
     description: ClassVar[str] = "Finds credential-shaped strings (keys, tokens, passwords), redacted."
 
     async def run(self, context: ModuleContext) -> dict[str, Any]:
-        return await context.run_sync(scan_secrets, context.source, context)
+        return summarise(await context.scan(_SecretsAnalyzer()))

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from orchestrator.modules.base import BaseModule, ModuleContext
+from orchestrator.modules.base import BaseModule, FileAnalyzer, ModuleContext
 from orchestrator.modules.builtin.secrets_scan import redact_secrets
-from orchestrator.modules.files import WalkStats, check_source, display_path, iter_files, read_text
+from orchestrator.modules.index import FileEntry
+from orchestrator.modules.job_files import ScanResult
+from orchestrator.modules.scan import FileContent
 
-__all__ = ["MARKERS", "TodosModule", "comment_markers", "scan_todos"]
+__all__ = ["MARKERS", "TodosModule", "comment_markers", "scan_bytes"]
 
 MARKERS: Final = ("TODO", "FIXME", "XXX", "HACK")
 MAX_SAMPLE: Final = 50
@@ -112,41 +114,72 @@ def comment_markers(line: str, suffix: str) -> list[str]:
     return [] if start is None else _MARKER.findall(line, start)
 
 
-def _scan_file(text: str, path: str, suffix: str, counts: Counter[str], sample: list[dict[str, Any]]) -> int:
-    found = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+_MARKER_BYTES: Final = tuple(marker.encode() for marker in MARKERS)
+
+
+@dataclass(frozen=True)
+class _FileTodos:
+    counts: dict[str, int]
+    #: (line number, marker, redacted text) of the first MAX_SAMPLE markers.
+    sample: list[tuple[int, str, str]]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _marker_lines(data: bytes) -> list[int]:
+    """Offsets of the starts of the lines holding a marker, in order (a cheap
+    ``bytes.find`` per marker: nearly every file has none)."""
+    starts = set()
+    for marker in _MARKER_BYTES:
+        position = data.find(marker)
+        while position >= 0:
+            starts.add(data.rfind(b"\n", 0, position) + 1)
+            position = data.find(marker, position + 1)
+    return sorted(starts)
+
+
+def scan_bytes(data: bytes, suffix: str) -> _FileTodos | None:
+    """The markers in one file's comments. Lines end at ``\\n`` (a ``\\r`` before it is dropped)."""
+    counts: dict[str, int] = {}
+    sample: list[tuple[int, str, str]] = []
+    previous, number = 0, 1
+    for start in _marker_lines(data):
+        number += data.count(b"\n", previous, start)  # in order: each byte counted once
+        previous = start
+        end = data.find(b"\n", start)
+        line = data[start : end if end >= 0 else len(data)].rstrip(b"\r").decode("utf-8", errors="replace")
         for marker in comment_markers(line, suffix):
-            found += 1
-            counts[marker] += 1
+            counts[marker] = counts.get(marker, 0) + 1
             if len(sample) < MAX_SAMPLE:
                 # Redacted: a quoted line may hold a credential ("# TODO rotate key=...").
-                snippet = redact_secrets(line.strip())[:MAX_TEXT]
-                sample.append({"path": path, "line": number, "marker": marker, "text": snippet})
-    return found
+                sample.append((number, marker, redact_secrets(line.strip())[:MAX_TEXT]))
+    return _FileTodos(counts, sample) if counts else None
 
 
-def scan_todos(source: Path, ctx: ModuleContext) -> dict[str, Any]:
-    check_source(source, ctx.module)
-    stats = WalkStats()
+class _TodosAnalyzer(FileAnalyzer[_FileTodos]):
+    def analyze(self, entry: FileEntry, content: FileContent) -> _FileTodos | None:
+        assert content.data is not None
+        return scan_bytes(content.data, entry.suffix)
+
+
+def summarise(result: ScanResult[_FileTodos]) -> dict[str, Any]:
     counts: Counter[str] = Counter(dict.fromkeys(MARKERS, 0))
     per_file: Counter[str] = Counter()
     sample: list[dict[str, Any]] = []
-    scanned = 0
-    for path in iter_files(source, ctx=ctx, stats=stats):
-        text = read_text(path, stats=stats)
-        if text is None:
-            continue
-        scanned += 1
-        relpath = display_path(path, source)
-        if found := _scan_file(text, relpath, path.suffix, counts, sample):
-            per_file[relpath] = found
+    for entry, found in result.results:
+        counts.update(found.counts)
+        per_file[entry.relpath] = found.total
+        for number, marker, text in found.sample[: MAX_SAMPLE - len(sample)]:
+            sample.append({"path": entry.relpath, "line": number, "marker": marker, "text": text})
     return {
-        "files_scanned": scanned,
+        "files_scanned": result.analyzed,
         "total": sum(counts.values()),
         "counts_by_marker": {marker: counts[marker] for marker in MARKERS},
         "top_files": [{"path": path, "count": count} for path, count in _top(per_file)],
         "sample": sample,
-        "walk": stats.as_dict(),
+        "walk": result.stats.as_dict(),
     }
 
 
@@ -157,10 +190,10 @@ def _top(per_file: Counter[str]) -> list[tuple[str, int]]:
 
 class TodosModule(BaseModule):
     name: ClassVar[str] = "todos"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     expected_runtime: ClassVar[float] = 0.5
     timeout: ClassVar[float] = 60.0
     description: ClassVar[str] = "Counts TODO, FIXME, XXX and HACK markers in comments."
 
     async def run(self, context: ModuleContext) -> dict[str, Any]:
-        return await context.run_sync(scan_todos, context.source, context)
+        return summarise(await context.scan(_TodosAnalyzer()))

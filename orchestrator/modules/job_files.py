@@ -1,0 +1,336 @@
+"""One walk and one read per file per job, shared by all the job's modules.
+
+:class:`JobFiles` belongs to one job. The first module that asks for the index starts
+the walk (in a daemon thread); the others wait for the same walk. A module that scans
+file contents subscribes a :class:`~orchestrator.modules.scan.FileAnalyzer`; the
+subscriptions of all modules share **one pass**: the index is cut into batches, and
+each batch goes to the process pool with every analyzer that wants any of its files,
+so each file is opened and read once for all of them.
+
+Modules started together (the default: a job's modules start at once) subscribe
+before the first batch leaves, so they all share every batch. A module that
+subscribes later (a job whose ``concurrency`` makes modules wait for each other) gets
+the batches still to come, plus its own catch-up batches for those already sent:
+those files are read a second time, and counted (``rereads``).
+
+Cancellation: a module that leaves (its timeout, a fail-fast cancel) is dropped from
+the batches still to come, and a batch in flight that no module wants any more is
+cancelled, which kills its worker process. Cancelling the job cancels everything.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from orchestrator.modules.index import FileEntry, FileIndex, IndexConfig, WalkCancelled, WalkStats, build_index
+from orchestrator.modules.runners import BatchRunner, ThreadRunner, run_in_daemon_thread
+from orchestrator.modules.scan import AnalyzerOutcome, BatchRequest, BatchResult, FileAnalyzer, batch_ranges
+
+__all__ = ["AnalyzerFailed", "JobFiles", "ScanResult"]
+
+R = TypeVar("R")
+
+#: A batch is at most this many files or bytes: small enough that progress moves and a
+#: cancelled batch loses little, large enough that per-batch overhead stays small.
+BATCH_FILES: Final = 256
+BATCH_BYTES: Final = 8_000_000
+_JOIN_CHECKPOINTS: Final = 3
+
+
+class AnalyzerFailed(Exception):
+    """An analyzer raised on a file (its traceback is the message), or its batch died."""
+
+
+@dataclass
+class ScanResult(Generic[R]):
+    """What an analyzer found, in index order, and what its module's walk left out."""
+
+    #: (entry, finding) for each selected file whose finding was not None.
+    results: list[tuple[FileEntry, R]]
+    #: Selected files.
+    files: int
+    #: Selected files handed to ``analyze`` (the others were skipped, see ``stats``).
+    analyzed: int
+    #: Walk statistics for this module: the index's, plus its own read skips.
+    stats: WalkStats
+    #: Files this module missed from the shared pass and read again on its own.
+    rereads: int = 0
+
+
+@dataclass(eq=False)
+class _Subscription:
+    analyzer: FileAnalyzer[Any]
+    #: Position in the index -> selected.
+    selected: list[bool]
+    total: int
+    on_progress: Callable[[int, int], None] | None
+    done: int = 0
+    analyzed: int = 0
+    found: list[tuple[int, Any]] = field(default_factory=list)
+    skipped: WalkStats = field(default_factory=WalkStats)
+    rereads: int = 0
+    error: str | None = None
+    active: bool = True
+    finished: anyio.Event = field(default_factory=anyio.Event)
+
+    def count(self, span: range) -> int:
+        return sum(1 for position in span if self.selected[position])
+
+
+@dataclass(eq=False)
+class _Batch:
+    span: range
+    subscribers: set[_Subscription]
+    scope: anyio.CancelScope | None = None
+    sent: bool = False
+
+
+class JobFiles:
+    """The index and the shared pass of one job. Use as ``async with JobFiles(...)``."""
+
+    def __init__(
+        self,
+        source: Path,
+        config: IndexConfig | None = None,
+        runner: BatchRunner | None = None,
+        *,
+        batch_files: int = BATCH_FILES,
+        batch_bytes: int = BATCH_BYTES,
+    ) -> None:
+        self.source = source
+        self.config = config or IndexConfig()
+        self.runner: BatchRunner = runner or ThreadRunner()
+        self._batch_files, self._batch_bytes = batch_files, batch_bytes
+        self._index: FileIndex | None = None
+        self._index_error: BaseException | None = None
+        self._walked = anyio.Event()
+        self._walk_started = False
+        self._walk_stop = threading.Event()
+        self._batches: list[_Batch] | None = None
+        self._pending: deque[_Batch] = deque()
+        self._work = anyio.Event()
+        self._dispatching = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._flying: set[_Batch] = set()
+        self._on_walked: list[Callable[[FileIndex], None]] = []
+        #: Files opened by the pool for this job (reported by the batches themselves).
+        self.opened = 0
+        #: Files read a second time for a module that subscribed late.
+        self.rereads = 0
+
+    async def __aenter__(self) -> JobFiles:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        # The body's own exception (if any) propagates unchanged: it is not handed to the
+        # task group, which would wrap it in an ExceptionGroup.
+        assert self._tg is not None
+        self._walk_stop.set()
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+
+    # -- the index --------------------------------------------------------------------
+
+    def start_walk(self) -> None:
+        """Start the walk now (the executor does, to size budgets) without waiting for it."""
+        if not self._walk_started:
+            self._walk_started = True
+            assert self._tg is not None, "use JobFiles as an async context manager"
+            self._tg.start_soon(self._walk, name="job-files:walk")
+            self._tg.start_soon(self.runner.warm, name="job-files:warm")
+
+    def when_walked(self, callback: Callable[[FileIndex], None]) -> None:
+        """Call ``callback(index)`` (in the event loop) once the walk has succeeded."""
+        if self._index is not None:
+            callback(self._index)
+        else:
+            self._on_walked.append(callback)
+
+    @property
+    def walked(self) -> FileIndex | None:
+        """The index if the walk has finished (None while it runs or when it failed)."""
+        return self._index
+
+    async def index(self) -> FileIndex:
+        """The job's index, walked once (the first caller starts the walk)."""
+        self.start_walk()
+        await self._walked.wait()
+        if self._index_error is not None:
+            error = self._index_error
+            raise type(error)(*error.args)  # a fresh one per caller: tracebacks stay their own
+        assert self._index is not None
+        return self._index
+
+    async def _walk(self) -> None:
+        try:
+            self._index = await run_in_daemon_thread(
+                functools.partial(build_index, cancelled=self._walk_stop.is_set),
+                self.source,
+                self.config,
+                name="job-files-walk",
+                on_cancel=self._walk_stop.set,
+            )
+        except WalkCancelled:
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to every module that asks
+            self._index_error = exc
+        self._walked.set()
+        if self._index is not None:
+            for callback in self._on_walked:
+                callback(self._index)
+
+    # -- the shared pass --------------------------------------------------------------
+
+    async def scan(
+        self, analyzer: FileAnalyzer[R], on_progress: Callable[[int, int], None] | None = None
+    ) -> ScanResult[R]:
+        """Run ``analyzer`` over the files it selects, sharing reads with the job's other scans."""
+        index = await self.index()
+        selected = [analyzer.select(entry) for entry in index]
+        subscription = _Subscription(analyzer, selected, sum(selected), on_progress)
+        self._subscribe(index, subscription)
+        if subscription.total == 0:
+            subscription.finished.set()
+        try:
+            await subscription.finished.wait()
+        finally:
+            self._leave(subscription)
+        if subscription.error is not None:
+            raise AnalyzerFailed(subscription.error)
+        subscription.found.sort(key=lambda item: item[0])
+        return ScanResult(
+            [(index[position], found) for position, found in subscription.found],
+            subscription.total,
+            subscription.analyzed,
+            index.stats.add(subscription.skipped),
+            subscription.rereads,
+        )
+
+    def _subscribe(self, index: FileIndex, subscription: _Subscription) -> None:
+        if self._batches is None:
+            sizes = [min(entry.size, self.config.max_file_bytes) for entry in index]
+            spans = batch_ranges(sizes, max_files=self._batch_files, max_bytes=self._batch_bytes)
+            self._batches = [_Batch(span, set()) for span in spans]
+            self._pending.extend(self._batches)
+        for batch in self._batches:
+            if not subscription.count(batch.span):
+                continue
+            if batch.sent:
+                # Missed it: a catch-up batch of its own (those files are read again).
+                catch_up = _Batch(batch.span, {subscription})
+                subscription.rereads += subscription.count(batch.span)
+                self._pending.append(catch_up)
+            else:
+                batch.subscribers.add(subscription)
+        self.rereads += subscription.rereads
+        if not self._dispatching:
+            self._dispatching = True
+            assert self._tg is not None
+            self._tg.start_soon(self._dispatch, name="job-files:dispatch")
+        self._work.set()
+
+    def _leave(self, subscription: _Subscription) -> None:
+        subscription.active = False
+        for batch in list(self._flying):
+            if batch.scope is not None and not any(s.active for s in batch.subscribers):
+                batch.scope.cancel()  # nobody wants it any more: kill its worker
+
+    async def _dispatch(self) -> None:
+        # Modules started together wake from the walk together; a few checkpoints let
+        # those that await once more before subscribing still join the first batch.
+        for _ in range(_JOIN_CHECKPOINTS):
+            await anyio.lowlevel.checkpoint()
+        slots = anyio.Semaphore(max(1, self.runner.size))
+        assert self._tg is not None
+        while True:
+            while not self._pending:
+                self._work = anyio.Event()
+                await self._work.wait()
+            batch = self._pending.popleft()
+            if not any(s.active for s in batch.subscribers):
+                continue
+            await slots.acquire()
+            batch.subscribers = {s for s in batch.subscribers if s.active}
+            if not batch.subscribers:
+                slots.release()
+                continue
+            batch.sent = True
+            self._flying.add(batch)
+            self._tg.start_soon(self._run, batch, slots)
+
+    async def _run(self, batch: _Batch, slots: anyio.Semaphore) -> None:
+        try:
+            index = self._index
+            assert index is not None
+            subscribers = sorted(batch.subscribers, key=id)
+            analyzers = tuple(s.analyzer for s in subscribers)
+            entries: list[FileEntry] = []
+            wants: list[tuple[int, ...]] = []
+            positions: list[int] = []
+            for position in batch.span:
+                wanted = tuple(i for i, s in enumerate(subscribers) if s.selected[position])
+                if wanted:
+                    entries.append(index[position])
+                    wants.append(wanted)
+                    positions.append(position)
+            request = BatchRequest(tuple(entries), tuple(wants), analyzers, self.config.max_file_bytes)
+            with anyio.CancelScope() as batch.scope:
+                result = await self._run_with_retry(request, subscribers)
+            if result is None or batch.scope.cancelled_caught:
+                return
+            self.opened += result.opened
+            for i, subscription in enumerate(subscribers):
+                self._deliver(subscription, result.outcomes[i], positions, batch.span)
+        finally:
+            self._flying.discard(batch)
+            slots.release()
+
+    async def _run_with_retry(self, request: BatchRequest, subscribers: list[_Subscription]) -> BatchResult | None:
+        # One retry in a fresh worker: a worker can die of something else than this
+        # batch (the OOM killer chose it, someone killed it by pid).
+        for attempt in (1, 2):
+            try:
+                return await self.runner.run(request)
+            except Exception as exc:  # noqa: BLE001 - a dead worker fails this batch's modules
+                if attempt == 2:
+                    for subscription in subscribers:
+                        self._fail(subscription, f"the worker process running its batch died twice: {exc!r}")
+        return None
+
+    def _deliver(
+        self, subscription: _Subscription, outcome: AnalyzerOutcome, positions: list[int], span: range
+    ) -> None:
+        if not subscription.active:
+            return
+        if outcome.error is not None:
+            self._fail(subscription, outcome.error)
+            return
+        subscription.found.extend((positions[at], found) for at, found in outcome.results)
+        subscription.analyzed += outcome.analyzed
+        skipped = subscription.skipped
+        skipped.skipped_binary += outcome.skipped_binary
+        skipped.skipped_large += outcome.skipped_large
+        skipped.skipped_unreadable += outcome.skipped_unreadable
+        subscription.done += subscription.count(span)
+        if subscription.on_progress is not None:
+            subscription.on_progress(subscription.done, subscription.total)
+        if subscription.done >= subscription.total:
+            subscription.finished.set()
+
+    @staticmethod
+    def _fail(subscription: _Subscription, error: str) -> None:
+        if subscription.error is None:
+            subscription.error = error
+        subscription.finished.set()

@@ -1,0 +1,161 @@
+"""Where module work runs: daemon threads for blocking calls, a process pool for CPU.
+
+**Daemon threads.** ``ModuleContext.run_sync`` used anyio's worker threads. Those are
+not daemon threads, so the interpreter joins them at exit (``threading._shutdown``):
+a module blocked for good in a read (``/proc/kmsg``, a FIFO, a dead NFS server) kept
+the process alive after ``worker``/``serve`` had finished shutting down, and only
+SIGKILL stopped it. A Python thread cannot be killed; it can only be abandoned, and
+only a daemon thread can be abandoned at exit. :func:`run_in_daemon_thread` runs the
+call in one, bounded by anyio's default thread limiter as before.
+
+**Processes.** Parsing and regular expressions hold the GIL, so threads do not add
+cores. :class:`ProcessRunner` runs batches in a :class:`~orchestrator.modules.pool.ProcessPool`
+(worker processes reused across jobs, at most one per core, killed when the awaiting
+task is cancelled, all killed and reaped by :meth:`ProcessRunner.aclose`).
+:class:`ThreadRunner` runs them in a daemon thread instead (no processes:
+``ORCHESTRATOR_ANALYSIS_PROCESSES=0``, and modules run outside a job, as in unit
+tests); a cancelled batch stops after its current file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from orchestrator.modules.pool import ProcessPool
+from orchestrator.modules.scan import BatchRequest, BatchResult, run_batch
+
+__all__ = ["BatchRunner", "ProcessRunner", "ThreadRunner", "leave_blocked_threads", "run_in_daemon_thread"]
+
+T = TypeVar("T")
+
+
+async def run_in_daemon_thread(
+    fn: Callable[..., T], *args: Any, name: str = "module", on_cancel: Callable[[], None] | None = None
+) -> T:
+    """``fn(*args)`` in a new daemon thread, with the caller's context variables.
+
+    If the awaiting task is cancelled, ``on_cancel()`` is called (to ask ``fn`` to stop)
+    and the await ends at once; the thread is abandoned and never delays interpreter exit.
+    """
+    token = anyio.lowlevel.current_token()
+    finished = anyio.Event()
+    outcome: list[tuple[bool, Any]] = []
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome.append((True, context.run(fn, *args)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome.append((False, exc))
+        finally:
+            # The event loop may be gone (the process is exiting): then nobody is waiting.
+            with contextlib.suppress(Exception):
+                anyio.from_thread.run_sync(finished.set, token=token)
+
+    async with anyio.to_thread.current_default_thread_limiter():
+        threading.Thread(target=target, name=name, daemon=True).start()
+        try:
+            await finished.wait()
+        except BaseException:
+            if on_cancel is not None:
+                on_cancel()
+            raise
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+class BatchRunner(Protocol):
+    #: Batches that usefully run at once (one per core for processes).
+    size: int
+
+    async def run(self, request: BatchRequest) -> BatchResult: ...
+
+    async def warm(self) -> None:
+        """Start what :meth:`run` needs (worker processes) ahead of the first batch."""
+
+    async def aclose(self) -> None:
+        """Stop everything the runner started."""
+
+
+class ThreadRunner:
+    """Batches in daemon threads of this process (one at a time: the GIL allows no more)."""
+
+    size = 1
+
+    async def run(self, request: BatchRequest) -> BatchResult:
+        cancel = threading.Event()
+        return await run_in_daemon_thread(run_batch, request, cancel, name="module-batch", on_cancel=cancel.set)
+
+    async def warm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ProcessRunner:
+    """Batches in a pool of worker processes, at most ``size`` at once across all jobs."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pool = ProcessPool(size)
+
+    async def run(self, request: BatchRequest) -> BatchResult:
+        # A cancelled job's batch is stopped by killing its worker, not awaited.
+        return await self.pool.run(run_batch, request)
+
+    async def warm(self) -> None:
+        await self.pool.warm()
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+def leave_blocked_threads(code: int, *, wait_seconds: float = 1.0) -> int:
+    """Make sure the process can exit with ``code`` even if a thread is blocked for good.
+
+    ``context.run_sync`` uses daemon threads, but a module may start threads of its own
+    (``anyio.to_thread``, ``threading.Thread``): the interpreter joins every non-daemon
+    thread at exit, forever if one is stuck in a read. Called by the command line as it
+    returns: just before that join, non-daemon threads get ``wait_seconds`` to finish;
+    if some are still running, their names go to stderr and the process exits with
+    ``code`` at once (everything else, telemetry included, was already shut down).
+    """
+
+    def before_join() -> None:
+        deadline = time.monotonic() + wait_seconds
+        for thread in _others():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in _others() if thread.is_alive()]
+        if stuck:
+            print(
+                f"orchestrator: note: leaving {len(stuck)} blocked thread(s) behind at exit: {', '.join(stuck)}",
+                file=sys.stderr,
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    register = getattr(threading, "_register_atexit", None)  # runs before the join (CPython >= 3.9)
+    if register is not None:
+        register(before_join)
+    return code
+
+
+def _others() -> list[threading.Thread]:
+    main = threading.main_thread()
+    return [thread for thread in threading.enumerate() if thread is not main and not thread.daemon]
