@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from orchestrator.job_queue import Worker, WorkerConfig
+from orchestrator.modules.analysis import AnalysisConfig
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
 from orchestrator.stores import JobStore
@@ -79,8 +80,16 @@ async def open_app(
     registry = registry or ModuleRegistry.default(entry_points=settings.load_entry_points)
     telemetry = telemetry or JobTelemetry()
     await store.open(migrate=settings.auto_migrate)
+    execute: ExecuteAnalysisJobUseCase | None = None
     try:
         workflow = JobWorkflow(store, telemetry)
+        execute = ExecuteAnalysisJobUseCase(
+            workflow,
+            registry,
+            telemetry,
+            module_concurrency=settings.module_concurrency,
+            analysis=AnalysisConfig.from_settings(settings),
+        )
         yield App(
             settings=settings,
             store=store,
@@ -88,9 +97,9 @@ async def open_app(
             telemetry=telemetry,
             workflow=workflow,
             create=CreateAnalysisJobUseCase(workflow, registry, telemetry),
-            execute=ExecuteAnalysisJobUseCase(
-                workflow, registry, telemetry, module_concurrency=settings.module_concurrency
-            ),
+            execute=execute,
         )
     finally:
+        if execute is not None:
+            await execute.aclose()  # the module worker processes: none outlives the app
         await store.close()

@@ -320,6 +320,32 @@ class JobTelemetry:
     def module_expected_runtime(self, module: str, seconds: float) -> None:
         self._set(Metric.MODULE_EXPECTED, seconds, module=module)
 
+    def module_progress(self, span: trace.Span, done: int, total: int | None, *, milestone: bool, final: bool) -> None:
+        """A module's (throttled) progress: a span event at 25/50/75 %, the counts as span
+        attributes at its end; never one record per file."""
+        if milestone:
+            attributes: dict[str, Any] = {Attr.PROGRESS_DONE: done}
+            if total is not None:
+                attributes[Attr.PROGRESS_TOTAL] = total
+            span.add_event(ModuleEvent.PROGRESS, attributes)
+        if final:
+            span.set_attribute(Attr.PROGRESS_DONE, done)
+            if total is not None:
+                span.set_attribute(Attr.PROGRESS_TOTAL, total)
+
+    def module_budget(self, span: trace.Span, *, timeout_s: float, expected_s: float, scale: float | None) -> None:
+        """The budget a module ran under, as it stood at its end (scaled to the tree)."""
+        span.set_attribute(Attr.EXPECTED_MS, expected_s * 1000)
+        span.set_attribute(Attr.TIMEOUT_MS, timeout_s * 1000)
+        if scale is not None:
+            span.set_attribute(Attr.BUDGET_SCALE, round(scale, 3))
+
+    def index_walked(self, span: trace.Span, files: int, total_bytes: int, ignored: int) -> None:
+        """The job's index is known: its size on the job's execute span."""
+        span.set_attribute(Attr.INDEX_FILES, files)
+        span.set_attribute(Attr.INDEX_BYTES, total_bytes)
+        span.set_attribute(Attr.INDEX_IGNORED, ignored)
+
     def module_started(self, job: Job, module: str, version: str, expected_s: float) -> trace.Span:
         span = self.tracer.start_span(
             SpanName.MODULE,

@@ -42,6 +42,8 @@ class ModuleEvent(enum.StrEnum):
     PANIC = "job.module.panic"
     TIMEOUT = "job.module.timeout"
     OVERRUN = "job.module.overrun"
+    #: A module passed 25, 50 or 75 % of its work (at most three per module span).
+    PROGRESS = "job.module.progress"
     #: The aggregate of a fan-out: how many modules finished, failed, were cancelled.
     FANOUT = "job.module.fanout"
 
@@ -96,6 +98,16 @@ class Attr:
     FAILED: Final = "failed"
     CANCELLED: Final = "cancelled"
     TOTAL: Final = "total"
+    #: Units of work a module reported done, and in all (files for the built-in modules).
+    PROGRESS_DONE: Final = "progress_done"
+    PROGRESS_TOTAL: Final = "progress_total"
+    #: Files in the job's index (after ignores), their bytes, and what the walk left out.
+    INDEX_FILES: Final = "index_files"
+    INDEX_BYTES: Final = "index_bytes"
+    INDEX_IGNORED: Final = "index_ignored"
+    #: How many reference-size projects the tree is worth (the budgets' scale).
+    BUDGET_SCALE: Final = "budget_scale"
+    TIMEOUT_MS: Final = "timeout_ms"
     TRACE_ID: Final = "trace_id"
     SPAN_ID: Final = "span_id"
 

@@ -35,6 +35,7 @@ from orchestrator.domain import (
     OrchestratorError,
 )
 from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.modules.runners import leave_blocked_threads
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
 from otel.logs import EVENT_KEY, configure_logging
@@ -186,6 +187,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A module's thread blocked for good (a read of /proc/kmsg, a FIFO) must not keep the
+    # process alive once the command is done: see leave_blocked_threads.
+    return leave_blocked_threads(_main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -17,6 +17,7 @@ __all__ = [
     "Job",
     "JobOptions",
     "LifecycleEntry",
+    "ModuleBudget",
     "ModuleOutcome",
     "ModuleResult",
     "TraceContext",
@@ -78,18 +79,46 @@ _CATEGORY_BY_OUTCOME = {
 
 
 @dataclass(frozen=True, slots=True)
+class ModuleBudget:
+    """A job's own numbers for one module, in seconds (None: the worker's, scaled to the
+    tree; see ``orchestrator.modules.budget``). Used as given: not scaled."""
+
+    timeout_s: float | None = None
+    expected_s: float | None = None
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"timeout_s": self.timeout_s, "expected_s": self.expected_s}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, JSON]) -> ModuleBudget:
+        return cls(timeout_s=data.get("timeout_s"), expected_s=data.get("expected_s"))
+
+
+@dataclass(frozen=True, slots=True)
 class JobOptions:
     failure_policy: FailurePolicy = FailurePolicy.COMPLETE_ALL
     #: Modules of this job that may run at once (None: the worker's setting).
     concurrency: int | None = None
     #: Per-module options, passed to each module as its context's ``options``.
     module_options: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
+    #: Per-module timeout and expected runtime for this project.
+    module_budgets: Mapping[str, ModuleBudget] = field(default_factory=dict)
+    #: Extra gitignore-style patterns the walk leaves out (``!pattern`` brings one back).
+    ignore: tuple[str, ...] = ()
+    #: False: no default ignores (VCS folders, virtualenvs, node_modules, build outputs).
+    default_ignores: bool = True
+    #: Honour the project's .gitignore files (None: the worker's setting).
+    gitignore: bool | None = None
 
     def to_json(self) -> dict[str, JSON]:
         return {
             "failure_policy": str(self.failure_policy),
             "concurrency": self.concurrency,
             "module_options": {k: dict(v) for k, v in self.module_options.items()},
+            "module_budgets": {k: v.to_json() for k, v in self.module_budgets.items()},
+            "ignore": list(self.ignore),
+            "default_ignores": self.default_ignores,
+            "gitignore": self.gitignore,
         }
 
     @classmethod
@@ -98,6 +127,10 @@ class JobOptions:
             failure_policy=FailurePolicy(data.get("failure_policy", FailurePolicy.COMPLETE_ALL)),
             concurrency=data.get("concurrency"),
             module_options=data.get("module_options") or {},
+            module_budgets={k: ModuleBudget.from_json(v) for k, v in (data.get("module_budgets") or {}).items()},
+            ignore=tuple(data.get("ignore") or ()),
+            default_ignores=data.get("default_ignores", True),
+            gitignore=data.get("gitignore"),
         )
 
 

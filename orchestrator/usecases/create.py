@@ -18,6 +18,9 @@ from orchestrator.domain import (
     JobOptions,
     Phase,
 )
+from orchestrator.domain.job import ModuleBudget
+from orchestrator.modules.budget import MAX_BUDGET_SECONDS
+from orchestrator.modules.ignore import MAX_PATTERN_CHARS, MAX_PATTERNS, InvalidPattern, check_patterns
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.telemetry import JobTelemetry, parse_traceparent
 from orchestrator.usecases.sources import SourcePolicy
@@ -31,6 +34,7 @@ __all__ = [
     "CreateAnalysisJobUseCase",
     "CreateJobRequest",
     "JobOptionsInput",
+    "ModuleBudgetInput",
     "ModuleList",
     "ModuleName",
     "ProjectId",
@@ -54,12 +58,37 @@ LIMITS = Limits()
 ModuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 
 
+Seconds = Annotated[float, Field(gt=0, le=MAX_BUDGET_SECONDS, allow_inf_nan=False)]
+
+
+class ModuleBudgetInput(BaseModel):
+    """One module's timeout and expected runtime for this job, in seconds. Used as given
+    (not scaled by the tree size); an absent one is the worker's, scaled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: Seconds | None = None
+    expected_s: Seconds | None = None
+
+
 class JobOptionsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     failure_policy: FailurePolicy = FailurePolicy.COMPLETE_ALL
     concurrency: int | None = Field(default=None, ge=1, le=Limits.MAX_CONCURRENCY)
     module_options: dict[ModuleName, dict[str, Any]] = Field(default_factory=dict)
+    module_budgets: dict[ModuleName, ModuleBudgetInput] = Field(
+        default_factory=dict, description="Per-module timeout_s and expected_s for this job"
+    )
+    ignore: list[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_PATTERNS,
+        description="Extra gitignore-style patterns the walk leaves out (!pattern brings one back)",
+    )
+    default_ignores: bool = Field(
+        default=True, description="Leave out VCS folders, virtualenvs, node_modules and build outputs"
+    )
+    gitignore: bool | None = Field(default=None, description="Honour .gitignore files (default: the worker's setting)")
 
 
 ProjectId = Annotated[
@@ -177,10 +206,35 @@ class CreateAnalysisJobUseCase:
                 f"options.module_options: larger than {Limits.MAX_OPTIONS_BYTES} bytes",
                 field="options.module_options",
             )
+        budgets = _module_budgets(request.options, names)
+        try:
+            ignore = tuple(check_patterns(request.options.ignore))
+        except InvalidPattern as exc:
+            raise InvalidRequest(f"options.ignore: {exc}", field="options.ignore") from None
         source = sources.check(request.source)
         options = JobOptions(
             failure_policy=request.options.failure_policy,
             concurrency=request.options.concurrency,
             module_options=request.options.module_options,
+            module_budgets=budgets,
+            ignore=ignore,
+            default_ignores=request.options.default_ignores,
+            gitignore=request.options.gitignore,
         )
         return tuple(names), options, source
+
+
+def _module_budgets(options: JobOptionsInput, names: list[str]) -> dict[str, ModuleBudget]:
+    unknown = sorted(set(options.module_budgets) - set(names))
+    if unknown:
+        raise InvalidRequest(
+            f"options.module_budgets: not among the job's modules: {', '.join(unknown)}",
+            field="options.module_budgets",
+        )
+    budgets = {}
+    for name, given in options.module_budgets.items():
+        if given.timeout_s is not None and given.expected_s is not None and given.expected_s > given.timeout_s:
+            field = f"options.module_budgets.{name}.expected_s"
+            raise InvalidRequest(f"{field}: must not exceed timeout_s ({given.timeout_s:g})", field=field)
+        budgets[name] = ModuleBudget(timeout_s=given.timeout_s, expected_s=given.expected_s)
+    return budgets

@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,8 +36,13 @@ from orchestrator.domain import (
     TransitionConflict,
     now_ns,
 )
-from orchestrator.modules.base import AnalysisModule, ModuleContext
+from orchestrator.modules.analysis import AnalysisConfig
+from orchestrator.modules.base import AnalysisModule
+from orchestrator.modules.budget import Budget
+from orchestrator.modules.job_run import JobAnalysis
+from orchestrator.modules.progress import ProgressListener
 from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.modules.runners import BatchRunner
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.workflow import JobWorkflow
 from otel import context, logs
@@ -82,12 +86,33 @@ class ExecuteAnalysisJobUseCase:
         *,
         module_concurrency: int = 8,
         clock: Callable[[], int] = now_ns,
+        analysis: AnalysisConfig | None = None,
     ) -> None:
         self._workflow = workflow
         self._registry = registry
         self._telemetry = telemetry
         self._module_concurrency = module_concurrency
         self._clock = clock
+        self._analysis = analysis or AnalysisConfig()
+        self._runner: BatchRunner | None = None
+        self._progress_listeners: list[ProgressListener] = []
+
+    def add_progress_listener(self, listener: ProgressListener) -> Callable[[], None]:
+        """Call ``listener(ModuleProgress)`` with every module's progress (throttled, in
+        the event loop's thread; it must not block). Returns the function that removes it."""
+        self._progress_listeners.append(listener)
+        return lambda: self._progress_listeners.remove(listener)
+
+    def _batch_runner(self) -> BatchRunner:
+        # One pool for every job of this process (built lazily: most tests never need it).
+        if self._runner is None:
+            self._runner = self._analysis.runner()
+        return self._runner
+
+    async def aclose(self) -> None:
+        """Stop the worker processes of module work (the app does, on its way out)."""
+        if self._runner is not None:
+            await self._runner.aclose()
 
     @instrument("usecase.execute_job", fields=lambda self, job, **_: job.log_fields(), level=logging.DEBUG)
     async def execute(self, job: Job, *, control: JobControl | None = None, worker_id: str | None = None) -> Job:
@@ -157,11 +182,14 @@ class ExecuteAnalysisJobUseCase:
             if fail_fast and result.outcome.failed:
                 fan_out_scope.cancel()
 
+        analysis = JobAnalysis(job, self._analysis, self._batch_runner(), self._telemetry, self._progress_listeners)
         with control.scope:
-            async with anyio.create_task_group() as tg:
+            async with analysis, anyio.create_task_group() as tg:
                 fan_out_scope = tg.cancel_scope
                 for name in job.modules:
-                    tg.start_soon(self._run_module, job, name, limiter, on_result, name=f"module:{name}")
+                    tg.start_soon(
+                        self._run_module, job, name, limiter, on_result, analysis, name=f"module:{name}"
+                    )
         for name in job.modules:  # modules cancelled before they started
             if name not in results:
                 results[name] = self._not_started(job, name)
@@ -175,30 +203,25 @@ class ExecuteAnalysisJobUseCase:
         name: str,
         limiter: anyio.CapacityLimiter,
         on_result: Callable[[ModuleResult], None],
+        analysis: JobAnalysis,
     ) -> None:
         module = self._registry.get(name)
-        self._telemetry.module_expected_runtime(name, module.expected_runtime)
         async with limiter:
             with context.bound(module=name):
                 span = self._telemetry.module_started(job, name, module.version, module.expected_runtime)
-                ctx = ModuleContext(
-                    job_id=job.id,
-                    project_id=job.project_id,
-                    source=Path(job.source),
-                    module=name,
-                    attempt=job.attempt,
-                    options=job.options.module_options.get(name, {}),
-                )
+                ctx = analysis.context(name, span)
                 started_ns, started = self._clock(), time.perf_counter()
                 outcome, summary, error = ModuleOutcome.OK, {}, None
                 exc: BaseException | None = None
                 try:
-                    # move_on_after, not fail_after: a TimeoutError the module's own code
-                    # raises (a network call) is a panic, not the hard timeout.
-                    with _active(span), anyio.move_on_after(module.timeout) as deadline:
+                    # A deadline, not fail_after: a TimeoutError the module's own code raises
+                    # (a network call) is a panic, not the hard timeout. The budget moves the
+                    # deadline once the tree's size is known.
+                    with _active(span), anyio.CancelScope() as deadline:
+                        analysis.start(module, deadline, ctx)
                         summary = _json_summary(await module.run(ctx))
                     if deadline.cancelled_caught:
-                        error = f"exceeded its {module.timeout} s timeout"
+                        error = f"exceeded its {analysis.budgets.current(module).timeout_s:g} s timeout"
                         outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
                 except ModuleError as caught:
                     outcome, error, exc = ModuleOutcome.ERROR, caught.message, caught
@@ -211,14 +234,17 @@ class ExecuteAnalysisJobUseCase:
                     if outcome is not ModuleOutcome.OK:
                         ctx.cancel()  # stops the module's worker threads
                     elapsed = time.perf_counter() - started
-                    result = _result(module, job, outcome, started_ns, elapsed, summary, error, exc)
+                    budget = analysis.finish(module, ctx, span)
+                    self._telemetry.module_expected_runtime(name, budget.expected_s)
+                    result = _result(module, job, outcome, started_ns, elapsed, summary, error, exc, budget)
                     self._telemetry.module_finished(job, span, result, exc)
                     on_result(result)
 
     def _not_started(self, job: Job, name: str) -> ModuleResult:
         module = self._registry.get(name)
         reason = "cancelled before it started"
-        return _result(module, job, ModuleOutcome.CANCELLED, self._clock(), 0.0, {}, reason, None)
+        budget = Budget(module.timeout, module.expected_runtime)
+        return _result(module, job, ModuleOutcome.CANCELLED, self._clock(), 0.0, {}, reason, None, budget)
 
     # -- finalize ---------------------------------------------------------------------
 
@@ -297,6 +323,7 @@ def _result(
     summary: dict[str, Any],
     error: str | None,
     exc: BaseException | None,
+    budget: Budget,
 ) -> ModuleResult:
     return ModuleResult(
         module=module.name,
@@ -304,8 +331,8 @@ def _result(
         outcome=outcome,
         started_ns=started_ns,
         duration_ms=round(seconds * 1000, 3),
-        expected_ms=module.expected_runtime * 1000,
-        timeout_ms=module.timeout * 1000,
+        expected_ms=budget.expected_s * 1000,
+        timeout_ms=budget.timeout_s * 1000,
         attempt=job.attempt,
         summary=summary,
         error=error,
