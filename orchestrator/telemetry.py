@@ -47,6 +47,7 @@ from otel.vocabulary import (
     INSTRUMENTATION_SCOPE,
     METRICS,
     Attr,
+    LifecycleEvent,
     Metric,
     MetricKind,
     MetricSpec,
@@ -201,6 +202,24 @@ class JobTelemetry:
                 error_category=str(t.error_category or ErrorCategory.INTERNAL),
             )
 
+    def cancel_requested(self, job: Job, *, reason: str, requested_by: str) -> None:
+        """A cancellation was asked of a Running job (its history has the row, its root
+        span gets the event when it is emitted)."""
+        with self._in_job_trace(job):
+            logs.event(
+                log,
+                logging.INFO,
+                LifecycleEvent.CANCEL_REQUESTED,
+                f"cancellation requested: {reason}",
+                job_id=job.id,
+                project_id=job.project_id,
+                status_from=str(job.status),
+                status_to=str(job.status),
+                reason=reason,
+                requested_by=requested_by,
+                attempt=job.attempt,
+            )
+
     def transition_refused(self, job: Job, target: JobStatus, error: OrchestratorError) -> None:
         mark_logged(error)
         logs.event(
@@ -247,7 +266,7 @@ class JobTelemetry:
             )
         for entry in history:
             span.add_event(
-                str(lifecycle_event(entry.status_from, entry.status_to)),
+                str(entry.event),
                 {
                     Attr.JOB_ID: job.id,
                     Attr.PROJECT_ID: job.project_id,
@@ -256,6 +275,7 @@ class JobTelemetry:
                     Attr.REASON: entry.reason,
                     Attr.DURATION_MS: round(entry.duration_ms, 3),
                     Attr.ATTEMPT: entry.attempt,
+                    Attr.WORKER_ID: entry.worker_id or "",
                 },
                 timestamp=entry.at_ns,
             )

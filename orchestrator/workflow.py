@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from orchestrator.domain import (
+    CancelPending,
     ErrorCategory,
     IllegalTransition,
     Job,
@@ -28,9 +29,7 @@ from orchestrator.domain import (
 )
 from orchestrator.stores import JobStore
 from orchestrator.telemetry import JobTelemetry
-from otel import logs
 from otel.instrument import instrument
-from otel.vocabulary import OperationEvent
 
 __all__ = ["JobWorkflow"]
 
@@ -57,23 +56,40 @@ class JobWorkflow:
     async def create(self, job: Job, *, enqueue: bool = False) -> Job:
         """Persist a new Pending job (and its creation history row).
 
-        With ``enqueue``, also move it Pending -> Queued (reason ``enqueued``) in the
-        same write (one statement on PostgreSQL) and return it Queued: the history, the
-        records, the metrics and the outbox are those of :meth:`create` followed by
-        :meth:`transition`, with one round trip instead of two and nothing written at
-        all if the write fails.
+        With ``enqueue``, the job is stored already moved Pending -> Queued (reason
+        ``enqueued``) in the same write (one statement): the history, the records, the
+        metrics and the outbox are those of :meth:`create` followed by :meth:`transition`,
+        with one round trip instead of two and nothing written at all if the write fails.
         """
         if job.status is not JobStatus.PENDING:
             raise IllegalTransition(job.id, job.status, JobStatus.PENDING, project_id=job.project_id)
         if not enqueue:
-            await self.store.insert(job)
-            self.telemetry.created(job)
-            return job
-        transition = self._transition(job, JobStatus.QUEUED, reason="enqueued")
-        queued = await self.store.insert_enqueued(job, transition)
+            stored = await self.store.insert(job)
+            self.telemetry.created(stored)
+            return stored
+        enqueued = self._transition(job, JobStatus.QUEUED, reason="enqueued")
+        queued = await self.store.insert(_entered(job, enqueued))
         self.telemetry.created(job)
-        self.telemetry.transitioned(job, queued, transition)
+        self.telemetry.transitioned(job, queued, enqueued)
         return queued
+
+    @instrument("workflow.create_started", fields=_job_fields, level=logging.DEBUG)
+    async def create_started(self, job: Job, *, worker_id: str, lease_seconds: float) -> Job:
+        """Persist a new job already claimed by ``worker_id`` (Pending -> Queued ->
+        Running, leased), in one write: no other worker can claim it in between, since it
+        is never visible as Queued. ``orchestrator run`` runs its own job this way."""
+        if job.status is not JobStatus.PENDING:
+            raise IllegalTransition(job.id, job.status, JobStatus.PENDING, project_id=job.project_id)
+        enqueued = self._transition(job, JobStatus.QUEUED, reason="enqueued")
+        queued = _entered(job, enqueued)
+        started = self._transition(
+            queued, JobStatus.RUNNING, reason="claimed", worker_id=worker_id, lease_seconds=lease_seconds
+        )
+        running = await self.store.insert(_entered(queued, started))
+        self.telemetry.created(job)
+        self.telemetry.transitioned(job, queued, enqueued)
+        self.telemetry.transitioned(queued, running, started)
+        return running
 
     @instrument("workflow.transition", fields=_job_fields, level=logging.DEBUG)
     async def transition(
@@ -119,6 +135,20 @@ class JobWorkflow:
                     updated, history = await self.store.apply_with_history(transition)
                 else:
                     updated, history = await self.store.apply(transition), []
+            except CancelPending as pending:
+                # Its cancellation was asked while it ran: a cancel answered "flagged"
+                # means Cancelled, whatever the job was about to become. What it computed
+                # is kept.
+                self.telemetry.transition_refused(job, target, pending)
+                return await self.transition(
+                    job,
+                    JobStatus.CANCELLED,
+                    reason=pending.reason,
+                    error_category=ErrorCategory.CANCELLED,
+                    error_phase=Phase.EXECUTE,
+                    results=results,
+                    worker_id=worker_id,
+                )
             except TransitionConflict as conflict:
                 self.telemetry.transition_refused(job, target, conflict)
                 raise
@@ -159,26 +189,32 @@ class JobWorkflow:
             lease_expires_ns=at + int(lease_seconds * 1e9) if lease_seconds else None,
         )
 
-    @instrument("workflow.claim", fields=lambda self, worker_id, **_: {"worker_id": worker_id}, level=logging.DEBUG)
     async def claim(self, worker_id: str, *, lease_seconds: float) -> Job | None:
         """Claim the oldest Queued job for ``worker_id`` (Queued -> Running, leased)."""
+        claimed = await self.claim_batch(worker_id, lease_seconds=lease_seconds, limit=1)
+        return claimed[0] if claimed else None
+
+    @instrument("workflow.claim", fields=lambda self, worker_id, **_: {"worker_id": worker_id}, level=logging.DEBUG)
+    async def claim_batch(self, worker_id: str, *, lease_seconds: float, limit: int) -> list[Job]:
+        """Claim up to ``limit`` of the oldest Queued jobs for ``worker_id`` (Queued ->
+        Running, leased), in one statement."""
         at = self._clock()
-        job = await self.store.claim(worker_id=worker_id, lease_ns=int(lease_seconds * 1e9), now_ns=at)
-        if job is None:
-            return None
-        queued = Transition(
-            job_id=job.id,
-            status_from=JobStatus.QUEUED,
-            status_to=JobStatus.RUNNING,
-            reason="claimed",
-            at_ns=job.status_ns,
-            duration_ms=max(0.0, (job.status_ns - (job.queued_ns or job.status_ns)) / 1e6),
-            attempt=job.attempt,
-            new_attempt=job.attempt,
-            worker_id=worker_id,
-        )
-        self.telemetry.transitioned(_as_queued(job), job, queued)
-        return job
+        lease_ns = int(lease_seconds * 1e9)
+        claimed = await self.store.claim_batch(worker_id=worker_id, lease_ns=lease_ns, now_ns=at, limit=limit)
+        for job in claimed:
+            queued = Transition(
+                job_id=job.id,
+                status_from=JobStatus.QUEUED,
+                status_to=JobStatus.RUNNING,
+                reason="claimed",
+                at_ns=job.status_ns,
+                duration_ms=max(0.0, (job.status_ns - (job.queued_ns or job.status_ns)) / 1e6),
+                attempt=job.attempt,
+                new_attempt=job.attempt,
+                worker_id=worker_id,
+            )
+            self.telemetry.transitioned(_as_queued(job), job, queued)
+        return claimed
 
     async def start(self, job: Job, *, worker_id: str, lease_seconds: float) -> Job:
         """Start one given Queued job on ``worker_id`` (Queued -> Running, leased)."""
@@ -217,24 +253,24 @@ class JobWorkflow:
         fields=lambda self, job_id, **_: {"job_id": job_id},
         level=logging.DEBUG,
     )
-    async def cancel(self, job_id: str, *, reason: str = "cancelled by user") -> Job:
-        """Cancel a job: at once when Pending or Queued; a Running job is flagged and
-        its worker cancels its modules and ends it Cancelled within a bounded time."""
+    async def cancel(self, job_id: str, *, reason: str = "cancelled by user", requested_by: str | None = None) -> Job:
+        """Cancel a job: at once when Pending or Queued; a Running job is flagged (the
+        request is recorded in its history) and its worker cancels its modules and ends
+        it Cancelled within a bounded time. A flagged job can only end Cancelled."""
         for _ in range(3):
             job = await self.store.get(job_id)
             if job.status is JobStatus.RUNNING:
-                flagged = await self.store.request_cancel(job_id, reason)
+                at = self._clock()
+                flagged = await self.store.request_cancel(
+                    job_id, reason, requested_by=requested_by or "unknown", at_ns=at
+                )
                 if flagged.status is JobStatus.RUNNING:
-                    logs.event(
-                        log,
-                        logging.INFO,
-                        OperationEvent.CANCEL_REQUESTED,
-                        "cancellation requested",
-                        reason=reason,
-                        **job.log_fields(),
-                    )
+                    if flagged.cancel_requested_ns == at:  # this request flagged it (not an earlier one)
+                        self.telemetry.cancel_requested(flagged, reason=reason, requested_by=requested_by or "unknown")
                     return flagged
                 continue  # it finished meanwhile: read again
+            if job.status.terminal:
+                break
             try:
                 return await self.transition(
                     job,
@@ -242,6 +278,7 @@ class JobWorkflow:
                     reason=reason,
                     error_category=ErrorCategory.CANCELLED,
                     error_phase=_phase_of(job.status),
+                    worker_id=requested_by,
                 )
             except TransitionConflict:
                 continue  # claimed or finished meanwhile: read again
@@ -251,6 +288,22 @@ class JobWorkflow:
 
 def _phase_of(status: JobStatus) -> Phase:
     return {JobStatus.PENDING: Phase.CREATE, JobStatus.QUEUED: Phase.QUEUED}.get(status, Phase.EXECUTE)
+
+
+def _entered(job: Job, t: Transition) -> Job:
+    """``job`` as it stands after ``t`` (for a job written in the status it has reached)."""
+    return replace(
+        job,
+        status=t.status_to,
+        status_ns=t.at_ns,
+        attempt=t.new_attempt,
+        reason=t.reason,
+        worker_id=t.worker_id,
+        queued_ns=t.at_ns if t.status_to is JobStatus.QUEUED else job.queued_ns,
+        started_ns=t.at_ns if t.status_to is JobStatus.RUNNING else job.started_ns,
+        lease_owner=t.lease_owner,
+        lease_expires_ns=t.lease_expires_ns,
+    )
 
 
 def _as_queued(job: Job) -> Job:

@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from orchestrator.domain import (
+    CancelPending,
     ErrorCategory,
     FailurePolicy,
     Job,
@@ -161,7 +162,7 @@ async def test_apply_legal_transitions_set_status_timestamps_and_history(store: 
     assert (running.status, running.started_ns, running.queued_ns) == (JobStatus.RUNNING, t0 + 20, t0 + 10)
     assert (running.lease_owner, running.lease_expires_ns) == ("w1", t0 + 20 + SECOND)
 
-    done = await store.apply(transition(running, JobStatus.COMPLETED, at_ns=t0 + 30, worker_id="w1", duration_ms=42.0))
+    done = await store.apply(transition(running, JobStatus.COMPLETED, at_ns=t0 + 30, worker_id="w1"))
     assert (done.status, done.finished_ns, done.started_ns) == (JobStatus.COMPLETED, t0 + 30, t0 + 20)
     assert (done.lease_owner, done.lease_expires_ns) == (None, None)
     assert await store.get(job.id) == done
@@ -174,13 +175,9 @@ async def test_apply_legal_transitions_set_status_timestamps_and_history(store: 
         (4, JobStatus.RUNNING, JobStatus.COMPLETED),
     ]
     last = history[-1]
-    assert (last.at_ns, last.duration_ms, last.worker_id, last.reason, last.attempt) == (
-        t0 + 30,
-        42.0,
-        "w1",
-        "to completed",
-        1,
-    )
+    assert (last.at_ns, last.worker_id, last.reason, last.attempt) == (t0 + 30, "w1", "to completed", 1)
+    # Time spent in the status left, derived by the database from the stored timestamps.
+    assert [h.duration_ms for h in history] == pytest.approx([0.0, 10 / 1e6, 10 / 1e6, 10 / 1e6])
 
 
 async def test_apply_with_stale_status_conflicts_and_writes_nothing(store: JobStore) -> None:
@@ -388,30 +385,61 @@ async def test_expired_finds_running_jobs_whose_lease_passed(store: JobStore) ->
 # -- cancellation ---------------------------------------------------------------------
 
 
-async def test_request_cancel_round_trip_and_cleared_on_terminal_transition(store: JobStore) -> None:
+async def test_request_cancel_round_trip_recorded_and_cleared_on_terminal_transition(store: JobStore) -> None:
     t0 = now_ns()
     running = await running_job(store, at_ns=t0)
     other = await running_job(store, at_ns=t0 + 10)
 
-    flagged = await store.request_cancel(running.id, "user asked")
+    flagged = await store.request_cancel(running.id, "user asked", requested_by="cli:alice", at_ns=t0 + 15)
+    again = await store.request_cancel(running.id, "asked twice", requested_by="api", at_ns=t0 + 16)
 
-    assert flagged.cancel_requested == "user asked"
+    assert (flagged.cancel_requested, flagged.cancel_requested_by, flagged.cancel_requested_ns) == (
+        "user asked",
+        "cli:alice",
+        t0 + 15,
+    )
+    assert again == flagged  # the first request stands; a second one records nothing
     assert await store.cancel_requests([running.id, other.id, "no-such-job"]) == {running.id: "user asked"}
     assert await store.cancel_requests([]) == {}
+    request = (await store.history(running.id))[-1]
+    assert (request.event, request.status_from, request.status_to, request.reason, request.worker_id) == (
+        "job.lifecycle.cancel_requested",
+        JobStatus.RUNNING,
+        JobStatus.RUNNING,
+        "user asked",
+        "cli:alice",
+    )
+    assert (request.at_ns, request.duration_ms, request.is_transition) == (t0 + 15, 0.0, False)
 
     cancelled = await store.apply(
         transition(flagged, JobStatus.CANCELLED, at_ns=t0 + 20, error_category=ErrorCategory.CANCELLED)
     )
     assert cancelled.cancel_requested is None
     assert await store.cancel_requests([running.id]) == {}
+    # Time in running is counted from the claim, not from the request.
+    assert (await store.history(running.id))[-1].duration_ms == pytest.approx((t0 + 20 - running.status_ns) / 1e6)
+
+
+async def test_a_flagged_job_can_only_end_cancelled(store: JobStore) -> None:
+    t0 = now_ns()
+    running = await running_job(store, at_ns=t0)
+    await store.request_cancel(running.id, "stop it", requested_by="api", at_ns=t0 + 5)
+
+    for target in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.QUEUED):
+        with pytest.raises(CancelPending) as refused:
+            await store.apply(transition(running, target, at_ns=t0 + 10))
+        assert refused.value.reason == "stop it"
+    assert (await store.get(running.id)).status is JobStatus.RUNNING
+    cancelled = await store.apply(transition(running, JobStatus.CANCELLED, at_ns=t0 + 20))
+    assert cancelled.status is JobStatus.CANCELLED
 
 
 async def test_request_cancel_of_a_job_not_running_changes_nothing(store: JobStore) -> None:
     job = await queued_job(store, at_ns=now_ns())
-    assert (await store.request_cancel(job.id, "too late")).cancel_requested is None
+    assert (await store.request_cancel(job.id, "too late", requested_by="x", at_ns=now_ns())).cancel_requested is None
     assert await store.get(job.id) == job
     with pytest.raises(JobNotFound):
-        await store.request_cancel("no-such-job", "why")
+        await store.request_cancel("no-such-job", "why", requested_by="x", at_ns=now_ns())
 
 
 # -- reads ----------------------------------------------------------------------------

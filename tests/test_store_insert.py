@@ -1,7 +1,8 @@
-"""One round trip where two were: create and enqueue in one write (``JobStore.insert_enqueued``,
-used by the create use case) leaves exactly what an insert followed by the Pending -> Queued
-transition leaves (job row, history, webhook outbox), and a transition returning the history
-(``JobStore.apply_with_history``, for the root span) returns what a separate read would."""
+"""One write where several were: a job is inserted in the status it reached (Queued when
+created and enqueued, Running when its creator runs it) and the database writes the history
+of the path it took and the outbox rows, exactly as an insert followed by the transitions
+would; a transition returning the history (``apply_with_history``, for the root span)
+returns what a separate read would; and the database itself refuses illegal transitions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import dataclasses
 import pytest
 
 from orchestrator.domain import (
+    IllegalTransition,
     Job,
     JobOptions,
     JobStatus,
@@ -36,7 +38,11 @@ def _enqueue(job: Job) -> Transition:
     return Transition(job.id, JobStatus.PENDING, JobStatus.QUEUED, "enqueued", at, (at - job.created_ns) / 1e6, 1, 1)
 
 
-async def test_insert_enqueued_matches_insert_then_apply(store: JobStore) -> None:
+def _queued(job: Job, t: Transition) -> Job:
+    return dataclasses.replace(job, status=JobStatus.QUEUED, status_ns=t.at_ns, queued_ns=t.at_ns, reason=t.reason)
+
+
+async def test_inserting_a_queued_job_matches_insert_then_apply(store: JobStore) -> None:
     hooks = webhook_store(store)
     await hooks.add_subscription(Subscription("sub1", "proj", "https://example.com/h", "s3cret",
                                               ("job.lifecycle.enqueue",), now_ns()))
@@ -46,7 +52,7 @@ async def test_insert_enqueued_matches_insert_then_apply(store: JobStore) -> Non
     t1 = _enqueue(two_steps)
     applied = await store.apply(t1)
     t2 = _enqueue(one_write)
-    created = await store.insert_enqueued(one_write, t2)
+    created = await store.insert(_queued(one_write, t2))
 
     assert created.status is JobStatus.QUEUED
     assert created == await store.get(one_write.id)
@@ -58,9 +64,9 @@ async def test_insert_enqueued_matches_insert_then_apply(store: JobStore) -> Non
 
     for job, t in ((two_steps, t1), (one_write, t2)):
         history = await store.history(job.id)
-        assert [(e.seq, e.status_from, e.status_to, e.reason, e.attempt, e.worker_id) for e in history] == [
-            (1, None, JobStatus.PENDING, "created", 1, None),
-            (2, JobStatus.PENDING, JobStatus.QUEUED, "enqueued", 1, None),
+        assert [(e.seq, e.status_from, e.status_to, e.reason, e.attempt, e.worker_id, e.event) for e in history] == [
+            (1, None, JobStatus.PENDING, "created", 1, None, "job.lifecycle.create"),
+            (2, JobStatus.PENDING, JobStatus.QUEUED, "enqueued", 1, None, "job.lifecycle.enqueue"),
         ]
         assert (history[0].at_ns, history[0].duration_ms) == (job.created_ns, 0.0)
         assert (history[1].at_ns, history[1].duration_ms) == (t.at_ns, pytest.approx(t.duration_ms))
@@ -71,29 +77,67 @@ async def test_insert_enqueued_matches_insert_then_apply(store: JobStore) -> Non
         {k: v for k, v in (await hooks.list_deliveries(job_id=j.id))[0].payload.items() if k not in strip}
         for j in (two_steps, one_write)
     ]
-    assert first == second
+    assert first == second == {
+        "event": "job.lifecycle.enqueue",
+        "project_id": "proj",
+        "status_from": "pending",
+        "status_to": "queued",
+        "reason": "enqueued",
+        "attempt": 1,
+    }
 
 
-async def test_insert_enqueued_writes_nothing_when_the_insert_fails(store: JobStore) -> None:
+async def test_inserting_a_running_job_writes_the_whole_path_and_no_one_can_claim_it_first(store: JobStore) -> None:
     job = _job("proj")
-    await store.insert_enqueued(job, _enqueue(job))
+    enqueue = _enqueue(job)
+    queued = _queued(job, enqueue)
+    at = enqueue.at_ns + 5_000_000
+    running = dataclasses.replace(queued, status=JobStatus.RUNNING, status_ns=at, started_ns=at, reason="claimed",
+                                  worker_id="run-1", lease_owner="run-1", lease_expires_ns=at + 30 * 10**9)
+    stored = await store.insert(running)
+
+    assert (stored.status, stored.lease_owner, stored.worker_id) == (JobStatus.RUNNING, "run-1", "run-1")
+    assert await store.claim(worker_id="other", lease_ns=10**9, now_ns=at + 1) is None
+    history = await store.history(job.id)
+    assert [(e.status_from, e.status_to, e.reason, e.worker_id, e.at_ns) for e in history] == [
+        (None, JobStatus.PENDING, "created", None, job.created_ns),
+        (JobStatus.PENDING, JobStatus.QUEUED, "enqueued", None, enqueue.at_ns),
+        (JobStatus.QUEUED, JobStatus.RUNNING, "claimed", "run-1", at),
+    ]
+    assert history[2].duration_ms == pytest.approx(5.0)
+
+
+async def test_a_job_cannot_be_inserted_finished(store: JobStore) -> None:
+    job = dataclasses.replace(_job("proj"), status=JobStatus.COMPLETED)
+    with pytest.raises(IllegalTransition):
+        await store.insert(job)
+    assert await store.list_jobs() == []
+
+
+async def test_the_database_refuses_an_illegal_transition_even_when_asked_directly(store: JobStore) -> None:
+    job = _job("proj")
+    await store.insert(_queued(job, _enqueue(job)))
+    # Queued -> Completed is not in the transition table: the workflow never asks for it,
+    # and the database refuses it if a bug ever did.
+    illegal = Transition(job.id, JobStatus.QUEUED, JobStatus.COMPLETED, "skip the work", now_ns(), 1.0, 1, 1)
+    with pytest.raises(IllegalTransition):
+        await store.apply(illegal)
+    assert (await store.get(job.id)).status is JobStatus.QUEUED
+    assert len(await store.history(job.id)) == 2
+
+
+async def test_a_failed_insert_writes_nothing(store: JobStore) -> None:
+    job = _job("proj")
+    await store.insert(_queued(job, _enqueue(job)))
     again = dataclasses.replace(job, created_ns=job.created_ns + 1)
     with pytest.raises(PersistenceError):  # the duplicate id
-        await store.insert_enqueued(again, _enqueue(again))
+        await store.insert(_queued(again, _enqueue(again)))
     assert [e.seq for e in await store.history(job.id)] == [1, 2]
-
-
-async def test_insert_enqueued_refuses_anything_but_a_pending_job_and_its_enqueue(store: JobStore) -> None:
-    job = _job("proj")
-    with pytest.raises(ValueError, match="insert_enqueued"):
-        await store.insert_enqueued(job, dataclasses.replace(_enqueue(job), status_to=JobStatus.CANCELLED))
-    with pytest.raises(ValueError, match="insert_enqueued"):
-        await store.insert_enqueued(job, dataclasses.replace(_enqueue(job), job_id="other"))
 
 
 async def test_apply_with_history_returns_what_apply_then_history_would(store: JobStore) -> None:
     job = _job("proj")
-    queued = await store.insert_enqueued(job, _enqueue(job))
+    queued = await store.insert(_queued(job, _enqueue(job)))
     running = await store.claim(worker_id="w1", lease_ns=30 * 10**9, now_ns=now_ns())
     assert running is not None
     assert running.id == queued.id
@@ -110,12 +154,14 @@ async def test_apply_with_history_returns_what_apply_then_history_would(store: J
         (JobStatus.QUEUED, JobStatus.RUNNING),
         (JobStatus.RUNNING, JobStatus.COMPLETED),
     ]
-    assert (history[-1].at_ns, history[-1].duration_ms, history[-1].worker_id) == (at, 1.5, "w1")
+    # The database derives the time spent from the stored timestamps: it cannot disagree with them.
+    assert (history[-1].at_ns, history[-1].worker_id) == (at, "w1")
+    assert history[-1].duration_ms == pytest.approx((at - running.status_ns) / 1e6)
 
 
 async def test_apply_with_history_refuses_a_stale_transition_like_apply(store: JobStore) -> None:
     job = _job("proj")
-    await store.insert_enqueued(job, _enqueue(job))
+    await store.insert(_queued(job, _enqueue(job)))
     stale = Transition(job.id, JobStatus.RUNNING, JobStatus.COMPLETED, "stale", now_ns(), 1.0, 1, 1)
     with pytest.raises(TransitionConflict):
         await store.apply_with_history(stale)

@@ -222,14 +222,22 @@ async def test_cancel_of_a_running_job_flags_it_and_leaves_it_running(sides: tup
     job = await running_job(a)
     history_before = await a.store.history(job.id)
 
-    flagged = await b.workflow.cancel(job.id, reason="stop it")
+    flagged = await b.workflow.cancel(job.id, reason="stop it", requested_by="cli:bob@host")
 
     assert flagged.status is JobStatus.RUNNING
-    assert flagged.cancel_requested == "stop it"
+    assert (flagged.cancel_requested, flagged.cancel_requested_by) == ("stop it", "cli:bob@host")
     stored = await a.store.get(job.id)
     assert (stored.status, stored.cancel_requested, stored.attempt) == (JobStatus.RUNNING, "stop it", 1)
     assert await a.store.cancel_requests([job.id]) == {job.id: "stop it"}
-    assert await a.store.history(job.id) == history_before  # a request, not a transition
+    # The request is in the history (who, why, when), as a row that changes no status.
+    history = await a.store.history(job.id)
+    assert history[:-1] == history_before
+    assert (history[-1].event, history[-1].status_from, history[-1].status_to) == (
+        "job.lifecycle.cancel_requested",
+        JobStatus.RUNNING,
+        JobStatus.RUNNING,
+    )
+    assert (history[-1].reason, history[-1].worker_id) == ("stop it", "cli:bob@host")
 
 
 @pytest.mark.parametrize("status", [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED])
@@ -256,7 +264,7 @@ async def test_unknown_job_ids_raise_job_not_found(side: Side) -> None:
     with pytest.raises(JobNotFound):
         await side.workflow.transition(missing, JobStatus.QUEUED, reason="enqueued")
     with pytest.raises(JobNotFound):
-        await side.store.request_cancel(missing.id, "x")
+        await side.store.request_cancel(missing.id, "x", requested_by="test", at_ns=1)
     assert await side.store.history(missing.id) == []
 
 

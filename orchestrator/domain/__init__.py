@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.domain.errors import (
+    CancelPending,
     IllegalTransition,
     InvalidRequest,
     JobNotFound,
@@ -37,6 +38,7 @@ from orchestrator.domain.status import (
 __all__ = [
     "TERMINAL",
     "TRANSITIONS",
+    "CancelPending",
     "ErrorCategory",
     "FailurePolicy",
     "IllegalTransition",

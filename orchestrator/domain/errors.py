@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from orchestrator.domain.status import ErrorCategory, JobStatus, Phase
 
 __all__ = [
+    "CancelPending",
     "IllegalTransition",
     "InvalidRequest",
     "JobNotFound",
@@ -97,6 +98,16 @@ class TransitionConflict(IllegalTransition):
         self.message = (
             f"job {job_id} was {actual}, not {expected}, when moving it to {target}: another process changed it first"
         )
+        self.args = (self.message,)
+
+
+class CancelPending(TransitionConflict):
+    """The job's cancellation was asked while it ran: it can only end Cancelled now."""
+
+    def __init__(self, job_id: str, target: JobStatus, reason: str, **kwargs: Any) -> None:
+        super().__init__(job_id, JobStatus.RUNNING, JobStatus.RUNNING, target, **kwargs)
+        self.reason = reason
+        self.message = f"job {job_id} cannot go to {target}: its cancellation was requested ({reason})"
         self.args = (self.message,)
 
 

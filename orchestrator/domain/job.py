@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.domain.status import ErrorCategory, JobStatus, Phase
+from orchestrator.domain.events import LifecycleEvent
+from orchestrator.domain.status import ErrorCategory, JobStatus, Phase, lifecycle_event
 
 __all__ = [
     "FailurePolicy",
@@ -232,7 +233,16 @@ class Job:
     results: tuple[ModuleResult, ...] = ()
     lease_owner: str | None = None
     lease_expires_ns: int | None = None
+    #: The reason of a pending cancellation request of a Running job (its worker ends it
+    #: Cancelled), with who asked and when.
     cancel_requested: str | None = None
+    cancel_requested_by: str | None = None
+    cancel_requested_ns: int | None = None
+    #: The worker (or process) that made the latest transition.
+    worker_id: str | None = None
+    #: Set when a stored field could not be read back: what was damaged (the rest of the
+    #: job is as stored). Such a job can still be listed, cancelled and pruned.
+    damaged: str | None = None
 
     @classmethod
     def new(
@@ -289,7 +299,8 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class LifecycleEntry:
-    """One row of a job's persisted lifecycle history."""
+    """One row of a job's persisted lifecycle history: a transition, or a request that
+    changes no status (a cancellation asked of a Running job: running -> running)."""
 
     job_id: str
     seq: int
@@ -297,6 +308,18 @@ class LifecycleEntry:
     status_to: JobStatus
     reason: str
     at_ns: int
+    #: Time spent in ``status_from`` (0 for a request that changes no status).
     duration_ms: float
     attempt: int
+    #: The worker that made the transition, or who made the request.
     worker_id: str | None = None
+    event: LifecycleEvent | None = None
+
+    def __post_init__(self) -> None:
+        if self.event is None:
+            object.__setattr__(self, "event", lifecycle_event(self.status_from, self.status_to))
+
+    @property
+    def is_transition(self) -> bool:
+        """False for a request recorded in the history that changed no status."""
+        return self.status_from is not self.status_to

@@ -57,6 +57,8 @@ def lifecycle_event(status_from: JobStatus | None, status_to: JobStatus) -> Life
     """The lifecycle event a transition emits."""
     if status_from is None:
         return LifecycleEvent.CREATE
+    if status_from is status_to:  # the one history row that changes no status
+        return LifecycleEvent.CANCEL_REQUESTED
     if status_to is JobStatus.QUEUED:
         return LifecycleEvent.RECOVER if status_from is JobStatus.RUNNING else LifecycleEvent.ENQUEUE
     return _EVENT_BY_TARGET[status_to]

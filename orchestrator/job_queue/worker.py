@@ -150,18 +150,21 @@ class Worker:
         backoff = _Backoff()
         while not self._stop.is_set():
             await slots.acquire()
+            free = 1 + _take_free(slots)  # claim as many jobs as there are free slots, in one statement
             try:
-                job = await self.workflow.claim(self.worker_id, lease_seconds=self.config.lease_seconds)
+                claimed = await self.workflow.claim_batch(
+                    self.worker_id, lease_seconds=self.config.lease_seconds, limit=free
+                )
             except OrchestratorError as exc:
-                slots.release()
+                _release(slots, free)
                 await self._store_outage("claim", exc, backoff)
                 continue
             backoff.reset()
-            if job is None:
-                slots.release()
+            _release(slots, free - len(claimed))
+            for job in claimed:
+                self._start(jobs, job, slots)
+            if not claimed:
                 await self.store.wait_for_work(max_wait=self.config.poll_seconds)
-                continue
-            self._start(jobs, job, slots)
 
     def _start(self, jobs: anyio.abc.TaskGroup, job: Job, slots: anyio.Semaphore) -> None:
         """Run a Running job in the worker's job task group (its slot already taken)."""
@@ -225,13 +228,20 @@ class Worker:
                 pass  # logged at the source; the lease expires and the reaper recovers the job
 
     async def adopt(self, job: Job) -> Job:
-        """Start a Queued job on this worker (Queued -> Running with this worker's lease)
-        and run it under the worker's heartbeat; returns it Running."""
+        """Run a job on this worker under its heartbeat: a Running job already leased to
+        this worker (created that way, see :meth:`JobWorkflow.create_started`), or a
+        Queued one, started here (Queued -> Running with this worker's lease). Returns it
+        Running."""
         await self._started.wait()
         assert self._jobs is not None
         await self._adopt_slots.acquire()
         try:
-            running = await self.workflow.start(job, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds)
+            if job.status is JobStatus.RUNNING and job.lease_owner == self.worker_id:
+                running = job
+            else:
+                running = await self.workflow.start(
+                    job, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds
+                )
         except BaseException:
             self._adopt_slots.release()
             raise
@@ -307,6 +317,22 @@ class Worker:
                 suppressed=self._outage.take_suppressed(),
             )
         await anyio.sleep(backoff.next())
+
+
+def _take_free(slots: anyio.Semaphore) -> int:
+    """Take every slot free right now (without waiting); how many were taken."""
+    taken = 0
+    while True:
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            return taken
+        taken += 1
+
+
+def _release(slots: anyio.Semaphore, count: int) -> None:
+    for _ in range(count):
+        slots.release()
 
 
 class _Backoff:

@@ -1,9 +1,11 @@
 """The ``JobStore`` port: what the workflow, the use cases and the queue need of storage.
 
-Implementations: :mod:`orchestrator.stores.sqlite` (embedded default) and
-:mod:`orchestrator.stores.postgres` (many workers on many hosts). Every status change
-goes through :meth:`JobStore.apply` or :meth:`JobStore.claim`, which compare-and-set
-the status and the attempt and append the lifecycle-history row in one transaction.
+One implementation, :class:`orchestrator.stores.core.SQLJobStore`, over a connector per
+database (:mod:`orchestrator.stores.sqlite`, the embedded default, and
+:mod:`orchestrator.stores.postgres`, for many workers on many hosts). Every status
+change goes through :meth:`JobStore.apply` or :meth:`JobStore.claim`, which
+compare-and-set the status and the attempt; the database appends the lifecycle-history
+row and the webhook outbox rows in the same statement.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from orchestrator.domain import Job, JobStatus, LifecycleEntry, Transition
+from orchestrator.domain import ErrorCategory, Job, JobStatus, LifecycleEntry, Transition
 
 __all__ = ["JobStore"]
 
@@ -32,33 +34,36 @@ class JobStore(Protocol):
     async def ping(self) -> None:
         """Raise :class:`PersistenceError` when the store cannot be reached."""
 
-    async def insert(self, job: Job) -> None:
-        """Persist a new Pending job with its creation history row."""
-
-    async def insert_enqueued(self, job: Job, transition: Transition) -> Job:
-        """Persist a new Pending job and apply its Pending -> Queued ``transition``
-        atomically (one statement on PostgreSQL, one transaction on SQLite): the job, its
-        creation history row, then the transition's history row, webhook outbox rows and
-        wake-up, exactly as :meth:`insert` followed by :meth:`apply` would. Returns the
-        job Queued."""
+    async def insert(self, job: Job) -> Job:
+        """Persist a new job in its status (Pending, Queued, or Running for a job its
+        creator runs itself) with the history of that path, atomically; returns it as
+        stored. Raises :class:`IllegalTransition` for any other status."""
 
     async def get(self, job_id: str) -> Job:
         """The job, or :class:`JobNotFound`."""
+
+    async def find_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Ids starting with ``prefix`` (hexadecimal digits and dashes), in order."""
 
     async def list_jobs(
         self,
         *,
         status: JobStatus | None = None,
         project_id: str | None = None,
+        error_category: ErrorCategory | None = None,
+        since_ns: int | None = None,
         limit: int = 100,
         after: str | None = None,
     ) -> list[Job]:
-        """Jobs newest first; ``after`` is the id of the last job of the previous page."""
+        """Jobs newest first; ``after`` is the id of the last job of the previous page;
+        ``since_ns`` keeps jobs created at or after it."""
 
     async def apply(self, transition: Transition) -> Job:
         """Apply one transition atomically: compare-and-set on (status, attempt), update
         the job, append the history row. Raises :class:`TransitionConflict` when the
-        job is no longer in ``status_from`` at ``attempt`` and :class:`JobNotFound`."""
+        job is no longer in ``status_from`` at ``attempt`` (:class:`CancelPending` when
+        its cancellation was asked and only Cancelled is allowed), :class:`JobNotFound`,
+        and :class:`IllegalTransition` when the database's transition table refuses it."""
 
     async def apply_with_history(self, transition: Transition) -> tuple[Job, list[LifecycleEntry]]:
         """:meth:`apply`, also returning the job's lifecycle history as it stands after
@@ -67,11 +72,16 @@ class JobStore(Protocol):
     async def claim(self, *, worker_id: str, lease_ns: int, now_ns: int) -> Job | None:
         """Move the oldest Queued job to Running, leased to ``worker_id``, or None."""
 
+    async def claim_batch(self, *, worker_id: str, lease_ns: int, now_ns: int, limit: int) -> list[Job]:
+        """Move up to ``limit`` of the oldest Queued jobs to Running, leased to
+        ``worker_id``, in one statement; oldest first."""
+
     async def renew_leases(self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int) -> set[str]:
         """Extend the leases ``worker_id`` still holds; returns the ids it still owns."""
 
-    async def request_cancel(self, job_id: str, reason: str) -> Job:
-        """Flag a Running job for cancellation by the worker that runs it."""
+    async def request_cancel(self, job_id: str, reason: str, *, requested_by: str, at_ns: int) -> Job:
+        """Flag a Running job for cancellation by the worker that runs it (recorded in
+        its history, once); returns the job as it stands."""
 
     async def cancel_requests(self, job_ids: Sequence[str]) -> dict[str, str]:
         """The cancellation reasons requested for these jobs, by id."""
@@ -82,7 +92,18 @@ class JobStore(Protocol):
     async def history(self, job_id: str) -> list[LifecycleEntry]:
         """The job's lifecycle history, oldest first."""
 
+    async def history_many(self, job_ids: Sequence[str]) -> dict[str, list[LifecycleEntry]]:
+        """The lifecycle histories of several jobs (one query), by id."""
+
     async def queue_depth(self) -> int: ...
+
+    async def prune(self, *, before_ns: int, limit: int = 500) -> list[str]:
+        """Delete up to ``limit`` terminal jobs that finished before ``before_ns``, with
+        their history and webhook deliveries; returns their ids."""
+
+    async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        """Delete these jobs if terminal, with their history and deliveries; returns the
+        ids deleted."""
 
     async def wait_for_work(self, *, max_wait: float) -> None:
         """Return when a job may be claimable, or after ``max_wait`` seconds."""

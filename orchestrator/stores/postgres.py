@@ -1,25 +1,24 @@
-"""PostgreSQL job store: many workers on many hosts.
+"""The PostgreSQL connector: many workers on many hosts.
 
-Connections come from a :class:`psycopg_pool.AsyncConnectionPool`. Every status
-change is one statement (a data-modifying CTE: compare-and-set UPDATE, history
-INSERT, and a ``pg_notify`` when the job enters the queue), so the common path is one
-round trip. Claims take the oldest Queued row with ``FOR UPDATE SKIP LOCKED``, so
-concurrent workers never claim the same job and never wait on each other.
+Connections come from a :class:`psycopg_pool.AsyncConnectionPool` in autocommit mode:
+each named query is one statement, its own transaction, one round trip (status changes
+are single UPDATEs whose triggers write the history and the outbox). A batch runs in
+one transaction in pipeline mode, so it too costs about one round trip.
 
-Workers wake up on ``NOTIFY orchestrator_jobs`` (sent at commit by transitions into
-Queued), received on one dedicated autocommit connection per store; when listening
-is impossible the store falls back to polling.
+Workers wake up on ``NOTIFY "orchestrator_jobs:<schema>"`` (sent at commit when a job
+enters the queue, by the schema's triggers), received on one dedicated connection per
+connector; when listening is impossible the connector falls back to polling.
 
-Driver errors are logged once, here, with the target as ``host:port/dbname`` only
-(never the URL, which may hold a password), and re-raised as
-:class:`~orchestrator.domain.PersistenceError`.
+Driver errors are logged once, here, with the target as ``host:port/dbname`` only (never
+the URL, which may hold a password) and without the values involved, and re-raised as
+:class:`~orchestrator.domain.PersistenceError` whose message names the operation and an
+error id, nothing of the data.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -27,31 +26,32 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import psycopg
 from psycopg import sql as pgsql
-from psycopg.rows import DictRow, TupleRow, dict_row
+from psycopg.adapt import Dumper
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from orchestrator.domain import (
-    Job,
-    JobNotFound,
-    JobStatus,
-    LifecycleEntry,
-    PersistenceError,
-    Transition,
-    TransitionConflict,
-)
-from orchestrator.stores import rows, sql
+from orchestrator.domain import PersistenceError
+from orchestrator.stores import sql
+from orchestrator.stores.connector import JSONText, Params, Row, TransitionRefused, new_error_id
+from orchestrator.stores.core import SQLJobStore
 from otel import logs
 from otel.instrument import mark_logged
 from otel.vocabulary import OperationEvent
 
-__all__ = ["NOTIFY_CHANNEL", "PostgresJobStore"]
+__all__ = ["NOTIFY_CHANNEL", "PostgresConnector", "PostgresJobStore", "describe_target"]
 
 log = logging.getLogger(__name__)
 
-_Q = sql.queries("postgres")
+_Q: Final = sql.queries("postgres")
 
-#: The channel transitions into Queued notify (the name is spelled in postgres.sql).
+#: The channel prefix; the schema's name follows it ("orchestrator_jobs:public"), so
+#: stores in different schemas of one database do not wake each other.
 NOTIFY_CHANNEL: Final = "orchestrator_jobs"
+#: SQLSTATE the schema's triggers raise for an illegal transition.
+_ILLEGAL_TRANSITION: Final = "OR409"
+#: SQLSTATE classes whose messages may quote the values involved (data exceptions,
+#: constraint violations): only the class and the state are logged for them.
+_DATA_CLASSES: Final = ("22", "23")
 
 #: How long ``open()`` waits for the pool's first connections.
 _OPEN_TIMEOUT: Final = 10.0
@@ -67,11 +67,20 @@ _MAX_DRAINS: Final = 64
 #: Seconds between two records of a failure that repeats while the server is down.
 _LOG_INTERVAL: Final = 5.0
 
-_Connection = psycopg.AsyncConnection[TupleRow]
+_Connection = psycopg.AsyncConnection[DictRow]
 
 
-class PostgresJobStore:
-    backend = "postgresql"
+class _JsonbText(Dumper):
+    """Binds canonical JSON text as jsonb: the queries need no casts, like SQLite's."""
+
+    oid = psycopg.postgres.types["jsonb"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return obj.encode()
+
+
+class PostgresConnector:
+    dialect = "postgres"
 
     def __init__(
         self,
@@ -83,7 +92,6 @@ class PostgresJobStore:
         notify: bool = True,
     ) -> None:
         self._url = url
-        self.schema_version = 0
         self.min_size = min_size
         self.max_size = max_size
         self.schema = schema
@@ -94,6 +102,7 @@ class PostgresJobStore:
         self._has_connect_timeout = "connect_timeout" in _conninfo(url)
         self._pool: AsyncConnectionPool[_Connection] | None = None
         self._open_lock: anyio.Lock | None = None
+        self._channel = NOTIFY_CHANNEL
         self._listener: _Connection | None = None
         self._listening = False
         self._listen_scope: anyio.CancelScope | None = None
@@ -101,21 +110,18 @@ class PostgresJobStore:
         self._closed = False
         self._wake: anyio.Event | None = None
         self._error_log = logs.RateLimitedLog(_LOG_INTERVAL)
+        self._listen_log = logs.RateLimitedLog(_LOG_INTERVAL)
         #: The last operation failed at the connection level (server down or unreachable).
         self._unreachable = False
-        self._listen_log = logs.RateLimitedLog(_LOG_INTERVAL)
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` was called (until the store is opened again)."""
+        """True once :meth:`close` was called (until the connector is opened again)."""
         return self._closed
-
-    def __repr__(self) -> str:
-        return f"PostgresJobStore({self.target!r}, schema={self.schema!r})"
 
     # -- connection -------------------------------------------------------------------
 
-    async def open(self, *, migrate: bool = True) -> None:
+    async def open(self) -> None:
         if self._open_lock is None:
             self._open_lock = anyio.Lock()
         async with self._open_lock:
@@ -123,24 +129,22 @@ class PostgresJobStore:
                 return
             self._closed = False
             try:
-                # One direct connection first: it fails fast with libpq's own reason
-                # (the pool would retry in the background until its timeout).
-                async with await self._connect(autocommit=False) as conn:
+                # One direct connection first: it fails fast with libpq's own reason (the
+                # pool would retry in the background until its timeout).
+                async with await self._connect() as conn:
                     if self.schema is not None:
-                        await self._configure(conn)
-                    await self._migrate(conn, apply=migrate)
+                        await self._create_schema(conn)
+                    row = await _fetchone(conn, _Q["_current_schema"])
+                    self._channel = f"{NOTIFY_CHANNEL}:{row['schema'] if row else 'public'}"
             except psycopg.Error as exc:
-                raise self._persistence_error("open", exc) from exc
+                raise self._error("open", exc) from exc
             pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
                 self._url,
                 min_size=self.min_size,
                 max_size=self.max_size,
                 open=False,
-                configure=self._configure if self.schema is not None else None,
-                # Autocommit: a statement commits on its own, without the BEGIN and
-                # COMMIT round trips of an implicit transaction. Every status change is
-                # one statement; what writes several opens a transaction explicitly.
-                kwargs={"autocommit": True},
+                configure=self._configure,
+                kwargs={"autocommit": True, "row_factory": dict_row},
                 timeout=_POOL_TIMEOUT,
                 name=f"orchestrator-{self.target}",
             )
@@ -150,48 +154,42 @@ class PostgresJobStore:
                 with anyio.CancelScope(shield=True):
                     await pool.close()
                 if isinstance(exc, psycopg.Error):
-                    raise self._persistence_error("open", exc) from exc
+                    raise self._error("open", exc) from exc
                 raise
             self._pool = pool
 
-    async def _connect(self, *, autocommit: bool) -> _Connection:
-        """A connection outside the pool (migrations, LISTEN)."""
+    async def _connect(self) -> _Connection:
+        """A connection outside the pool (the first check, LISTEN)."""
         kwargs: dict[str, Any] = {}
         if not self._has_connect_timeout:
             kwargs["connect_timeout"] = _CONNECT_TIMEOUT
-        return await psycopg.AsyncConnection.connect(self._url, autocommit=autocommit, **kwargs)
+        conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, row_factory=dict_row, **kwargs)
+        try:
+            await self._configure(conn)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        return conn
+
+    async def _create_schema(self, conn: _Connection) -> None:
+        assert self.schema is not None
+        if await _fetchone(conn, _Q["_schema_exists"], {"schema": self.schema}) is None:
+            await conn.execute(pgsql.SQL(_Q["_create_schema"]).format(schema=pgsql.Identifier(self.schema)))
+        await conn.execute(pgsql.SQL(_Q["_set_search_path"]).format(schema=pgsql.Identifier(self.schema)))
 
     async def _configure(self, conn: _Connection) -> None:
-        """Pool callback: every connection resolves names in the store's schema."""
-        assert self.schema is not None
-        await conn.execute(pgsql.SQL(_Q["set_search_path"]).format(schema=pgsql.Identifier(self.schema)))
-        await conn.commit()
-
-    async def _migrate(self, conn: _Connection, *, apply: bool) -> None:
-        async with conn.transaction():
-            await conn.execute(_Q["migration_lock"])
-            if self.schema is not None:
-                cur = await conn.execute(_Q["schema_exists"], {"schema": self.schema})
-                if await cur.fetchone() is None:
-                    await conn.execute(pgsql.SQL(_Q["create_schema"]).format(schema=pgsql.Identifier(self.schema)))
-            await conn.execute(_Q["create_migrations_table"])
-            cur = await conn.execute(_Q["applied_migrations"])
-            applied = {r[0] for r in await cur.fetchall()}
-            pending = [m for m in sql.migrations("postgres") if m.version not in applied]
-            if pending and not apply:
-                raise sql.SchemaOutdated(self.target, [f"{m.version:04d}_{m.name}" for m in pending])
-            for migration in pending:
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    _Q["record_migration"],
-                    {"version": migration.version, "name": migration.name, "applied_ns": time.time_ns()},
-                )
-                log.info("applied migration %04d_%s", migration.version, migration.name)
-            self.schema_version = max([*applied, *(m.version for m in pending)], default=0)
+        """Every connection: JSON text binds as jsonb, names resolve in the store's schema,
+        and the schema's triggers notify only when this process wants them to."""
+        conn.adapters.register_dumper(JSONText, _JsonbText)
+        if self.schema is not None:
+            await conn.execute(pgsql.SQL(_Q["_set_search_path"]).format(schema=pgsql.Identifier(self.schema)))
+        if not self.notify:
+            await conn.execute(_Q["_notify_off"])
 
     async def close(self) -> None:
         self._closed = True
-        self._wake_local()
+        self.wake_local()
         with anyio.CancelScope(shield=True):
             # Stop a task listening on the dedicated connection before closing it
             # (closing the socket under a pending wait would confuse the event loop).
@@ -207,38 +205,60 @@ class PostgresJobStore:
             if pool is not None:
                 await pool.close()
 
-    async def ping(self) -> None:
-        async with self._connection("ping") as conn:
-            await conn.execute(_Q["ping"])
-
-    @contextlib.asynccontextmanager
-    async def connection(self, operation: str) -> AsyncIterator[_Connection]:
-        """A pooled connection, its transaction committed on exit, driver errors mapped to
-        :class:`PersistenceError` (for companion stores)."""
-        async with self._connection(operation) as conn, conn.transaction():
-            yield conn
-
     @contextlib.asynccontextmanager
     async def _connection(self, operation: str) -> AsyncIterator[_Connection]:
-        """A pooled autocommit connection (each statement is its own transaction unless
-        the caller opens one); driver errors mapped."""
+        """A pooled autocommit connection; driver errors mapped."""
         if self._pool is None and not self._closed:
             await self.open()
         pool = self._pool
         if pool is None:
-            raise PersistenceError(f"postgresql {operation} failed: the store is closed")
+            raise PersistenceError(f"the postgresql store is closed (while running {operation})")
         try:
             async with pool.connection(timeout=_UNREACHABLE_POOL_TIMEOUT if self._unreachable else None) as conn:
                 yield conn
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout):
                 self._unreachable = True  # the server is gone (a busy pool is not)
-            raise self._persistence_error(operation, exc) from exc
+            raise self._error(operation, exc) from exc
         self._unreachable = False
 
-    def _persistence_error(self, operation: str, exc: psycopg.Error) -> PersistenceError:
-        detail = self._redact(str(exc).strip() or type(exc).__name__)
-        message = f"postgresql {operation} failed ({self.target}): {detail}"
+    # -- queries ----------------------------------------------------------------------
+
+    async def fetchone(self, name: str, params: Params | None = None) -> Row | None:
+        async with self._connection(name) as conn:
+            return await _fetchone(conn, _Q[name], params)
+
+    async def fetchall(self, name: str, params: Params | None = None) -> list[Row]:
+        async with self._connection(name) as conn:
+            cur = await conn.execute(_Q[name], params)
+            return list(await cur.fetchall()) if cur.description else []
+
+    async def batch(self, calls: Sequence[tuple[str, Params]]) -> list[list[Row]]:
+        operation = "+".join(name for name, _ in calls)
+        async with self._connection(operation) as conn, conn.transaction(), conn.pipeline() as pipeline:
+            cursors = [await conn.execute(_Q[name], params) for name, params in calls]
+            await pipeline.sync()
+            return [list(await cur.fetchall()) if cur.description else [] for cur in cursors]
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        async with self._connection("transaction") as conn, conn.transaction():
+            yield _Transaction(conn)
+
+    def _error(self, operation: str, exc: psycopg.Error) -> PersistenceError:
+        if exc.sqlstate == _ILLEGAL_TRANSITION:
+            return TransitionRefused(f"the database refused an illegal transition ({operation})")
+        error_id = new_error_id()
+        state = exc.sqlstate or ""
+        # The primary message of a data or constraint error may quote the values involved
+        # (a snippet of a job's JSON): only its SQLSTATE is logged. Connection-level
+        # messages come from libpq and hold no data (the URL's secrets are redacted).
+        if state[:2] in _DATA_CLASSES:
+            detail = f"SQLSTATE {state}"
+        else:
+            lines = ((exc.diag.message_primary if state else None) or str(exc)).strip().splitlines()
+            detail = self._redact(lines[0]) if lines else type(exc).__name__
+            detail = f"{detail} (SQLSTATE {state})" if state else detail
         # Connection-level failures repeat on every call while the server is down:
         # log them once per interval with a count; anything else is logged each time.
         flood = isinstance(exc, psycopg.OperationalError)
@@ -247,15 +267,19 @@ class PostgresJobStore:
                 log,
                 logging.ERROR,
                 OperationEvent.ERROR,
-                message,
+                f"postgresql {operation} failed ({self.target}): {detail} (error id {error_id})",
                 operation=f"store.{operation}",
                 error_category="persistence",
+                error_id=error_id,
                 target=self.target,
                 error_type=type(exc).__name__,
                 sqlstate=exc.sqlstate,
                 suppressed=(self._error_log.take_suppressed() or None) if flood else None,
             )
-        error = PersistenceError(message)
+        reach = "could not be reached to" if isinstance(exc, psycopg.OperationalError) and not state else "failed to"
+        error = PersistenceError(
+            f"the postgresql store at {self.target} {reach} {operation} (error id {error_id}; details in the log)"
+        )
         mark_logged(error)  # logged here (or counted in the next record): callers must not log it again
         return error
 
@@ -264,168 +288,28 @@ class PostgresJobStore:
             text = text.replace(secret, "***")
         return text
 
-    # -- writes -----------------------------------------------------------------------
-
-    async def insert(self, job: Job) -> None:
-        history = {
-            "job_id": job.id,
-            "status_from": None,
-            "status_to": str(job.status),
-            "reason": "created",
-            "at_ns": job.created_ns,
-            "duration_ms": 0.0,
-            "attempt": job.attempt,
-            "worker_id": None,
-        }
-        async with self._connection("insert") as conn, conn.transaction():
-            await conn.execute(_Q["insert_job"], rows.job_to_row(job))
-            await conn.execute(_Q["insert_history"], history)
-
-    async def insert_enqueued(self, job: Job, transition: Transition) -> Job:
-        params = create_params(job, transition)
-        params["notify"] = self.notify
-        async with self._connection("insert") as conn:
-            row = await fetchone(conn, _Q["create_job"], params)
-        assert row is not None  # an INSERT ... RETURNING that did not raise returned its row
-        queued = rows.job_from_row(row)
-        self._wake_local()
-        return queued
-
-    async def apply(self, transition: Transition) -> Job:
-        job, _ = await self._apply(transition, with_history=False)
-        return job
-
-    async def apply_with_history(self, transition: Transition) -> tuple[Job, list[LifecycleEntry]]:
-        job, history = await self._apply(transition, with_history=True)
-        return job, history
-
-    async def _apply(self, transition: Transition, *, with_history: bool) -> tuple[Job, list[LifecycleEntry]]:
-        params = rows.transition_params(transition)
-        params["notify"] = self.notify
-        params["with_history"] = with_history
-        async with self._connection("apply") as conn:
-            row = await fetchone(conn, _Q["apply_transition"], params)
-            if row is None:
-                current = await fetchone(conn, _Q["get_job"], {"id": transition.job_id})
-                if current is None:
-                    raise JobNotFound(transition.job_id)
-                raise TransitionConflict(
-                    transition.job_id,
-                    transition.status_from,
-                    JobStatus(current["status"]),
-                    transition.status_to,
-                    project_id=current["project_id"],
-                )
-        job = rows.job_from_row(row)
-        if job.status is JobStatus.QUEUED:
-            self._wake_local()
-        history = [rows.entry_from_row(r) for r in row["history"] or ()] if with_history else []
-        return job, history
-
-    async def claim(self, *, worker_id: str, lease_ns: int, now_ns: int) -> Job | None:
-        params = {
-            "worker_id": worker_id,
-            "now_ns": now_ns,
-            "expires_ns": now_ns + lease_ns,
-            "timestamp": rows.iso(now_ns),
-        }
-        async with self._connection("claim") as conn:
-            row = await fetchone(conn, _Q["claim"], params)
-        return rows.job_from_row(row) if row is not None else None
-
-    async def renew_leases(self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int) -> set[str]:
-        if not job_ids:
-            return set()
-        params = {"ids": list(job_ids), "worker_id": worker_id, "expires_ns": expires_ns}
-        async with self._connection("renew_leases") as conn:
-            found = await fetchall(conn, _Q["renew_leases"], params)
-        return {r["id"] for r in found}
-
-    async def request_cancel(self, job_id: str, reason: str) -> Job:
-        async with self._connection("request_cancel") as conn:
-            row = await fetchone(conn, _Q["request_cancel"], {"id": job_id, "reason": reason})
-            if row is None:
-                row = await fetchone(conn, _Q["get_job"], {"id": job_id})
-                if row is None:
-                    raise JobNotFound(job_id)
-        return rows.job_from_row(row)
-
-    # -- reads ------------------------------------------------------------------------
-
-    async def get(self, job_id: str) -> Job:
-        async with self._connection("get") as conn:
-            row = await fetchone(conn, _Q["get_job"], {"id": job_id})
-        if row is None:
-            raise JobNotFound(job_id)
-        return rows.job_from_row(row)
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | None = None,
-        project_id: str | None = None,
-        limit: int = 100,
-        after: str | None = None,
-    ) -> list[Job]:
-        clauses: list[pgsql.Composable] = []
-        params: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            clauses.append(pgsql.SQL("status = %(status)s"))
-            params["status"] = str(status)
-        if project_id is not None:
-            clauses.append(pgsql.SQL("project_id = %(project_id)s"))
-            params["project_id"] = project_id
-        if after is not None:
-            clauses.append(pgsql.SQL("id < %(after)s"))
-            params["after"] = after
-        where = pgsql.SQL("WHERE ") + pgsql.SQL(" AND ").join(clauses) if clauses else pgsql.SQL("")
-        query = pgsql.SQL(_Q["list_jobs"]).format(where=where)
-        async with self._connection("list") as conn:
-            found = await fetchall(conn, query, params)
-        return [rows.job_from_row(r) for r in found]
-
-    async def cancel_requests(self, job_ids: Sequence[str]) -> dict[str, str]:
-        if not job_ids:
-            return {}
-        async with self._connection("cancel_requests") as conn:
-            found = await fetchall(conn, _Q["cancel_requests"], {"ids": list(job_ids)})
-        return {r["id"]: r["cancel_requested"] for r in found}
-
-    async def expired(self, *, now_ns: int, limit: int = 100) -> list[Job]:
-        async with self._connection("expired") as conn:
-            found = await fetchall(conn, _Q["expired"], {"now_ns": now_ns, "limit": limit})
-        return [rows.job_from_row(r) for r in found]
-
-    async def history(self, job_id: str) -> list[LifecycleEntry]:
-        async with self._connection("history") as conn:
-            found = await fetchall(conn, _Q["history"], {"job_id": job_id})
-        return [rows.entry_from_row(r) for r in found]
-
-    async def queue_depth(self) -> int:
-        async with self._connection("queue_depth") as conn:
-            row = await fetchone(conn, _Q["queue_depth"])
-        assert row is not None
-        return int(row["depth"])
-
     # -- wake-ups ---------------------------------------------------------------------
 
-    async def wait_for_work(self, *, max_wait: float) -> None:
+    def wake_local(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    async def wait_for_notification(self, *, max_wait: float) -> None:
         """Return on a notification of an enqueue (any process), or after ``max_wait``.
 
-        One task per store listens on the dedicated connection; other tasks of the
-        same store that wait at the same time are woken by it. Without notifications
-        (``notify=False``, or LISTEN failing) this is a plain poll interval.
+        One task per connector listens on the dedicated connection; other tasks that
+        wait at the same time are woken by it. Without notifications (``notify=False``,
+        or LISTEN failing) this is a plain poll interval.
         """
         if self._closed:
             return
-        if not self.notify:
-            await anyio.sleep(max_wait)
-            return
         if self._wake is None:
             self._wake = anyio.Event()
-        if self._listening:
+        wake = self._wake
+        if not self.notify or self._listening:
             with anyio.move_on_after(max_wait):
-                await self._wake.wait()
+                await wake.wait()
             return
         deadline = anyio.current_time() + max_wait
         woke: bool | None = False
@@ -436,12 +320,13 @@ class PostgresJobStore:
         finally:
             self._listening, self._listen_scope = False, None
             self._listen_done.set()
-        if self.closed:  # close() stopped the listener
+        if self.closed:  # close() stopped the listener (read through the property: it changed meanwhile)
             return
         if woke:
-            self._wake_local()
+            self.wake_local()
         elif woke is None:  # listening failed: poll
-            await anyio.sleep(max(0.0, deadline - anyio.current_time()))
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                await wake.wait()
 
     async def _listen(self, max_wait: float) -> bool | None:
         """True on a notification, False on timeout, None when listening failed."""
@@ -461,7 +346,7 @@ class PostgresJobStore:
                     log,
                     logging.WARNING,
                     OperationEvent.ERROR,
-                    f"postgresql listen failed ({self.target}), polling instead: {self._redact(str(exc).strip())}",
+                    f"postgresql listen failed ({self.target}), polling instead: {type(exc).__name__}",
                     operation="store.wait_for_work",
                     error_category="persistence",
                     target=self.target,
@@ -476,9 +361,9 @@ class PostgresJobStore:
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         await self._drop_listener()
-        conn = await self._connect(autocommit=True)
+        conn = await self._connect()
         try:
-            await conn.execute(_Q["listen"])
+            await conn.execute(pgsql.SQL(_Q["_listen"]).format(channel=pgsql.Identifier(self._channel)))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -502,48 +387,46 @@ class PostgresJobStore:
             with anyio.CancelScope(shield=True):
                 await conn.close()
 
-    def _wake_local(self) -> None:
-        """Wake the tasks of this store waiting for work (without a server round trip)."""
-        wake, self._wake = self._wake, None
-        if wake is not None:
-            wake.set()
+
+class _Transaction:
+    """Named queries and migration scripts inside one transaction."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, name: str, params: Params | None = None) -> None:
+        await self._conn.execute(_Q[name], params)
+
+    async def fetchall(self, name: str, params: Params | None = None) -> list[Row]:
+        cur = await self._conn.execute(_Q[name], params)
+        return list(await cur.fetchall())
+
+    async def execute_script(self, script: str) -> None:
+        await self._conn.execute(script.encode())  # a migration file of the package, not a value
 
 
-def create_params(job: Job, transition: Transition) -> dict[str, Any]:
-    """The parameters of ``create_job`` (without ``notify``): the job row as the
-    Pending -> Queued update would leave it, and what its two history rows and the
-    outbox need."""
-    t = transition
-    if (job.status, t.status_from, t.status_to) != (JobStatus.PENDING,) * 2 + (JobStatus.QUEUED,) or t.job_id != job.id:
-        raise ValueError(f"insert_enqueued takes a new Pending job and its Pending -> Queued transition: {t}")
-    return {
-        **rows.job_to_row(job),
-        "status": str(t.status_to),
-        "status_ns": t.at_ns,
-        "attempt": t.new_attempt,
-        "queued_ns": t.at_ns,
-        "reason": t.reason,
-        "lease_owner": t.lease_owner,
-        "lease_expires_ns": t.lease_expires_ns,
-        "cancel_requested": None,
-        "created_status": str(job.status),
-        "created_attempt": job.attempt,
-        "duration_ms": t.duration_ms,
-        "worker_id": t.worker_id,
-        **rows.outbox_params(t),
-    }
+class PostgresJobStore(SQLJobStore):
+    """The job store on a PostgreSQL database (optionally in a schema of its own)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        schema: str | None = None,
+        notify: bool = True,
+    ) -> None:
+        connector = PostgresConnector(url, min_size=min_size, max_size=max_size, schema=schema, notify=notify)
+        super().__init__(connector)
+        self.pg = connector
+        self.schema = schema
+        self.target = connector.target
 
 
-async def fetchone(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> DictRow | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, params)
-        return await cur.fetchone()
-
-
-async def fetchall(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> list[DictRow]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, params)
-        return await cur.fetchall()
+async def _fetchone(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> Row | None:
+    cur = await conn.execute(query, params)
+    return await cur.fetchone() if cur.description else None
 
 
 def _conninfo(url: str) -> dict[str, Any]:

@@ -1,11 +1,18 @@
-"""Mapping between stored rows and domain objects, shared by every store."""
+"""Mapping between stored rows and domain objects: the one place values enter the store.
+
+Every value written goes through the canonical form of :mod:`orchestrator.domain.values`
+here (text with NUL and lone surrogates escaped, JSON that both databases hold alike), so
+SQLite and PostgreSQL store the same thing and any stored value can be read back. Reading
+is lenient: a field that cannot be decoded marks the job as damaged instead of breaking
+the read, so a listing still answers and the job can be pruned.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from orchestrator.domain import (
     ErrorCategory,
@@ -17,92 +24,41 @@ from orchestrator.domain import (
     Phase,
     TraceContext,
     Transition,
-    lifecycle_event,
 )
+from orchestrator.domain.events import LifecycleEvent
+from orchestrator.domain.values import canonical_json, canonical_reason, canonical_text
+from orchestrator.stores.connector import JSONText, Row
 
-__all__ = ["HISTORY_COLUMNS", "JOB_COLUMNS", "dump_results", "entry_from_row", "job_from_row", "job_to_row"]
+__all__ = ["entry_from_row", "job_from_row", "job_params", "json_text", "json_value", "transition_params"]
 
-JOB_COLUMNS = (
-    "id",
-    "project_id",
-    "source",
-    "modules",
-    "options",
-    "status",
-    "attempt",
-    "created_ns",
-    "status_ns",
-    "queued_ns",
-    "started_ns",
-    "finished_ns",
-    "reason",
-    "error_category",
-    "error_phase",
-    "results",
-    "trace_id",
-    "root_span_id",
-    "trace_sampled",
-    "trace_link",
-    "lease_owner",
-    "lease_expires_ns",
-    "cancel_requested",
-)
-
-HISTORY_COLUMNS = (
-    "job_id",
-    "seq",
-    "status_from",
-    "status_to",
-    "reason",
-    "at_ns",
-    "duration_ms",
-    "attempt",
-    "worker_id",
-)
+T = TypeVar("T")
 
 
-def iso(ns: int) -> str:
-    """An RFC 3339 UTC timestamp (microseconds) for payloads."""
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def json_text(value: Any) -> JSONText:
+    """``value`` in canonical form, as the JSON text bound to a JSON column."""
+    return JSONText(json.dumps(canonical_json(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False))
 
 
-def outbox_params(t: Transition) -> dict[str, str]:
-    """The webhook event a transition emits, for the outbox insert of its statement."""
-    return {"event": str(lifecycle_event(t.status_from, t.status_to)), "timestamp": iso(t.at_ns)}
+def _text(value: str | None) -> str | None:
+    return None if value is None else canonical_text(value)
 
 
-def transition_params(t: Transition) -> dict[str, Any]:
-    """The parameters of a transition's statements (update, history row, outbox)."""
-    return {
-        "job_id": t.job_id,
-        "status_from": str(t.status_from),
-        "status_to": str(t.status_to),
-        "reason": t.reason,
-        "at_ns": t.at_ns,
-        "duration_ms": t.duration_ms,
-        "attempt": t.attempt,
-        "new_attempt": t.new_attempt,
-        "worker_id": t.worker_id,
-        "error_category": t.error_category and str(t.error_category),
-        "error_phase": t.error_phase and str(t.error_phase),
-        "results": dump_results(t.results) if t.results is not None else None,
-        "lease_owner": t.lease_owner,
-        "lease_expires_ns": t.lease_expires_ns,
-        **outbox_params(t),
-    }
+def _reason(value: str | None) -> str | None:
+    return None if value is None else canonical_reason(value)
 
 
-def dump_results(results: tuple[ModuleResult, ...]) -> str:
-    return json.dumps([r.to_json() for r in results], separators=(",", ":"))
+def _results(results: tuple[ModuleResult, ...]) -> JSONText:
+    return json_text([r.to_json() for r in results])
 
 
-def job_to_row(job: Job) -> dict[str, Any]:
+def job_params(job: Job) -> dict[str, Any]:
+    """The parameters of ``insert_job``."""
     return {
         "id": job.id,
-        "project_id": job.project_id,
-        "source": job.source,
-        "modules": json.dumps(list(job.modules)),
-        "options": json.dumps(job.options.to_json(), separators=(",", ":")),
+        "project_id": canonical_text(job.project_id),
+        "source": canonical_text(job.source),
+        "modules": json_text(list(job.modules)),
+        "options": json_text(job.options.to_json()),
         "status": str(job.status),
         "attempt": job.attempt,
         "created_ns": job.created_ns,
@@ -110,32 +66,72 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "queued_ns": job.queued_ns,
         "started_ns": job.started_ns,
         "finished_ns": job.finished_ns,
-        "reason": job.reason,
+        "reason": _reason(job.reason),
         "error_category": job.error_category and str(job.error_category),
         "error_phase": job.error_phase and str(job.error_phase),
-        "results": dump_results(job.results),
+        "results": _results(job.results),
         "trace_id": job.trace.trace_id,
         "root_span_id": job.trace.span_id,
         "trace_sampled": job.trace.sampled,
-        "trace_link": job.trace.link,
-        "lease_owner": job.lease_owner,
+        "trace_link": _text(job.trace.link),
+        "lease_owner": _text(job.lease_owner),
         "lease_expires_ns": job.lease_expires_ns,
-        "cancel_requested": job.cancel_requested,
+        "worker_id": _text(job.worker_id),
+    }
+
+
+def transition_params(t: Transition) -> dict[str, Any]:
+    """The parameters of ``apply_transition``."""
+    return {
+        "job_id": t.job_id,
+        "status_from": str(t.status_from),
+        "status_to": str(t.status_to),
+        "reason": canonical_reason(t.reason),
+        "at_ns": t.at_ns,
+        "attempt": t.attempt,
+        "new_attempt": t.new_attempt,
+        "worker_id": _text(t.worker_id),
+        "error_category": t.error_category and str(t.error_category),
+        "error_phase": t.error_phase and str(t.error_phase),
+        "results": _results(t.results) if t.results is not None else None,
+        "lease_owner": _text(t.lease_owner),
+        "lease_expires_ns": t.lease_expires_ns,
     }
 
 
 def json_value(value: Any) -> Any:
-    """A JSON column's value: SQLite returns text, PostgreSQL's JSONB decoded objects."""
+    """A JSON column's value: SQLite returns text, PostgreSQL's jsonb decoded objects."""
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def job_from_row(row: Mapping[str, Any]) -> Job:
-    return Job(
+class _Reader:
+    """Decodes fields one by one; a field that cannot be read gets its fallback and is
+    named in :attr:`damaged`."""
+
+    def __init__(self, row: Row) -> None:
+        self.row = row
+        self.damaged: list[str] = []
+
+    def field(self, name: str, decode: Callable[[Any], T], fallback: T) -> T:
+        try:
+            return decode(self.row[name])
+        except Exception:  # noqa: BLE001 - an unreadable stored value must not break the read
+            self.damaged.append(name)
+            return fallback
+
+
+def _results_of(value: Any) -> tuple[ModuleResult, ...]:
+    return tuple(ModuleResult.from_json(r) for r in json_value(value) or ())
+
+
+def job_from_row(row: Row) -> Job:
+    read = _Reader(row)
+    job = Job(
         id=row["id"],
         project_id=row["project_id"],
         source=row["source"],
-        modules=tuple(json_value(row["modules"])),
-        options=JobOptions.from_json(json_value(row["options"])),
+        modules=read.field("modules", lambda v: tuple(str(m) for m in json_value(v)), ()),
+        options=read.field("options", lambda v: JobOptions.from_json(json_value(v)), JobOptions()),
         status=JobStatus(row["status"]),
         attempt=row["attempt"],
         created_ns=row["created_ns"],
@@ -144,9 +140,9 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         started_ns=row["started_ns"],
         finished_ns=row["finished_ns"],
         reason=row["reason"],
-        error_category=ErrorCategory(row["error_category"]) if row["error_category"] else None,
-        error_phase=Phase(row["error_phase"]) if row["error_phase"] else None,
-        results=tuple(ModuleResult.from_json(r) for r in json_value(row["results"]) or ()),
+        error_category=read.field("error_category", lambda v: ErrorCategory(v) if v else None, None),
+        error_phase=read.field("error_phase", lambda v: Phase(v) if v else None, None),
+        results=read.field("results", _results_of, ()),
         trace=TraceContext(
             trace_id=row["trace_id"],
             span_id=row["root_span_id"],
@@ -156,10 +152,21 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         lease_owner=row["lease_owner"],
         lease_expires_ns=row["lease_expires_ns"],
         cancel_requested=row["cancel_requested"],
+        cancel_requested_by=row["cancel_requested_by"],
+        cancel_requested_ns=row["cancel_requested_ns"],
+        worker_id=row["worker_id"],
     )
+    if read.damaged:
+        return _damaged(job, read.damaged)
+    return job
 
 
-def entry_from_row(row: Mapping[str, Any]) -> LifecycleEntry:
+def _damaged(job: Job, fields: list[str]) -> Job:
+    return replace(job, damaged=f"unreadable stored fields: {', '.join(fields)}")
+
+
+def entry_from_row(row: Row) -> LifecycleEntry:
+    event = row["event"]
     return LifecycleEntry(
         job_id=row["job_id"],
         seq=row["seq"],
@@ -170,4 +177,5 @@ def entry_from_row(row: Mapping[str, Any]) -> LifecycleEntry:
         duration_ms=row["duration_ms"],
         attempt=row["attempt"],
         worker_id=row["worker_id"],
+        event=LifecycleEvent(event) if event else None,
     )

@@ -1,4 +1,11 @@
-"""Loads named SQL blocks and versioned migrations shipped with the package."""
+"""Named SQL blocks and versioned migrations shipped with the package.
+
+Queries live in ``queries/common.sql`` (both dialects run them as written) and in one
+file per dialect (``queries/sqlite.sql``, ``queries/postgres.sql``) for those that
+differ. Every block is headed ``-- name: <name>``; names starting with ``_`` belong to a
+connector alone. Placeholders are written ``:name``; for PostgreSQL they become
+psycopg's ``%(name)s`` (and a literal ``%`` becomes ``%%``).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,54 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Final
 
 from orchestrator.domain import PersistenceError
 
-__all__ = ["Migration", "SchemaOutdated", "migrations", "queries"]
+__all__ = ["DIALECTS", "Migration", "SchemaOutdated", "dialect_names", "migrations", "queries"]
+
+DIALECTS: Final = ("sqlite", "postgres")
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+#: ``:name`` but not a ``::type`` cast.
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def _blocks(filename: str) -> dict[str, str]:
+    text = resources.files("orchestrator.stores").joinpath("queries", filename).read_text("utf-8")
+    parts = _NAME.split(text)
+    blocks: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in blocks:
+            raise ValueError(f"{filename}: query {name!r} defined twice")
+        # Comment lines are documentation; they would only get in the way of the driver.
+        lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
+        blocks[name] = "\n".join(lines).strip()
+    return blocks
+
+
+def _psycopg(query: str) -> str:
+    return _PLACEHOLDER.sub(r"%(\1)s", query.replace("%", "%%"))
+
+
+@functools.cache
+def dialect_names(dialect: str) -> frozenset[str]:
+    """The names defined by the dialect's own file (for the structure test)."""
+    return frozenset(_blocks(f"{dialect}.sql"))
 
 
 @functools.cache
 def queries(dialect: str) -> dict[str, str]:
-    """The named queries of ``queries/<dialect>.sql`` (blocks headed ``-- name: x``)."""
-    text = resources.files("orchestrator.stores").joinpath("queries", f"{dialect}.sql").read_text("utf-8")
-    parts = _NAME.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    """Every named query of ``dialect``: the common ones and the dialect's own, in the
+    dialect's placeholder style."""
+    common, own = _blocks("common.sql"), _blocks(f"{dialect}.sql")
+    twice = sorted(set(common) & set(own))
+    if twice:
+        raise ValueError(f"{dialect}.sql redefines common queries: {', '.join(twice)}")
+    merged = {**common, **own}
+    if dialect == "postgres":
+        return {name: _psycopg(query) for name, query in merged.items()}
+    return merged
 
 
 class SchemaOutdated(PersistenceError):

@@ -1,25 +1,23 @@
-"""Webhook persistence beside each job store: subscriptions, the outbox, attempts.
+"""Webhook persistence beside the job store: subscriptions, the outbox, attempts.
 
-The outbox rows themselves are written by the job stores, in the transaction of the
-transition they report (see ``insert_outbox`` in ``queries/sqlite.sql`` and the
-``outbox`` CTE in ``queries/postgres.sql``); this module reads and updates them.
+The outbox rows themselves are written by the database, in the statement of the
+transition they report (the ``job_history_outbox`` trigger of the schema); this module
+reads and updates them over the job store's connector, with the same named queries on
+both databases.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections.abc import Mapping
 from typing import Any, Protocol
 
-from orchestrator.stores import JobStore, rows, sql
-from orchestrator.stores.postgres import PostgresJobStore, fetchall, fetchone
-from orchestrator.stores.sqlite import SQLiteJobStore, transaction
+from orchestrator.domain import JobNotFound
+from orchestrator.domain.values import canonical_reason
+from orchestrator.serialization import timestamp
+from orchestrator.stores import JobStore, rows
+from orchestrator.stores.connector import Connector, Row
 from orchestrator.webhooks.models import Attempt, Delivery, Subscription
 
-__all__ = ["WebhookNotFound", "WebhookStore", "webhook_store"]
-
-from orchestrator.domain import JobNotFound
+__all__ = ["SQLWebhookStore", "WebhookNotFound", "WebhookStore", "webhook_store"]
 
 
 class WebhookNotFound(JobNotFound):
@@ -56,15 +54,14 @@ class WebhookStore(Protocol):
 
 
 def webhook_store(store: JobStore) -> WebhookStore:
-    """The webhook store that shares ``store``'s database."""
-    if isinstance(store, SQLiteJobStore):
-        return SQLiteWebhookStore(store)
-    if isinstance(store, PostgresJobStore):
-        return PostgresWebhookStore(store)
-    raise TypeError(f"no webhook store for {type(store).__name__}")
+    """The webhook store that shares ``store``'s database (through its connector)."""
+    connector: Connector | None = getattr(store, "connector", None)
+    if connector is None:
+        raise TypeError(f"{type(store).__name__} has no database connector to share")
+    return SQLWebhookStore(connector)
 
 
-def _subscription(row: Mapping[str, Any]) -> Subscription:
+def _subscription(row: Row) -> Subscription:
     return Subscription(
         id=row["id"],
         project_id=row["project_id"],
@@ -75,7 +72,25 @@ def _subscription(row: Mapping[str, Any]) -> Subscription:
     )
 
 
-def _delivery(row: Mapping[str, Any]) -> Delivery:
+def payload(row: Row) -> dict[str, Any]:
+    """The body of a delivery: the history row it reports, with the job's ids. (Rows
+    written before the outbox carried the history's fields hold their payload whole.)"""
+    if row["history_seq"] is None:
+        return dict(rows.json_value(row["payload"]))
+    return {
+        "event": row["event"],
+        "job_id": row["job_id"],
+        "project_id": row["project_id"],
+        "status_from": row["status_from"],
+        "status_to": row["status_to"],
+        "reason": row["reason"],
+        "timestamp": timestamp(row["at_ns"]),
+        "attempt": row["attempt"],
+        "trace_id": row["trace_id"],
+    }
+
+
+def _delivery(row: Row) -> Delivery:
     return Delivery(
         seq=row["seq"],
         id=row["id"],
@@ -83,7 +98,7 @@ def _delivery(row: Mapping[str, Any]) -> Delivery:
         job_id=row["job_id"],
         project_id=row["project_id"],
         event=row["event"],
-        payload=rows.json_value(row["payload"]),
+        payload=payload(row),
         status=row["status"],
         attempts=row["attempts"],
         next_attempt_ns=row["next_attempt_ns"],
@@ -97,7 +112,7 @@ def _delivery(row: Mapping[str, Any]) -> Delivery:
     )
 
 
-def _attempt(row: Mapping[str, Any]) -> Attempt:
+def _attempt(row: Row) -> Attempt:
     return Attempt(
         delivery_id=row["delivery_id"],
         attempt=row["attempt"],
@@ -109,176 +124,65 @@ def _attempt(row: Mapping[str, Any]) -> Attempt:
     )
 
 
-def _subscription_params(s: Subscription) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "project_id": s.project_id,
-        "url": s.url,
-        "secret": s.secret,
-        "events": json.dumps(list(s.events)),
-        "created_ns": s.created_ns,
-    }
+class SQLWebhookStore:
+    """The :class:`WebhookStore` over a job store's connector (either database)."""
 
-
-def _finish_params(
-    delivery: Delivery, attempt: Attempt, owner: str, status: str, next_attempt_ns: int
-) -> dict[str, Any]:
-    return {
-        "id": delivery.id,
-        "owner": owner,
-        "attempt": attempt.attempt,
-        "status": status,
-        "next_attempt_ns": next_attempt_ns,
-        "status_code": attempt.status_code,
-        "error": attempt.error,
-        "at_ns": attempt.at_ns,
-        "duration_ms": attempt.duration_ms,
-        "outcome": attempt.outcome,
-    }
-
-
-def _filters(job_id: str | None, subscription_id: str | None, mark: str) -> tuple[str, dict[str, Any]]:
-    clauses, params = [], {}
-    if job_id is not None:
-        clauses.append(mark.format("job_id"))
-        params["job_id"] = job_id
-    if subscription_id is not None:
-        clauses.append(mark.format("subscription_id"))
-        params["subscription_id"] = subscription_id
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
-class SQLiteWebhookStore:
-    _Q = sql.queries("sqlite")
-
-    def __init__(self, store: SQLiteJobStore) -> None:
-        self._store = store
+    def __init__(self, connector: Connector) -> None:
+        self._db = connector
 
     async def add_subscription(self, subscription: Subscription) -> None:
-        params = _subscription_params(subscription)
-
-        def add(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                conn.execute(self._Q["webhook_insert_subscription"], params)
-
-        await self._store.run("webhook_add", add)
+        params = {
+            "id": subscription.id,
+            "project_id": subscription.project_id,
+            "url": subscription.url,
+            "secret": subscription.secret,
+            "events": rows.json_text(list(subscription.events)),
+            "created_ns": subscription.created_ns,
+        }
+        await self._db.fetchall("webhook_insert_subscription", params)
 
     async def get_subscription(self, subscription_id: str) -> Subscription:
-        query = self._Q["webhook_get_subscription"]
-        row = await self._store.run("webhook_get", lambda c: c.execute(query, {"id": subscription_id}).fetchone())
+        row = await self._db.fetchone("webhook_get_subscription", {"id": subscription_id})
         if row is None:
             raise WebhookNotFound(subscription_id)
         return _subscription(row)
 
     async def list_subscriptions(self, *, project_id: str | None = None) -> list[Subscription]:
-        where = "WHERE project_id = :project_id" if project_id is not None else ""
-        query = f"SELECT * FROM webhook_subscriptions {where} ORDER BY created_ns, id"  # noqa: S608 - fixed clause
-        found = await self._store.run("webhook_list", lambda c: c.execute(query, {"project_id": project_id}).fetchall())
+        found = await self._db.fetchall("webhook_list_subscriptions", {"project_id": project_id})
         return [_subscription(r) for r in found]
 
     async def delete_subscription(self, subscription_id: str) -> None:
-        def delete(conn: sqlite3.Connection) -> Any:
-            with transaction(conn):
-                return conn.execute(self._Q["webhook_delete_subscription"], {"id": subscription_id}).fetchone()
-
-        if await self._store.run("webhook_delete", delete) is None:
+        if await self._db.fetchone("webhook_delete_subscription", {"id": subscription_id}) is None:
             raise WebhookNotFound(subscription_id)
 
     async def claim_deliveries(self, *, owner: str, now_ns: int, lease_ns: int, limit: int) -> list[Delivery]:
         params = {"owner": owner, "now_ns": now_ns, "expires_ns": now_ns + lease_ns, "limit": limit}
-
-        def claim(conn: sqlite3.Connection) -> list[Any]:
-            with transaction(conn):
-                return conn.execute(self._Q["webhook_claim"], params).fetchall()
-
-        return sorted((_delivery(r) for r in await self._store.run("webhook_claim", claim)), key=lambda d: d.seq)
-
-    async def finish_attempt(
-        self, delivery: Delivery, attempt: Attempt, *, owner: str, status: str, next_attempt_ns: int
-    ) -> bool:
-        params = _finish_params(delivery, attempt, owner, status, next_attempt_ns)
-
-        def finish(conn: sqlite3.Connection) -> bool:
-            with transaction(conn):
-                if conn.execute(self._Q["webhook_finish_attempt"], params).fetchone() is None:
-                    return False
-                conn.execute(self._Q["webhook_insert_attempt"], params)
-                return True
-
-        return await self._store.run("webhook_finish", finish)
-
-    async def list_deliveries(
-        self, *, job_id: str | None = None, subscription_id: str | None = None, limit: int = 100
-    ) -> list[Delivery]:
-        where, params = _filters(job_id, subscription_id, "{0} = :{0}")
-        params["limit"] = limit
-        query = f"SELECT * FROM webhook_deliveries {where} ORDER BY seq LIMIT :limit"  # noqa: S608 - fixed clauses
-        found = await self._store.run("webhook_deliveries", lambda c: c.execute(query, params).fetchall())
-        return [_delivery(r) for r in found]
-
-    async def attempts(self, delivery_id: str) -> list[Attempt]:
-        query = self._Q["webhook_attempts"]
-        found = await self._store.run("webhook_attempts", lambda c: c.execute(query, {"id": delivery_id}).fetchall())
-        return [_attempt(r) for r in found]
-
-
-class PostgresWebhookStore:
-    _Q = sql.queries("postgres")
-
-    def __init__(self, store: PostgresJobStore) -> None:
-        self._store = store
-
-    async def add_subscription(self, subscription: Subscription) -> None:
-        async with self._store.connection("webhook_add") as conn:
-            await conn.execute(self._Q["webhook_insert_subscription"], _subscription_params(subscription))
-
-    async def get_subscription(self, subscription_id: str) -> Subscription:
-        async with self._store.connection("webhook_get") as conn:
-            row = await fetchone(conn, self._Q["webhook_get_subscription"], {"id": subscription_id})
-        if row is None:
-            raise WebhookNotFound(subscription_id)
-        return _subscription(row)
-
-    async def list_subscriptions(self, *, project_id: str | None = None) -> list[Subscription]:
-        where = "WHERE project_id = %(project_id)s" if project_id is not None else ""
-        query = f"SELECT * FROM webhook_subscriptions {where} ORDER BY created_ns, id"  # noqa: S608 - fixed clause
-        async with self._store.connection("webhook_list") as conn:
-            found = await fetchall(conn, query, {"project_id": project_id})
-        return [_subscription(r) for r in found]
-
-    async def delete_subscription(self, subscription_id: str) -> None:
-        async with self._store.connection("webhook_delete") as conn:
-            row = await fetchone(conn, self._Q["webhook_delete_subscription"], {"id": subscription_id})
-        if row is None:
-            raise WebhookNotFound(subscription_id)
-
-    async def claim_deliveries(self, *, owner: str, now_ns: int, lease_ns: int, limit: int) -> list[Delivery]:
-        params = {"owner": owner, "now_ns": now_ns, "expires_ns": now_ns + lease_ns, "limit": limit}
-        async with self._store.connection("webhook_claim") as conn:
-            found = await fetchall(conn, self._Q["webhook_claim"], params)
+        found = await self._db.fetchall("webhook_claim", params)
         return sorted((_delivery(r) for r in found), key=lambda d: d.seq)
 
     async def finish_attempt(
         self, delivery: Delivery, attempt: Attempt, *, owner: str, status: str, next_attempt_ns: int
     ) -> bool:
-        params = _finish_params(delivery, attempt, owner, status, next_attempt_ns)
-        async with self._store.connection("webhook_finish") as conn, conn.transaction():
-            if await fetchone(conn, self._Q["webhook_finish_attempt"], params) is None:
-                return False
-            await conn.execute(self._Q["webhook_insert_attempt"], params)
-            return True
+        params = {
+            "id": delivery.id,
+            "owner": owner,
+            "attempt": attempt.attempt,
+            "status": status,
+            "next_attempt_ns": next_attempt_ns,
+            "status_code": attempt.status_code,
+            "error": attempt.error and canonical_reason(attempt.error),
+            "outcome": attempt.outcome,
+            "duration_ms": attempt.duration_ms,
+            "at_ns": attempt.at_ns,
+        }
+        # The database records the attempt (webhook_attempts) in the same statement.
+        return await self._db.fetchone("webhook_finish_attempt", params) is not None
 
     async def list_deliveries(
         self, *, job_id: str | None = None, subscription_id: str | None = None, limit: int = 100
     ) -> list[Delivery]:
-        where, params = _filters(job_id, subscription_id, "{0} = %({0})s")
-        params["limit"] = limit
-        query = f"SELECT * FROM webhook_deliveries {where} ORDER BY seq LIMIT %(limit)s"  # noqa: S608 - fixed clauses
-        async with self._store.connection("webhook_deliveries") as conn:
-            found = await fetchall(conn, query, params)
-        return [_delivery(r) for r in found]
+        params = {"job_id": job_id, "subscription_id": subscription_id, "limit": limit}
+        return [_delivery(r) for r in await self._db.fetchall("webhook_list_deliveries", params)]
 
     async def attempts(self, delivery_id: str) -> list[Attempt]:
-        async with self._store.connection("webhook_attempts") as conn:
-            found = await fetchall(conn, self._Q["webhook_attempts"], {"id": delivery_id})
-        return [_attempt(r) for r in found]
+        return [_attempt(r) for r in await self._db.fetchall("webhook_attempts", {"id": delivery_id})]

@@ -1,0 +1,141 @@
+-- Named queries both stores run as written. Each block starts with "-- name: <name>".
+-- Placeholders are :name (the PostgreSQL connector turns them into psycopg's %(name)s).
+-- Values are always bound, never composed. JSON values are bound as canonical JSON text
+-- (TEXT on SQLite, jsonb on PostgreSQL). An optional filter is written
+-- "CAST(:x AS TEXT) IS NULL OR column = :x", which both dialects plan from the value.
+-- Dialect files (sqlite.sql, postgres.sql) hold the queries that differ; together each
+-- dialect has the same names (tests/test_store_structure.py checks it).
+
+-- name: ping
+SELECT 1 AS ok;
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_ns BIGINT NOT NULL
+);
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_ns) VALUES (:version, :name, :applied_ns);
+
+-- name: insert_job
+-- A new job, inserted in the status it starts in (pending, queued, or running for a job
+-- its creator runs itself); the database writes the history of that path.
+INSERT INTO jobs (id, project_id, source, modules, options, status, attempt, created_ns, status_ns,
+                  queued_ns, started_ns, finished_ns, reason, error_category, error_phase, results,
+                  trace_id, root_span_id, trace_sampled, trace_link, lease_owner, lease_expires_ns, worker_id)
+VALUES (:id, :project_id, :source, :modules, :options, :status, :attempt, :created_ns, :status_ns,
+        :queued_ns, :started_ns, :finished_ns, :reason, :error_category, :error_phase, :results,
+        :trace_id, :root_span_id, :trace_sampled, :trace_link, :lease_owner, :lease_expires_ns, :worker_id)
+RETURNING *;
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = :id;
+
+-- name: apply_transition
+-- Compare-and-set on (status, attempt): the attempt fences off a worker whose lease was
+-- taken over. A Running job whose cancellation was asked can only end Cancelled. The
+-- timestamp of each status is set when it is entered. The database checks the
+-- transition, appends the history row and writes the outbox rows.
+UPDATE jobs SET
+    status = :status_to,
+    status_ns = :at_ns,
+    attempt = :new_attempt,
+    reason = :reason,
+    worker_id = :worker_id,
+    queued_ns = CASE WHEN :status_to = 'queued' THEN :at_ns ELSE queued_ns END,
+    started_ns = CASE WHEN :status_to = 'running' THEN :at_ns ELSE started_ns END,
+    finished_ns = CASE WHEN :status_to IN ('completed', 'failed', 'cancelled') THEN :at_ns ELSE finished_ns END,
+    error_category = COALESCE(:error_category, error_category),
+    error_phase = COALESCE(:error_phase, error_phase),
+    results = COALESCE(:results, results),
+    lease_owner = :lease_owner,
+    lease_expires_ns = :lease_expires_ns,
+    cancel_requested = CASE WHEN :status_to = 'running' THEN cancel_requested ELSE NULL END
+WHERE id = :job_id AND status = :status_from AND attempt = :attempt
+  AND (cancel_requested IS NULL OR status <> 'running' OR :status_to = 'cancelled')
+RETURNING *;
+
+-- name: request_cancel
+-- Flag a Running job (once): its worker ends it Cancelled. Recorded in the history.
+UPDATE jobs SET cancel_requested = :reason, cancel_requested_by = :requested_by, cancel_requested_ns = :at_ns
+WHERE id = :id AND status = 'running' AND cancel_requested IS NULL
+RETURNING *;
+
+-- name: list_jobs
+SELECT * FROM jobs
+WHERE (CAST(:status AS TEXT) IS NULL OR status = :status)
+  AND (CAST(:project_id AS TEXT) IS NULL OR project_id = :project_id)
+  AND (CAST(:error_category AS TEXT) IS NULL OR error_category = :error_category)
+  AND (CAST(:after AS TEXT) IS NULL OR id < :after)
+  AND (CAST(:since_ns AS BIGINT) IS NULL OR created_ns >= :since_ns)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: find_ids
+-- Ids starting with a prefix (hexadecimal digits and dashes only: checked before).
+SELECT id FROM jobs WHERE id >= :prefix AND id < :prefix_end ORDER BY id LIMIT :limit;
+
+-- name: expired
+SELECT * FROM jobs WHERE status = 'running' AND lease_expires_ns < :now_ns
+ORDER BY lease_expires_ns LIMIT :limit;
+
+-- name: history
+SELECT * FROM job_history WHERE job_id = :job_id ORDER BY seq;
+
+-- name: queue_depth
+SELECT COUNT(*) AS depth FROM jobs WHERE status = 'queued';
+
+-- name: prunable_jobs
+-- Terminal jobs finished before a time, oldest first.
+SELECT id FROM jobs
+WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns
+ORDER BY finished_ns, id
+LIMIT :limit;
+
+-- name: webhook_insert_subscription
+INSERT INTO webhook_subscriptions (id, project_id, url, secret, events, created_ns)
+VALUES (:id, :project_id, :url, :secret, :events, :created_ns);
+
+-- name: webhook_get_subscription
+SELECT * FROM webhook_subscriptions WHERE id = :id;
+
+-- name: webhook_list_subscriptions
+SELECT * FROM webhook_subscriptions
+WHERE CAST(:project_id AS TEXT) IS NULL OR project_id = :project_id
+ORDER BY created_ns, id;
+
+-- name: webhook_delete_subscription
+DELETE FROM webhook_subscriptions WHERE id = :id RETURNING id;
+
+-- name: webhook_finish_attempt
+-- The delivery's new state after an attempt, if this dispatcher still holds its lease;
+-- the database records the attempt itself in webhook_attempts.
+UPDATE webhook_deliveries SET
+    attempts = :attempt,
+    status = :status,
+    next_attempt_ns = :next_attempt_ns,
+    last_status_code = :status_code,
+    last_error = :error,
+    last_outcome = :outcome,
+    last_duration_ms = :duration_ms,
+    last_attempt_ns = :at_ns,
+    finished_ns = CASE WHEN :status = 'pending' THEN NULL ELSE CAST(:at_ns AS BIGINT) END,
+    lease_owner = NULL,
+    lease_expires_ns = NULL
+WHERE id = :id AND lease_owner = :owner
+RETURNING id;
+
+-- name: webhook_list_deliveries
+SELECT * FROM webhook_deliveries
+WHERE (CAST(:job_id AS TEXT) IS NULL OR job_id = :job_id)
+  AND (CAST(:subscription_id AS TEXT) IS NULL OR subscription_id = :subscription_id)
+ORDER BY seq
+LIMIT :limit;
+
+-- name: webhook_attempts
+SELECT * FROM webhook_attempts WHERE delivery_id = :id ORDER BY attempt;
