@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from orchestrator.domain import (
     Phase,
 )
 from orchestrator.domain.job import ModuleBudget
+from orchestrator.domain.values import check_client_json, check_client_text
 from orchestrator.modules.budget import MAX_BUDGET_SECONDS
 from orchestrator.modules.ignore import MAX_PATTERN_CHARS, MAX_PATTERNS, InvalidPattern, check_patterns
 from orchestrator.modules.registry import ModuleRegistry
@@ -39,6 +41,7 @@ __all__ = [
     "ModuleName",
     "ProjectId",
     "SourcePath",
+    "StartOn",
     "validate_project_id",
     "validation_error",
 ]
@@ -154,11 +157,20 @@ class CreateAnalysisJobUseCase:
         fields=lambda self, request, **_: {"project_id": getattr(request, "project_id", None)},
         level=logging.DEBUG,
     )
-    async def execute(self, request: CreateJobRequest | dict[str, Any], *, sources: SourcePolicy = _TRUSTED) -> Job:
+    async def execute(
+        self,
+        request: CreateJobRequest | dict[str, Any],
+        *,
+        sources: SourcePolicy = _TRUSTED,
+        start: StartOn | None = None,
+    ) -> Job:
         """Validate ``request``, persist the job Pending, enqueue it. Returns it Queued.
 
         ``sources`` is the caller's trust: the CLI (the local user) is trusted with any
-        path it can read; the HTTP API passes a policy confined to the source roots."""
+        path it can read; the HTTP API passes a policy confined to the source roots.
+        With ``start``, the job is stored already claimed by that worker (Running,
+        leased) in the same write, so no other worker can claim it first; the caller
+        runs it (``orchestrator run``)."""
         if not isinstance(request, CreateJobRequest):
             try:
                 request = CreateJobRequest.model_validate(request)
@@ -186,6 +198,10 @@ class CreateAnalysisJobUseCase:
         with self._telemetry.phase(job, SpanName.CREATE, start_ns=job.created_ns):
             # Persisted and enqueued in one write: a job is never left Pending because
             # its enqueue failed after its insert succeeded.
+            if start is not None:
+                return await self._workflow.create_started(
+                    job, worker_id=start.worker_id, lease_seconds=start.lease_seconds
+                )
             return await self._workflow.create(job, enqueue=True)
 
     def _validate(self, request: CreateJobRequest, sources: SourcePolicy) -> tuple[tuple[str, ...], JobOptions, Path]:
@@ -201,6 +217,10 @@ class CreateAnalysisJobUseCase:
                 f"options.module_options: not among the job's modules: {', '.join(unknown_options)}",
                 field="options.module_options",
             )
+        # What cannot be stored as given (NaN, NUL, lone surrogates, deep nesting) is
+        # refused here, naming the field, before anything is written.
+        check_client_text(request.project_id, "project_id")
+        check_client_json(request.options.module_options, "options.module_options")
         if len(json.dumps(request.options.module_options, default=str)) > Limits.MAX_OPTIONS_BYTES:
             raise InvalidRequest(
                 f"options.module_options: larger than {Limits.MAX_OPTIONS_BYTES} bytes",
@@ -222,6 +242,14 @@ class CreateAnalysisJobUseCase:
             gitignore=request.options.gitignore,
         )
         return tuple(names), options, source
+
+
+@dataclass(frozen=True, slots=True)
+class StartOn:
+    """Create the job already claimed by this worker (see ``execute``)."""
+
+    worker_id: str
+    lease_seconds: float
 
 
 def _module_budgets(options: JobOptionsInput, names: list[str]) -> dict[str, ModuleBudget]:
