@@ -287,7 +287,7 @@ class JobFiles:
                     positions.append(position)
             request = BatchRequest(tuple(entries), tuple(wants), analyzers, self.config.max_file_bytes)
             with anyio.CancelScope() as batch.scope:
-                result = await self._run_with_retry(request, subscribers)
+                result = await self._run_with_retry(request, subscribers, positions, batch.span)
             if result is None or batch.scope.cancelled_caught:
                 return
             self.opened += result.opened
@@ -297,17 +297,46 @@ class JobFiles:
             self._flying.discard(batch)
             slots.release()
 
-    async def _run_with_retry(self, request: BatchRequest, subscribers: list[_Subscription]) -> BatchResult | None:
-        # One retry in a fresh worker: a worker can die of something else than this
-        # batch (the OOM killer chose it, someone killed it by pid).
+    async def _run_with_retry(
+        self, request: BatchRequest, subscribers: list[_Subscription], positions: list[int], span: range
+    ) -> BatchResult | None:
+        """The batch's result, or None when it failed (its modules are told why).
+
+        A worker can die of something else than this batch (the OOM killer chose it), so
+        a batch gets a second try in a fresh worker. If it dies again and several modules
+        share it, each module's part runs alone, so only the module whose analyzer kills
+        its worker fails."""
         for attempt in (1, 2):
             try:
                 return await self.runner.run(request)
-            except Exception as exc:  # noqa: BLE001 - a dead worker fails this batch's modules
-                if attempt == 2:
-                    for subscription in subscribers:
-                        self._fail(subscription, f"the worker process running its batch died twice: {exc!r}")
+            except Exception as exc:  # noqa: BLE001 - a dead worker fails the batch, not the job
+                failure = exc
+            if attempt == 2 and len(subscribers) > 1:
+                await self._run_apart(request, subscribers, positions, span)
+                return None
+        for subscription in subscribers:
+            self._fail(subscription, f"the worker process running its batch died twice: {failure}")
         return None
+
+    async def _run_apart(
+        self, request: BatchRequest, subscribers: list[_Subscription], positions: list[int], span: range
+    ) -> None:
+        for index, subscription in enumerate(subscribers):
+            keep = [i for i, wants in enumerate(request.wants) if index in wants]
+            alone = BatchRequest(
+                tuple(request.entries[i] for i in keep),
+                tuple((0,) for _ in keep),
+                (request.analyzers[index],),
+                request.max_file_bytes,
+            )
+            try:
+                result = await self.runner.run(alone)
+            except Exception as exc:  # noqa: BLE001 - this module's analyzer kills its worker
+                self._fail(subscription, f"the worker process running its batch died twice: {exc}")
+                continue
+            self.rereads += len(keep)
+            self.opened += result.opened
+            self._deliver(subscription, result.outcomes[0], [positions[i] for i in keep], span)
 
     def _deliver(
         self, subscription: _Subscription, outcome: AnalyzerOutcome, positions: list[int], span: range

@@ -69,7 +69,9 @@ class _Worker:
             status, length = RESULT_HEADER.unpack(await self._stdout.receive_exactly(RESULT_HEADER.size))
             value = pickle.loads(await self._stdout.receive_exactly(length))  # noqa: S301 - our own worker
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError) as exc:
-            raise BrokenWorker(f"worker process {self.pid} died (exit status {self.process.returncode})") from exc
+            with anyio.move_on_after(1):
+                await self.process.wait()  # its output has ended: it is exiting
+            raise BrokenWorker(f"worker process {self.pid} died ({_status(self.process.returncode)})") from exc
         if status:
             raise value
         return value  # type: ignore[no-any-return]
@@ -85,6 +87,12 @@ class _Worker:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self.process.aclose()  # reaped: no zombie, no ResourceWarning
+
+
+def _status(code: int | None) -> str:
+    if code is None:
+        return "still exiting"
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 class ProcessPool:

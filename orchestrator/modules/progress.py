@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["ModuleProgress", "ProgressListener", "ProgressReporter", "progress_stream"]
+__all__ = ["ModuleProgress", "ProgressListener", "ProgressReporter", "StreamListener", "progress_stream"]
 
 #: Fractions of the total whose crossing is a milestone (a span event).
 MILESTONES: Final = (0.25, 0.5, 0.75)
@@ -90,14 +90,24 @@ class ProgressReporter:
         self._deliver(ModuleProgress(self._job_id, self._module, done, total, final=True))
 
 
-def progress_stream(max_buffer: int = 1024) -> tuple[ProgressListener, MemoryObjectReceiveStream[ModuleProgress]]:
+class StreamListener:
+    """A listener feeding a memory stream; :meth:`close` ends the stream for its reader."""
+
+    def __init__(self, send: MemoryObjectSendStream[ModuleProgress]) -> None:
+        self._send = send
+
+    def __call__(self, update: ModuleProgress) -> None:
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._send.send_nowait(update)
+
+    def close(self) -> None:
+        self._send.close()
+
+
+def progress_stream(max_buffer: int = 1024) -> tuple[StreamListener, MemoryObjectReceiveStream[ModuleProgress]]:
     """A listener and the stream it feeds, for a consumer that prefers ``async for``
     (a progress bar). The listener never blocks a job: while the consumer is more than
-    ``max_buffer`` updates behind, updates are dropped (each one supersedes the last)."""
+    ``max_buffer`` updates behind, updates are dropped (each one supersedes the last).
+    Close the listener when done: the consumer's ``async for`` then ends."""
     send, receive = anyio.create_memory_object_stream[ModuleProgress](max_buffer if max_buffer else math.inf)
-
-    def listener(update: ModuleProgress) -> None:
-        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            send.send_nowait(update)
-
-    return listener, receive
+    return StreamListener(send), receive

@@ -1,0 +1,373 @@
+"""Where module work runs: the process pool (cancelled work killed within 1 s, nothing
+left behind), a cancelled job on real worker processes, dead workers and failing
+analyzers, progress on its way to listeners and spans, and a third-party module written
+against the original interface."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+from telemetry_helpers import TelemetryHarness, events_named, one_span
+
+from orchestrator.bootstrap import App, open_app
+from orchestrator.domain import JobStatus, ModuleOutcome
+from orchestrator.modules.base import BaseModule, FileAnalyzer, ModuleContext, ModuleSummary
+from orchestrator.modules.builtin import SecretsModule, TodosModule
+from orchestrator.modules.index import FileEntry
+from orchestrator.modules.pool import BrokenWorker, ProcessPool
+from orchestrator.modules.progress import progress_stream
+from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.modules.scan import FileContent
+from orchestrator.settings import Settings
+from orchestrator.usecases import CancelKind, JobControl
+from otel.vocabulary import Attr, ModuleEvent, SpanName
+
+pytestmark = pytest.mark.anyio
+
+#: A marker file's path: an analyzer in a worker process writes it when it starts.
+MARKER_ENV = "ORCH_TEST_MARKER"
+
+
+def children() -> set[int]:
+    """This process's live child processes (from /proc, all threads)."""
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            found.update(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def analysis_threads() -> list[str]:
+    """Threads of module work still alive (the walk, batches, run_sync)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith(("module", "job-files"))]
+
+
+async def wait_until(check: Callable[[], bool], *, timeout: float, what: str | Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        await anyio.sleep(0.02)
+
+
+# --- functions and analyzers run in worker processes (top level: picklable) -----------------
+
+
+def pid_and(value: int) -> tuple[int, int]:
+    return os.getpid(), value * 2
+
+
+def fail_with(message: str) -> None:
+    raise ValueError(message)
+
+
+def announce_then_block(marker: str) -> None:
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(3600)
+
+
+def die() -> None:
+    os._exit(7)
+
+
+class BlockingAnalyzer(FileAnalyzer[int]):
+    """Announces itself through a marker file, then never returns."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def analyze(self, entry: FileEntry, content: FileContent) -> int | None:
+        announce_then_block(self.marker)
+        return None
+
+
+class DyingAnalyzer(FileAnalyzer[int]):
+    def analyze(self, entry: FileEntry, content: FileContent) -> int | None:
+        os._exit(9)
+
+
+class RaisingAnalyzer(FileAnalyzer[int]):
+    def analyze(self, entry: FileEntry, content: FileContent) -> int | None:
+        if entry.name == "b.py":
+            raise ZeroDivisionError("division by zero")
+        return 1
+
+
+class BlockingScan(BaseModule):
+    name: ClassVar[str] = "blocking_scan"
+    timeout: ClassVar[float] = 600.0
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        await context.scan(BlockingAnalyzer(str(self.marker)))
+        return {}
+
+
+class DyingScan(BaseModule):
+    name: ClassVar[str] = "dying_scan"
+    timeout: ClassVar[float] = 60.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        await context.scan(DyingAnalyzer())
+        return {}
+
+
+class RaisingScan(BaseModule):
+    name: ClassVar[str] = "raising_scan"
+    timeout: ClassVar[float] = 60.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        result = await context.scan(RaisingAnalyzer())
+        return {"found": len(result.results)}
+
+
+# --- the pool ---------------------------------------------------------------------------------
+
+
+async def test_the_pool_runs_calls_in_other_processes_and_reuses_them() -> None:
+    before = children()
+    pool = ProcessPool(2)
+    try:
+        first = await pool.run(pid_and, 21)
+        second = await pool.run(pid_and, 4)
+        assert (first[1], second[1]) == (42, 8)
+        assert first[0] != os.getpid()
+        assert first[0] == second[0]  # one idle worker, reused
+        with pytest.raises(ValueError, match="bad input"):
+            await pool.run(fail_with, "bad input")
+        assert (await pool.run(pid_and, 1))[0] == first[0]  # a raising call keeps its worker
+        assert set(pool.pids) <= children() - before
+    finally:
+        await pool.aclose()
+    assert children() == before
+    assert pool.pids == []
+
+
+async def test_a_cancelled_call_kills_its_worker_within_a_second(tmp_path: Path) -> None:
+    before = children()
+    marker = tmp_path / "started"
+    pool = ProcessPool(1)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, announce_then_block, str(marker))
+            await wait_until(marker.exists, timeout=60, what="the call never started")
+            pid = int(marker.read_text())
+            assert pid in children()
+            cancelled_at = time.monotonic()
+            tg.cancel_scope.cancel()
+        stopped_in = time.monotonic() - cancelled_at
+        assert stopped_in < 1.0, f"the cancelled call took {stopped_in:.2f} s to stop"
+        assert pid not in children()  # killed and reaped: no zombie either
+        assert not Path(f"/proc/{pid}").exists()
+        assert (await pool.run(pid_and, 1))[1] == 2  # the pool goes on with a new worker
+    finally:
+        await pool.aclose()
+    assert children() == before
+
+
+async def test_a_dead_worker_fails_the_call_not_the_pool() -> None:
+    pool = ProcessPool(1)
+    try:
+        with pytest.raises(BrokenWorker, match="died"):
+            await pool.run(die)
+        assert (await pool.run(pid_and, 3))[1] == 6
+    finally:
+        await pool.aclose()
+
+
+# --- jobs on real worker processes ------------------------------------------------------------
+
+
+def project(root: Path, files: int = 30) -> Path:
+    for index in range(files):
+        path = root / f"pkg/m{index:03}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# TODO: {index}\n" + "x = 1\n" * 50)
+    (root / "pkg/b.py").write_text("y = 2\n")
+    return root
+
+
+@pytest.fixture
+async def app(tmp_path: Path, harness: TelemetryHarness) -> AsyncIterator[App]:
+    modules = [
+        BlockingScan(tmp_path / "started"),
+        DyingScan(),
+        RaisingScan(),
+        SecretsModule(),
+        TodosModule(),
+    ]
+    settings = Settings(data_dir=tmp_path / "data", analysis_processes=2)
+    async with open_app(settings, registry=ModuleRegistry(modules), telemetry=harness.telemetry) as opened:
+        yield opened
+
+
+async def start(app: App, source: Path, modules: list[str]) -> Any:
+    await app.create.execute({"project_id": "p", "source": str(source), "modules": modules})
+    running = await app.workflow.claim("w1", lease_seconds=60)
+    assert running is not None
+    return running
+
+
+async def test_cancelling_a_job_stops_all_its_work_within_a_second(tmp_path: Path, app: App) -> None:
+    before = children()
+    running = await start(app, project(tmp_path / "src"), ["blocking_scan", "todos"])
+    control = JobControl()
+    done = anyio.Event()
+    final: list[Any] = []
+
+    async def execute() -> None:
+        final.append(await app.execute.execute(running, control=control, worker_id="w1"))
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(execute)
+        await wait_until((tmp_path / "started").exists, timeout=60, what="the blocking batch never started")
+        busy = int((tmp_path / "started").read_text())
+        cancelled_at = time.monotonic()
+        control.cancel(CancelKind.USER, "stop it")
+        with anyio.fail_after(5):
+            await done.wait()
+        stopped_in = time.monotonic() - cancelled_at
+    assert stopped_in < 1.0, f"the job took {stopped_in:.2f} s to stop"
+    assert final[0].status is JobStatus.CANCELLED
+    assert busy not in children()  # the worker busy with the job's batch was killed
+    assert children() - before <= set(app.execute._batch_runner().pool.pids)  # type: ignore[attr-defined]
+    await app.execute.aclose()
+    assert children() == before
+    await wait_until(lambda: not analysis_threads(), timeout=10, what=lambda: f"left behind: {analysis_threads()}")
+
+
+async def test_a_worker_dying_under_an_analyzer_fails_only_that_module(tmp_path: Path, app: App) -> None:
+    running = await start(app, project(tmp_path / "src", files=3), ["dying_scan", "todos"])
+    final = await app.execute.execute(running, control=JobControl(), worker_id="w1")
+    results = {result.module: result for result in final.results}
+    assert results["dying_scan"].outcome is ModuleOutcome.PANIC
+    assert results["dying_scan"].error is not None
+    assert "died twice" in results["dying_scan"].error
+    assert results["todos"].outcome is ModuleOutcome.OK
+    assert results["todos"].summary["total"] == 3
+
+
+async def test_an_analyzer_raising_is_its_modules_panic_naming_the_file(tmp_path: Path, app: App) -> None:
+    running = await start(app, project(tmp_path / "src", files=2), ["raising_scan", "secrets"])
+    final = await app.execute.execute(running, control=JobControl(), worker_id="w1")
+    results = {result.module: result for result in final.results}
+    assert results["raising_scan"].outcome is ModuleOutcome.PANIC
+    assert results["raising_scan"].error == (
+        "AnalyzerFailed: ZeroDivisionError: division by zero (analysing pkg/b.py)"
+    )
+    assert results["secrets"].outcome is ModuleOutcome.OK
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+async def test_progress_reaches_listeners_and_a_few_span_events(
+    tmp_path: Path, app: App, harness: TelemetryHarness
+) -> None:
+    listener, updates = progress_stream()
+    remove = app.execute.add_progress_listener(listener)
+    try:
+        # 700 files in batches of 256: three batches, so progress moves (and is throttled).
+        running = await start(app, project(tmp_path / "src", files=699), ["todos"])
+        final = await app.execute.execute(running, control=JobControl(), worker_id="w1")
+    finally:
+        remove()
+        listener.close()
+    async with updates:
+        seen = [update async for update in updates]
+    assert final.status is JobStatus.COMPLETED
+    assert seen, "no progress reached the listener"
+    assert {update.module for update in seen} == {"todos"}
+    assert seen[-1].final
+    assert (seen[-1].done, seen[-1].total) == (700, 700)
+    dones = [update.done for update in seen if not update.final]
+    assert dones == sorted(dones)
+    assert len(seen) <= 5  # at most: the first, each milestone, the last (never one per file)
+    span = one_span(harness.trace(final.trace.trace_id), SpanName.MODULE, **{Attr.MODULE: "todos"})
+    progress_events = events_named(span, ModuleEvent.PROGRESS)
+    assert 1 <= len(progress_events) <= 3
+    assert span.attributes is not None
+    assert (span.attributes[Attr.PROGRESS_DONE], span.attributes[Attr.PROGRESS_TOTAL]) == (700, 700)
+
+
+# --- a module written against the original interface ------------------------------------------
+
+
+class OldStyleModule:
+    """A third-party module as the README documented it before the shared index: a plain
+    class (no base class), walking ``context.source`` itself in ``context.run_sync``,
+    checking ``context.check_cancelled()`` and reading ``context.options``."""
+
+    name = "oldstyle"
+    version = "0.1.0"
+    expected_runtime = 5.0
+    timeout = 30.0
+    description = "counts lines the old way"
+
+    async def run(self, context: Any) -> dict[str, Any]:
+        suffix = context.options.get("suffix", ".py")
+
+        def count() -> dict[str, int]:
+            files = lines = 0
+            for path in sorted(Path(context.source).rglob(f"*{suffix}")):
+                context.check_cancelled()
+                files += 1
+                lines += len(path.read_text().splitlines())
+            return {"files": files, "lines": lines}
+
+        return await context.run_sync(count)
+
+
+class OldStyleBlocking(OldStyleModule):
+    """Loops in run_sync, checking for cancellation, until its timeout stops it."""
+
+    name = "oldstyle_blocking"
+    timeout = 0.5
+    stopped = threading.Event()
+
+    async def run(self, context: Any) -> dict[str, Any]:
+        def spin() -> None:
+            try:
+                while True:
+                    context.check_cancelled()
+                    time.sleep(0.01)
+            finally:
+                OldStyleBlocking.stopped.set()
+
+        await context.run_sync(spin)
+        return {}
+
+
+async def test_a_module_written_against_the_original_interface_still_works(tmp_path: Path) -> None:
+    source = project(tmp_path / "src", files=4)
+    (source / "notes.txt").write_text("a\nb\n")
+    registry = ModuleRegistry([OldStyleModule(), OldStyleBlocking()])
+    async with open_app(Settings(data_dir=tmp_path / "data"), registry=registry) as app:
+        await app.create.execute(
+            {
+                "project_id": "p",
+                "source": str(source),
+                "modules": ["oldstyle", "oldstyle_blocking"],
+                "options": {"module_options": {"oldstyle": {"suffix": ".txt"}}},
+            }
+        )
+        running = await app.workflow.claim("w1", lease_seconds=60)
+        assert running is not None
+        final = await app.execute.execute(running, control=JobControl(), worker_id="w1")
+    results = {result.module: result for result in final.results}
+    assert results["oldstyle"].outcome is ModuleOutcome.OK
+    assert results["oldstyle"].summary == {"files": 1, "lines": 2}
+    assert results["oldstyle_blocking"].outcome is ModuleOutcome.TIMEOUT
+    # Its thread saw check_cancelled() raise and ended (it was not merely abandoned).
+    assert OldStyleBlocking.stopped.wait(timeout=10)
