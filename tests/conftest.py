@@ -97,3 +97,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def soak(request: pytest.FixtureRequest) -> bool:
     """True under ``--soak``: the fault-injection tests run their long variants."""
     return bool(request.config.getoption("--soak"))
+
+
+# -- suite shape: the slow files (issue 17) ------------------------------------------------
+
+#: Files (or folders) whose tests run real subprocesses end to end: worker and CLI
+#: processes, the demo, ``serve``, Prometheus, fuzzing. Every test in them is marked
+#: ``slow``: ``make test`` (CI) runs everything, ``make test-fast`` (``-m 'not slow'``)
+#: leaves them out. A file may also mark itself (``pytestmark = pytest.mark.slow``) or
+#: single tests; tests/test_suite_shape.py checks that every path here still exists.
+SLOW_PATHS: dict[str, str] = {
+    "tests/faults": "fault injection: worker processes killed, database outages, collector faults",
+    "tests/test_postgres_workers.py": "worker subprocesses on PostgreSQL",
+    "tests/test_module_shutdown.py": "a worker subprocess stopped while a module blocks",
+    "tests/test_cli.py": "the CLI in subprocesses",
+    "tests/test_cli_run.py": "the CLI in subprocesses, Ctrl-C on a terminal",
+    "tests/test_cli_usage.py": "the CLI in subprocesses",
+    "tests/test_cli_report.py": "the CLI in subprocesses over a multi-process scenario",
+    "tests/test_views.py": "the demo in a subprocess",
+    "tests/test_otlp_export.py": "the demo in subprocesses exporting over OTLP",
+    "tests/test_security.py": "serve in subprocesses, slow peers held to their deadlines",
+    "tests/test_api_fuzz.py": "schemathesis fuzzing of the API",
+}
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = [(_ROOT / path) for path in SLOW_PATHS]
+    for item in items:
+        if any(item.path == p or p in item.path.parents for p in slow):
+            item.add_marker(pytest.mark.slow)
