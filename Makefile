@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # The second supported Python the suite runs on (`make test-py313`); found by .ci/find-python
 # (PATH, then pyenv's versions), empty when the machine has none.
 PY313 ?= $(shell .ci/find-python 3.13)
+# Further Pythons the packaging check installs the wheel on when the machine has them.
+PY312 ?= $(shell .ci/find-python 3.12)
 VENV313 ?= .venv-py313
 STAMP313 := $(VENV313)/.installed
 
@@ -39,9 +41,9 @@ test-fast: install
 	$(BIN)/pytest -m 'not slow' -q
 
 # Build the sdist and wheel, install the wheel without constraints.txt into fresh virtual
-# environments (this Python, and 3.13 when the machine has it) and run it outside the repository.
+# environments (this Python, and 3.12/3.13 when the machine has them) and run it outside the repository.
 check-wheel: install
-	.ci/check-wheel $(BIN)/python $(PY313)
+	.ci/check-wheel $(BIN)/python $(PY312) $(PY313)
 
 # The whole suite on Python 3.13, in a virtual environment of its own.
 $(STAMP313): pyproject.toml constraints.txt
