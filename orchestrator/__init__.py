@@ -43,4 +43,9 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(home), name)
     globals()[name] = value
     return value
+
+
+#: The one place the version is written: pyproject.toml reads it statically (setuptools'
+#: dynamic version), and ``orchestrator --version``, ``/healthz`` and the telemetry
+#: resource's ``service.version`` import it. Keep it a plain string literal.
 __version__ = "0.1.0"
