@@ -3,6 +3,7 @@ the job, the project, the module and the phase."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar
 
 from orchestrator.domain.status import ErrorCategory, JobStatus, Phase
@@ -115,6 +116,16 @@ class PersistenceError(OrchestratorError):
     """The job store could not be read or written."""
 
     category = ErrorCategory.PERSISTENCE
+
+    def __init__(self, message: str | None = None, *, error_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: Ties the error shown to a user to the log record written where it happened.
+        self.error_id = error_id
+
+
+def new_error_id() -> str:
+    """A short id that ties an error shown to a user to the log record at its source."""
+    return secrets.token_hex(4)
 
 
 class QueueError(OrchestratorError):

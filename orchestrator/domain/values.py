@@ -91,8 +91,10 @@ def _number(value: float) -> float | int | str:
     return value
 
 
-def canonical_json(value: Any, *, depth: int = 0) -> Any:
-    """``value`` as a JSON-compatible structure both stores hold identically."""
+def canonical_json(value: Any, *, depth: int = 0, strict: bool = False) -> Any:
+    """``value`` as a JSON-compatible structure both stores hold identically. With
+    ``strict``, a value that is not JSON-like (an object, a set) raises TypeError instead
+    of becoming its ``str``."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -104,9 +106,11 @@ def canonical_json(value: Any, *, depth: int = 0) -> Any:
     if depth >= MAX_DEPTH:
         return _TRUNCATED
     if isinstance(value, Mapping):
-        return {canonical_text(str(k)): canonical_json(v, depth=depth + 1) for k, v in value.items()}
+        return {canonical_text(str(k)): canonical_json(v, depth=depth + 1, strict=strict) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [canonical_json(v, depth=depth + 1) for v in value]
+        return [canonical_json(v, depth=depth + 1, strict=strict) for v in value]
+    if strict:
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
     return canonical_text(str(value))
 
 

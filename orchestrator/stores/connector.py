@@ -11,12 +11,12 @@ itself is written once, in :mod:`orchestrator.stores.core`.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from orchestrator.domain import ErrorCategory, PersistenceError
+from orchestrator.domain.errors import new_error_id
 
 __all__ = ["Connector", "JSONText", "Params", "Row", "Transaction", "TransitionRefused", "new_error_id"]
 
@@ -36,11 +36,6 @@ class TransitionRefused(PersistenceError):
     """The database refused a status change its transition table does not allow."""
 
     category = ErrorCategory.TRANSITION
-
-
-def new_error_id() -> str:
-    """A short id that ties an error shown to a user to the log record at its source."""
-    return secrets.token_hex(4)
 
 
 class Transaction(Protocol):

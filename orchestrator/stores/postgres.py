@@ -278,7 +278,8 @@ class PostgresConnector:
             )
         reach = "could not be reached to" if isinstance(exc, psycopg.OperationalError) and not state else "failed to"
         error = PersistenceError(
-            f"the postgresql store at {self.target} {reach} {operation} (error id {error_id}; details in the log)"
+            f"the postgresql store at {self.target} {reach} {operation} (error id {error_id}; details in the log)",
+            error_id=error_id,
         )
         mark_logged(error)  # logged here (or counted in the next record): callers must not log it again
         return error

@@ -188,7 +188,8 @@ class SQLiteConnector:
             path=self.target,
         )
         error = PersistenceError(
-            f"the sqlite store at {self.target} failed to {operation} (error id {error_id}; details in the log)"
+            f"the sqlite store at {self.target} failed to {operation} (error id {error_id}; details in the log)",
+            error_id=error_id,
         )
         mark_logged(error)  # logged here: the entry points it passes through must not log it again
         return error

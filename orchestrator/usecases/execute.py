@@ -36,6 +36,8 @@ from orchestrator.domain import (
     TransitionConflict,
     now_ns,
 )
+from orchestrator.domain.errors import new_error_id
+from orchestrator.domain.values import canonical_json
 from orchestrator.modules.analysis import AnalysisConfig
 from orchestrator.modules.base import AnalysisModule
 from orchestrator.modules.budget import Budget
@@ -229,7 +231,10 @@ class ExecuteAnalysisJobUseCase:
                     outcome, error = ModuleOutcome.CANCELLED, "cancelled"
                     raise
                 except (Exception, SystemExit) as caught:  # noqa: BLE001 - a panic never escapes
-                    outcome, error, exc = ModuleOutcome.PANIC, f"{type(caught).__name__}: {caught}", caught
+                    # The reason names the exception's type only: its message may quote the
+                    # analysed data. The traceback goes to the worker's log, at the source.
+                    error = f"{type(caught).__name__} (a panic; error id {new_error_id()}, details in the worker log)"
+                    outcome, exc = ModuleOutcome.PANIC, caught
                 finally:
                     if outcome is not ModuleOutcome.OK:
                         ctx.cancel()  # stops the module's worker threads
@@ -286,10 +291,13 @@ class ExecuteAnalysisJobUseCase:
         """The terminal write failed (e.g. results the store refused): fail the job with
         the error's category in the finalize phase, without the results."""
         category = exc.category if exc.category is not ErrorCategory.INTERNAL else ErrorCategory.PERSISTENCE
+        # Written for people: the error's category and id, never its text (a database's
+        # message may quote the data it refused, or name the server).
+        error_id = getattr(exc, "error_id", None) or new_error_id()
         return await self._workflow.transition(
             job,
             JobStatus.FAILED,
-            reason=f"finalize failed: {exc.message}",
+            reason=f"finalize failed: the results could not be stored ({category} error, error id {error_id})",
             error_category=category,
             error_phase=Phase.FINALIZE,
             results=tuple(_strip(r) for r in results),
@@ -348,12 +356,15 @@ def _json_summary(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ModuleError(f"returned {type(value).__name__}, not a JSON object")
     try:
-        encoded = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        # The canonical form the store keeps: NaN and infinities as strings, undecodable
+        # file names and NUL as escapes, nesting cut at a bounded depth.
+        summary: dict[str, Any] = canonical_json(value, strict=True)
+        encoded = json.dumps(summary, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ModuleError(f"returned a summary that is not JSON-serialisable: {exc}") from None
     if len(encoded) > _MAX_SUMMARY_BYTES:
         raise ModuleError(f"returned a summary of {len(encoded)} bytes (limit {_MAX_SUMMARY_BYTES})")
-    return value
+    return summary
 
 
 def _active(span: trace.Span) -> Any:
