@@ -1,0 +1,143 @@
+"""The store's structure: one core over thin connectors, SQL in named blocks.
+
+The dialect files define the same query names (those starting with ``_`` belong to one
+connector alone), none of them redefines a common query, and every name the store core
+(and the webhook store, which runs on the same connectors) calls exists in both
+dialects. Names are read from the files and the Python sources here, independently of
+:mod:`orchestrator.stores.sql`, whose own reading is then checked against them.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestrator.stores import sql
+
+PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
+QUERIES = PACKAGE / "stores" / "queries"
+DIALECTS = ("sqlite", "postgres")
+#: The modules that run named queries through a connector (the port's users).
+CALLERS = (PACKAGE / "stores" / "core.py", PACKAGE / "webhooks" / "store.py")
+#: Each connector, and the dialect whose private names it may use.
+CONNECTORS = {"sqlite": PACKAGE / "stores" / "sqlite.py", "postgres": PACKAGE / "stores" / "postgres.py"}
+_CONNECTOR_METHODS = {"execute", "fetchone", "fetchall"}
+_HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def _defined(filename: str) -> list[str]:
+    """Every ``-- name:`` header of a query file, in order, repeats included."""
+    return _HEADER.findall((QUERIES / filename).read_text("utf-8"))
+
+
+def _names_called(path: Path) -> set[str]:
+    """Query names a module hands a connector: the first argument of ``.execute``,
+    ``.fetchone`` and ``.fetchall``, and the name of each ``(name, params)`` pair of a batch."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _CONNECTOR_METHODS
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names.add(node.args[0].value)
+        elif (
+            isinstance(node, ast.Tuple)
+            and len(node.elts) == 2
+            and isinstance(node.elts[0], ast.Constant)
+            and isinstance(node.elts[0].value, str)
+            and re.fullmatch(r"\w+", node.elts[0].value)
+        ):
+            names.add(node.elts[0].value)
+    return names
+
+
+def _private_names_used(path: Path) -> set[str]:
+    """``_Q["_name"]``: the private queries a connector runs itself."""
+    return {
+        node.slice.value
+        for node in ast.walk(ast.parse(path.read_text("utf-8")))
+        if isinstance(node, ast.Subscript)
+        and isinstance(node.slice, ast.Constant)
+        and isinstance(node.slice.value, str)
+        and node.slice.value.startswith("_")
+    }
+
+
+def _public(names: set[str] | frozenset[str]) -> set[str]:
+    return {n for n in names if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("filename", ["common.sql", *(f"{d}.sql" for d in DIALECTS)])
+def test_a_query_file_defines_each_name_once(filename: str) -> None:
+    names = _defined(filename)
+    assert names, f"{filename} defines no query"
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+
+
+def test_the_module_reads_the_names_the_files_define() -> None:
+    common = set(_defined("common.sql"))
+    for dialect in DIALECTS:
+        own = set(_defined(f"{dialect}.sql"))
+        assert sql.dialect_names(dialect) == own
+        assert set(sql.queries(dialect)) == common | own
+        assert all(sql.queries(dialect)[name].strip() for name in common | own), "an empty query block"
+
+
+def test_both_dialects_define_the_same_query_names() -> None:
+    sqlite, postgres = (_public(set(_defined(f"{d}.sql"))) for d in DIALECTS)
+    assert sqlite - postgres == set(), "defined for sqlite only"
+    assert postgres - sqlite == set(), "defined for postgres only"
+
+
+def test_no_dialect_redefines_a_common_query() -> None:
+    common = set(_defined("common.sql"))
+    for dialect in DIALECTS:
+        assert common & set(_defined(f"{dialect}.sql")) == set(), f"{dialect}.sql redefines a common query"
+
+
+def test_private_names_are_the_connectors_own() -> None:
+    """``_``-names are never common, never called by the core, and each connector runs
+    only its own dialect's."""
+    assert {n for n in _defined("common.sql") if n.startswith("_")} == set()
+    for dialect, connector in CONNECTORS.items():
+        used = _private_names_used(connector)
+        assert used <= set(_defined(f"{dialect}.sql")), f"{connector.name} runs undefined private queries"
+    for caller in CALLERS:
+        assert {n for n in _names_called(caller) if n.startswith("_")} == set(), caller.name
+
+
+def test_every_query_the_core_calls_exists_in_both_dialects() -> None:
+    called = set().union(*(_names_called(c) for c in CALLERS))
+    # The extraction finds what it must (a check that the parse above sees the calls).
+    assert {"apply_transition", "insert_job", "claim", "history", "migration_lock", "webhook_claim"} <= called
+    for dialect in DIALECTS:
+        missing = called - set(sql.queries(dialect))
+        assert missing == set(), f"{dialect} lacks {sorted(missing)}"
+
+
+def test_every_public_query_has_a_caller() -> None:
+    """A query nobody runs is dead SQL that two dialects must keep in step."""
+    called = set().union(*(_names_called(c) for c in CALLERS))
+    defined = _public(set(_defined("common.sql")) | set(_defined("sqlite.sql")))
+    assert defined - called == set()
+
+
+def test_only_the_callers_run_named_queries() -> None:
+    """Any other module holding a connector would be store logic outside the core."""
+    holders = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "orchestrator.stores.connector"
+                and {"Connector", "Transaction"} & {alias.name for alias in node.names}
+            ):
+                holders.add(path)
+    assert holders - set(CONNECTORS.values()) == set(CALLERS)
