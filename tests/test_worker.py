@@ -16,7 +16,7 @@ import anyio.abc
 import pytest
 
 from orchestrator.bootstrap import App, open_app
-from orchestrator.domain import ErrorCategory, Job, JobStatus, ModuleOutcome
+from orchestrator.domain import ErrorCategory, Job, JobStatus, ModuleOutcome, now_ns
 from orchestrator.job_queue import Worker
 from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
 from orchestrator.modules.registry import ModuleRegistry
@@ -66,6 +66,23 @@ class SlowModule(BaseModule):
         return {}
 
 
+class GateModule(BaseModule):
+    """Runs until the test opens its gate; says when it started."""
+
+    name: ClassVar[str] = "gate"
+    expected_runtime: ClassVar[float] = 10.0
+    timeout: ClassVar[float] = 30.0
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        self.entered.set()
+        await self.gate.wait()
+        return {}
+
+
 class Shared:
     """Module instances shared by the apps of one test, with their counters."""
 
@@ -87,6 +104,14 @@ async def open_apps(tmp_path: Path, shared: Shared, count: int, **settings: Any)
         apps = [await stack.enter_async_context(open_app(config, registry=shared.registry())) for _ in range(count)]
         assert len({id(app.store) for app in apps}) == count
         yield apps
+
+
+def worker_ahead(app: App, worker_id: str, *, seconds: float) -> Worker:
+    """A worker of ``app`` whose clock runs ``seconds`` ahead: every lease looks that much
+    older to its reaper (instead of sleeping until it expires)."""
+    config = app.worker().config
+    ahead = int(seconds * 1e9)
+    return Worker(app.workflow, app.execute, app.telemetry, config, worker_id=worker_id, clock=lambda: now_ns() + ahead)
 
 
 async def create(app: App, source: Path, modules: list[str]) -> Job:
@@ -230,12 +255,12 @@ async def test_an_expired_lease_is_reaped_back_to_the_queue_and_completed_by_ano
     shared = Shared()
     async with open_apps(tmp_path, shared, 2) as (a, b):
         job = await create(a, tmp_path, ["count"])
-        ghost = await a.workflow.claim("ghost", lease_seconds=0.1)  # claimed, then the worker "dies"
+        ghost = await a.workflow.claim("ghost", lease_seconds=30)  # claimed, then the worker "dies"
         assert ghost is not None
         assert (ghost.id, ghost.lease_owner) == (job.id, "ghost")
-        await anyio.sleep(0.2)
+        assert await worker_ahead(b, "early", seconds=29).reap() == 0  # the lease still holds
 
-        reaper = b.worker(worker_id="reaper")
+        reaper = worker_ahead(b, "reaper", seconds=31)  # ... and has expired
         assert await reaper.reap() == 1
         recovered = await b.store.get(job.id)
         assert recovered.status is JobStatus.QUEUED
@@ -262,11 +287,11 @@ async def test_an_expired_lease_is_reaped_back_to_the_queue_and_completed_by_ano
 
 async def test_a_running_worker_reaps_expired_leases_on_its_own(tmp_path: Path) -> None:
     shared = Shared()
-    async with open_apps(tmp_path, shared, 2, lease_seconds=0.6, reap_seconds=0.1) as (a, b):
+    async with open_apps(tmp_path, shared, 2, reap_seconds=0.1) as (a, b):
         job = await create(a, tmp_path, ["count"])
-        assert await a.workflow.claim("ghost", lease_seconds=0.1) is not None
+        assert await a.workflow.claim("ghost", lease_seconds=30) is not None
         async with anyio.create_task_group() as tg:
-            running = Running(b.worker(worker_id="rescuer")).start(tg)
+            running = Running(worker_ahead(b, "rescuer", seconds=31)).start(tg)
             await wait_until(lambda: status_is(b, job.id, JobStatus.COMPLETED), timeout=3)
             await running.stop()
         final = await a.store.get(job.id)
@@ -278,15 +303,41 @@ async def test_a_lost_worker_fails_the_job_after_max_attempts(tmp_path: Path) ->
     shared = Shared()
     async with open_apps(tmp_path, shared, 1, max_attempts=1) as (app,):
         job = await create(app, tmp_path, ["count"])
-        assert await app.workflow.claim("ghost", lease_seconds=0.05) is not None
-        await anyio.sleep(0.1)
-        assert await app.worker(worker_id="reaper").reap() == 1
+        assert await app.workflow.claim("ghost", lease_seconds=30) is not None
+        assert await worker_ahead(app, "reaper", seconds=31).reap() == 1
         final = await app.store.get(job.id)
         assert final.status is JobStatus.FAILED
         assert final.error_category is ErrorCategory.QUEUE
         assert final.reason is not None
         assert final.reason.startswith("worker_lost")
         assert shared.executions[job.id] == 0
+
+
+async def test_a_worker_never_reaps_its_own_running_job(tmp_path: Path) -> None:
+    """Its own job's lease looks expired to the worker's reaper (its clock runs an hour
+    ahead): the job is in flight there, so the reaper leaves it to the heartbeat."""
+    shared = Shared()
+    gate = GateModule()
+    shared.modules.append(gate)
+    async with open_apps(tmp_path, shared, 1) as (app,):
+        job = await create(app, tmp_path, ["gate"])
+        worker = worker_ahead(app, "w-own", seconds=3600)
+        async with anyio.create_task_group() as tg:
+            running = Running(worker).start(tg)
+            with anyio.fail_after(3):
+                await gate.entered.wait()
+            expired = await app.store.expired(now_ns=now_ns() + 3600 * 10**9)
+            assert [j.id for j in expired] == [job.id]  # expired, as the store sees it
+            assert await worker.reap() == 0
+            current = await app.store.get(job.id)
+            assert (current.status, current.attempt, current.lease_owner) == (JobStatus.RUNNING, 1, "w-own")
+            gate.gate.set()
+            await wait_until(lambda: status_is(app, job.id, JobStatus.COMPLETED), timeout=3)
+            await running.stop()
+        final = await app.store.get(job.id)
+        assert (final.status, final.attempt) == (JobStatus.COMPLETED, 1)
+        history = await app.store.history(job.id)
+        assert JobStatus.QUEUED not in [e.status_to for e in history[2:]]  # never recovered
 
 
 # --- cancellation across processes -------------------------------------------------------------

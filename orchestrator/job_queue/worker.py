@@ -80,6 +80,7 @@ class Worker:
         config: WorkerConfig = WorkerConfig(),
         *,
         worker_id: str | None = None,
+        clock: Callable[[], int] = now_ns,
     ) -> None:
         self.workflow = workflow
         self.store: JobStore = workflow.store
@@ -87,6 +88,8 @@ class Worker:
         self.telemetry = telemetry
         self.config = config
         self.worker_id = worker_id or new_worker_id()
+        #: Wall-clock nanoseconds for leases (renewal, expiry); a test moves it instead of sleeping.
+        self._clock = clock
         self.in_flight: dict[str, JobControl] = {}
         self.jobs_run = 0
         self._stop = anyio.Event()
@@ -270,7 +273,7 @@ class Worker:
                 await self._store_outage("heartbeat", exc, backoff)
 
     async def _renew(self, ids: list[str]) -> None:
-        expires = now_ns() + int(self.config.lease_seconds * 1e9)
+        expires = self._clock() + int(self.config.lease_seconds * 1e9)
         owned = await self.store.renew_leases(ids, worker_id=self.worker_id, expires_ns=expires)
         for job_id in set(ids) - owned:
             control = self.in_flight.get(job_id)
@@ -293,7 +296,7 @@ class Worker:
     async def reap(self) -> int:
         """Recover every job whose lease expired; returns how many this pass moved."""
         moved = 0
-        for job in await self.store.expired(now_ns=now_ns()):
+        for job in await self.store.expired(now_ns=self._clock()):
             if job.id in self.in_flight:
                 continue  # ours and still running: the heartbeat will renew it
             try:
