@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pty
+import re
 import signal
 import sqlite3
 import subprocess
@@ -112,3 +115,44 @@ def test_a_second_ctrl_c_exits_at_once_and_says_what_is_left(env: Env) -> None:
     row = job_row(env.data_dir / "orchestrator.db", job_id)
     assert row is not None
     assert row["status"] == "running"  # left to lease-expiry recovery, as the message says
+
+
+def _read_pty(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_long_run_shows_progress_on_a_terminal_and_nothing_when_piped(env: Env) -> None:
+    args = ["run", "--source", str(env.cwd / "src"), "--modules", "slow,inventory", "--option", "slow.seconds=3"]
+    main, terminal = pty.openpty()
+    popen = subprocess.Popen(
+        [*ORCHESTRATOR, *args, "--json"],
+        cwd=env.cwd,
+        env=env.environ(TERM="xterm", COLUMNS="120"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        text=True,
+    )
+    _STARTED.append(popen)
+    os.close(terminal)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _read_pty(main))  # the terminal's control sequences
+    stdout, _ = popen.communicate(timeout=60)
+    assert popen.returncode == 0, shown
+    assert json.loads(stdout)["status"] == "completed"  # stdout stays the result alone
+    assert "modules 1/2 done" in shown, shown  # inventory done while slow still runs
+    assert re.search(r"inventory\s+done\s+\d+/\d+ files", shown), shown
+
+    piped = env.run(*args)
+    assert piped.returncode == 0, piped.stderr
+    assert "modules 1/2 done" not in piped.stderr
+    assert "files" not in piped.stderr

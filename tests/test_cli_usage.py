@@ -318,3 +318,49 @@ def test_run_says_once_at_exit_that_telemetry_could_not_be_delivered(env: Env, p
     )
     assert notes[0].endswith("); jobs are not affected")
     assert "Traceback" not in done.stderr
+
+
+def test_per_job_module_budgets_from_flags(env: Env, project: Path) -> None:
+    job = env.json(
+        "run",
+        "--source",
+        str(project),
+        "--modules",
+        "slow",
+        "--option",
+        "slow.seconds=0.3",
+        "--expected",
+        "slow=0.1",
+        "--timeout",
+        "slow=30",
+    )
+    assert job["options"]["module_budgets"] == {"slow": {"timeout_s": 30.0, "expected_s": 0.1}}
+    [slow] = job["results"]
+    assert (slow["outcome"], slow["expected_ms"], slow["timeout_ms"], slow["overran"]) == ("ok", 100.0, 30000.0, True)
+
+    cut = env.json(
+        "run", "--source", str(project), "--modules", "slow", "--option", "slow.seconds=30", "--timeout", "slow=0.2"
+    )
+    assert (cut["status"], cut["error_category"]) == ("failed", "module_timeout")
+    assert cut["results"][0]["timeout_ms"] == 200.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--timeout", "slow=abc"],
+            "--timeout 'slow=abc': expected MODULE=SECONDS with SECONDS a positive number, e.g. secrets=120",
+        ),
+        (
+            ["--expected", "slow"],
+            "--expected 'slow': expected MODULE=SECONDS with SECONDS a positive number, e.g. secrets=120",
+        ),
+        (
+            ["--timeout", "slow=-1"],
+            "--timeout 'slow=-1': expected MODULE=SECONDS with SECONDS a positive number, e.g. secrets=120",
+        ),
+    ],
+)
+def test_bad_budget_flags_name_the_flag(env: Env, project: Path, args: list[str], message: str) -> None:
+    assert one_line_error(env.run("submit", "--source", str(project), "--modules", "slow", *args)) == message

@@ -33,6 +33,7 @@ from rich.table import Table
 from orchestrator.cli import render
 from orchestrator.cli.main import Context, with_app
 from orchestrator.domain import InvalidRequest, Job, JobStatus
+from orchestrator.modules.builtin import BUILTIN_MODULES
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import App
@@ -41,6 +42,7 @@ __all__ = ["MARKER", "demo", "write_sample_projects"]
 
 #: The file that marks a directory as the demo's own (safe to start afresh).
 MARKER = ".orchestrator-demo"
+BUILTIN_NAMES = sorted(module.name for module in BUILTIN_MODULES)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,12 @@ async def demo(ctx: Context) -> int:
     async def go(app: App) -> int:
         jobs: list[Job] = []
         for sample in samples:
-            jobs.append(await app.create.execute({"project_id": sample.project_id, "source": str(sample.path)}))
+            jobs.append(
+                await app.create.execute(
+                    # The built-in modules only: a plugin installed here must not change the demo.
+                    {"project_id": sample.project_id, "source": str(sample.path), "modules": BUILTIN_NAMES}
+                )
+            )
         cancel_ids = {j.id for j, s in zip(jobs, samples, strict=True) if s.cancel_while_running}
         worker = app.worker(concurrency=2)
         async with anyio.create_task_group() as tg:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import unicodedata
 from pathlib import Path
@@ -26,6 +27,7 @@ _FLAGS: Final = (
     ("options.concurrency", "--module-concurrency"),
     ("options.failure_policy", "--options-json failure_policy"),
     ("options.module_options", "--option/--options-json"),
+    ("options.module_budgets", "--timeout/--expected"),
     ("options", "--options-json"),
     ("traceparent", "--traceparent"),
 )
@@ -50,10 +52,24 @@ def add_job_inputs(p: argparse.ArgumentParser) -> None:
         '["a"]), a string otherwise',
     )
     p.add_argument(
+        "--timeout",
+        action="append",
+        default=[],
+        metavar="MODULE=SECONDS",
+        help="this job's timeout for one module (repeatable); used as given, not scaled to the project's size",
+    )
+    p.add_argument(
+        "--expected",
+        action="append",
+        default=[],
+        metavar="MODULE=SECONDS",
+        help="this job's expected runtime for one module (repeatable): longer is an overrun",
+    )
+    p.add_argument(
         "--options-json",
         metavar="JSON|@FILE",
-        help="the job's options as the API takes them (failure_policy, concurrency, module_options, ...); "
-        "--option, --fail-fast and --module-concurrency override it",
+        help="the job's options as the API takes them (failure_policy, concurrency, module_options, "
+        "module_budgets, ...); the other flags override it",
     )
     p.add_argument("--traceparent", help="W3C traceparent of the caller's trace, linked from the job's root span")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -123,6 +139,8 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
             if not isinstance(per_module, dict):
                 raise InvalidRequest(f"--options-json: module_options.{module} must be an object")
             per_module[key] = value
+    _budgets(options, "timeout_s", "--timeout", args.timeout)
+    _budgets(options, "expected_s", "--expected", args.expected)
     return {
         "project_id": args.project_id if args.project_id is not None else default_project_id(args.source),
         "source": args.source,
@@ -130,6 +148,29 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "options": options,
         "traceparent": args.traceparent,
     }
+
+
+def _budgets(options: dict[str, Any], key: str, flag: str, given: list[str]) -> None:
+    """``--timeout``/``--expected MODULE=SECONDS`` into ``options.module_budgets``."""
+    if not given:
+        return
+    budgets = options.setdefault("module_budgets", {})
+    if not isinstance(budgets, dict):
+        raise InvalidRequest("--options-json: module_budgets must be an object", field="options.module_budgets")
+    for text in given:
+        module, sep, raw = text.partition("=")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = math.nan
+        if not sep or not module.strip() or not math.isfinite(seconds) or seconds <= 0:
+            raise InvalidRequest(
+                f"{flag} {text!r}: expected MODULE=SECONDS with SECONDS a positive number, e.g. secrets=120"
+            )
+        per_module = budgets.setdefault(module.strip(), {})
+        if not isinstance(per_module, dict):
+            raise InvalidRequest(f"--options-json: module_budgets.{module.strip()} must be an object")
+        per_module[key] = seconds
 
 
 def flag_error(exc: InvalidRequest) -> InvalidRequest:

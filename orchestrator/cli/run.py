@@ -12,15 +12,19 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
+from rich.live import Live
+from rich.text import Text
 
 from orchestrator.cli import render
 from orchestrator.cli.inputs import flag_error, request_from_args
 from orchestrator.cli.main import Context, exit_code, print_json, with_app
 from orchestrator.domain import InvalidRequest, Job, JobStatus, OrchestratorError, TransitionConflict
+from orchestrator.modules.progress import ModuleProgress
 from orchestrator.serialization import job_json
 from orchestrator.usecases.execute import CancelKind
 
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from orchestrator.bootstrap import App
     from orchestrator.job_queue import Worker
 
-__all__ = ["Interrupts", "create_job", "run"]
+__all__ = ["Interrupts", "Progress", "create_job", "run"]
 
 
 class Interrupts:
@@ -121,6 +125,21 @@ async def run(ctx: Context) -> int:
 async def _run_here(app: App, job: Job, interrupts: Interrupts) -> Job:
     """Run ``job`` on a worker of this process; returns it terminal."""
     worker = app.worker(concurrency=1)
+    progress = Progress(job) if render.err_console.is_terminal else None
+    remove = app.execute.add_progress_listener(progress.update) if progress else None
+    try:
+        async with anyio.create_task_group() as tg:
+            if progress is not None:
+                tg.start_soon(progress.show)
+            job = await _run_until_done(app, worker, job, interrupts)
+            tg.cancel_scope.cancel()
+    finally:
+        if remove is not None:
+            remove()
+    return job
+
+
+async def _run_until_done(app: App, worker: Worker, job: Job, interrupts: Interrupts) -> Job:
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: worker.run(claim=False))
         try:
@@ -148,3 +167,39 @@ async def _cancel(app: App, worker: Worker, job_id: str, reason: str) -> None:
         await app.workflow.cancel(job_id, reason=reason)  # queued, or running elsewhere
     except OrchestratorError as exc:
         render.err_console.print(f"could not cancel job {job_id}: {exc.message}", style="red")
+
+
+class Progress:
+    """A long ``run`` on a terminal: modules running and done, files scanned, elapsed
+    time (on stderr, erased at the end; nothing when stderr is not a terminal)."""
+
+    #: Shown only for runs longer than this: a quick run prints its result and nothing else.
+    DELAY_S = 0.5
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.started = time.monotonic()
+        self.modules: dict[str, ModuleProgress | None] = dict.fromkeys(job.modules)
+
+    def update(self, update: ModuleProgress) -> None:
+        if update.job_id == self.job.id and update.module in self.modules:
+            self.modules[update.module] = update
+
+    async def show(self) -> None:
+        await anyio.sleep(self.DELAY_S)
+        with Live(self, console=render.err_console, refresh_per_second=4, transient=True):
+            await anyio.sleep_forever()
+
+    def __rich__(self) -> Text:
+        done = sum(1 for p in self.modules.values() if p is not None and p.final)
+        text = Text(f"job {self.job.id}  {time.monotonic() - self.started:5.1f} s  ", style="dim")
+        text.append(f"modules {done}/{len(self.modules)} done", style="bold")
+        width = max(len(name) for name in self.modules) if self.modules else 0
+        for name, p in self.modules.items():
+            # A module that reports no progress is only known to be done at its end.
+            state = "done" if p is not None and p.final else ("running" if p is not None else "...")
+            text.append(f"\n  {name:<{width}}  {state:<7}", style="green" if state == "done" else "")
+            if p is not None and (p.done or p.total):
+                total = f"/{p.total:,}" if p.total is not None else ""
+                text.append(f"  {p.done:,}{total} files", style="dim")
+        return text
