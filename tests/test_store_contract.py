@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import anyio
 import psycopg
@@ -575,45 +576,90 @@ async def postgres_stores(url: str, schema: str, count: int) -> AsyncIterator[li
         yield stores
 
 
+def record_wakes(store: PostgresJobStore, monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
+    """How each wait of ``store`` on its listening connection ended: True woken by a
+    notification, False timed out (None: listening failed). A spy on the real connector."""
+    outcomes: list[bool | None] = []
+    listen = store.pg._listen
+
+    async def recording(max_wait: float) -> bool | None:
+        outcome = await listen(max_wait)
+        outcomes.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(store.pg, "_listen", recording)
+    return outcomes
+
+
+async def delivered(store: PostgresJobStore) -> None:
+    """Make ``store``'s listening connection receive every notification already sent to
+    it: the server sends a listener its pending notifications before it answers a query,
+    and psycopg keeps them for the next wait. (Instead of sleeping until they arrive.)"""
+    listener = store.pg._listener
+    assert listener is not None, "the store is not listening yet"
+    await listener.execute("SELECT 1")
+
+
 @pytest.mark.postgres
-async def test_wait_for_work_wakes_promptly_when_another_instance_enqueues(postgres_url: str, pg_schema: str) -> None:
+async def test_wait_for_work_wakes_when_another_instance_enqueues(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with postgres_stores(postgres_url, pg_schema, 2) as (worker, producer):
+        wakes = record_wakes(worker, monkeypatch)
         await worker.wait_for_work(max_wait=0.01)  # the first call starts listening
         job = new_job()
-        await producer.insert(job)
-        waited: list[float] = []
-
-        async def wait() -> None:
-            start = time.monotonic()
-            await worker.wait_for_work(max_wait=5)
-            waited.append(time.monotonic() - start)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait)
-            await anyio.sleep(0.2)
-            await producer.apply(transition(job, JobStatus.QUEUED, at_ns=now_ns()))
-
-        assert len(waited) == 1
-        assert waited[0] < 2.0
+        await producer.insert(job)  # Pending: nothing to claim, no notification
+        with anyio.fail_after(10):  # far less than max_wait: only a notification ends it
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(worker.wait_for_work, max_wait=60))
+                await producer.apply(transition(job, JobStatus.QUEUED, at_ns=now_ns()))
+        assert wakes == [False, True]
 
 
 @pytest.mark.postgres
-async def test_wait_for_work_times_out_and_a_burst_wakes_once(postgres_url: str, pg_schema: str) -> None:
+async def test_wait_for_work_times_out_and_a_burst_wakes_once(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with postgres_stores(postgres_url, pg_schema, 2) as (worker, producer):
-        start = time.monotonic()
-        await worker.wait_for_work(max_wait=0.5)
-        assert 0.45 <= time.monotonic() - start < 2.0
+        wakes = record_wakes(worker, monkeypatch)
+        with anyio.fail_after(10):
+            await worker.wait_for_work(max_wait=0.2)
+        assert wakes == [False]  # nothing was enqueued: it timed out
 
-        for i in range(5):
+        for i in range(5):  # five transactions: five notifications
             await queued_job(producer, at_ns=now_ns() + i)
-        await anyio.sleep(0.2)  # let the notifications arrive
+        await delivered(worker)
 
-        start = time.monotonic()
-        await worker.wait_for_work(max_wait=5)
-        assert time.monotonic() - start < 1.0
-        start = time.monotonic()
-        await worker.wait_for_work(max_wait=0.5)  # the backlog was drained
-        assert time.monotonic() - start >= 0.45
+        with anyio.fail_after(10):
+            await worker.wait_for_work(max_wait=60)  # the burst wakes it ...
+            await worker.wait_for_work(max_wait=0.2)  # ... once: the backlog was drained
+        assert wakes == [False, True, False]
+
+
+@pytest.mark.postgres
+async def test_a_notification_in_another_schema_does_not_wake_a_worker(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel is named after the schema: two deployments in one database stay apart."""
+    other_schema = f"{pg_schema}_other"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(other_schema)))
+    try:
+        async with (
+            postgres_stores(postgres_url, pg_schema, 1) as (worker,),
+            postgres_stores(postgres_url, other_schema, 1) as (elsewhere,),
+        ):
+            wakes = record_wakes(worker, monkeypatch)
+            await worker.wait_for_work(max_wait=0.01)  # listening
+            await queued_job(elsewhere, at_ns=now_ns())
+            await delivered(worker)
+            with anyio.fail_after(10):
+                await worker.wait_for_work(max_wait=0.2)
+            assert wakes == [False, False]
+            assert await worker.queue_depth() == 0
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(other_schema)))
 
 
 @pytest.mark.postgres
@@ -665,7 +711,7 @@ async def test_close_stops_a_pending_wait_for_work(postgres_url: str, pg_schema:
     async with anyio.create_task_group() as tg:
         tg.start_soon(wait)
         tg.start_soon(wait)  # a second waiter of the same store piggybacks on the listener
-        await anyio.sleep(0.3)
+        await anyio.wait_all_tasks_blocked()  # both are waiting
         await worker.close()
 
     assert len(waited) == 2
