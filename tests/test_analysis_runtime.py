@@ -247,25 +247,40 @@ async def test_cancelling_a_job_stops_all_its_work_within_a_second(tmp_path: Pat
     await wait_until(lambda: not analysis_threads(), timeout=10, what=lambda: f"left behind: {analysis_threads()}")
 
 
-async def test_a_worker_dying_under_an_analyzer_fails_only_that_module(tmp_path: Path, app: App) -> None:
+def panic_of(caplog: pytest.LogCaptureFixture, module: str) -> str:
+    """The exception a module's panic was logged with (its reason only names the type)."""
+    records = [r for r in caplog.records if r.getMessage().startswith(f"module {module} panic") and r.exc_info]
+    assert len(records) == 1, [r.getMessage() for r in caplog.records]
+    exc_info = records[0].exc_info
+    assert exc_info is not None
+    return f"{type(exc_info[1]).__name__}: {exc_info[1]}"
+
+
+async def test_a_worker_dying_under_an_analyzer_fails_only_that_module(
+    tmp_path: Path, app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     running = await start(app, project(tmp_path / "src", files=3), ["dying_scan", "todos"])
     final = await app.execute.execute(running, control=JobControl(), worker_id="w1")
     results = {result.module: result for result in final.results}
     assert results["dying_scan"].outcome is ModuleOutcome.PANIC
-    assert results["dying_scan"].error is not None
-    assert "died twice" in results["dying_scan"].error
+    assert results["dying_scan"].error_type == "AnalyzerFailed"
+    logged = panic_of(caplog, "dying_scan")
+    assert logged.startswith("AnalyzerFailed: the worker process running its batch died twice: worker process")
+    assert logged.endswith("died (exit status 9)")  # what DyingAnalyzer's os._exit(9) said
     assert results["todos"].outcome is ModuleOutcome.OK
     assert results["todos"].summary["total"] == 3
 
 
-async def test_an_analyzer_raising_is_its_modules_panic_naming_the_file(tmp_path: Path, app: App) -> None:
+async def test_an_analyzer_raising_is_its_modules_panic_naming_the_file(
+    tmp_path: Path, app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     running = await start(app, project(tmp_path / "src", files=2), ["raising_scan", "secrets"])
     final = await app.execute.execute(running, control=JobControl(), worker_id="w1")
     results = {result.module: result for result in final.results}
     assert results["raising_scan"].outcome is ModuleOutcome.PANIC
-    assert results["raising_scan"].error == (
-        "AnalyzerFailed: ZeroDivisionError: division by zero (analysing pkg/b.py)"
-    )
+    assert results["raising_scan"].error_type == "AnalyzerFailed"
+    expected = "AnalyzerFailed: ZeroDivisionError: division by zero (analysing pkg/b.py)"
+    assert panic_of(caplog, "raising_scan") == expected
     assert results["secrets"].outcome is ModuleOutcome.OK
 
 

@@ -43,7 +43,7 @@ R = TypeVar("R")
 #: A batch is at most this many files or bytes: small enough that progress moves and a
 #: cancelled batch loses little, large enough that per-batch overhead stays small.
 BATCH_FILES: Final = 256
-BATCH_BYTES: Final = 8_000_000
+BATCH_BYTES: Final = 2_000_000
 _JOIN_CHECKPOINTS: Final = 3
 
 

@@ -34,7 +34,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from orchestrator.modules.pool import ProcessPool
-from orchestrator.modules.scan import BatchRequest, BatchResult, run_batch
+from orchestrator.modules.scan import BatchRequest, BatchResult, run_batch, run_batch_read_ahead
 
 __all__ = ["BatchRunner", "ProcessRunner", "ThreadRunner", "leave_blocked_threads", "run_in_daemon_thread"]
 
@@ -116,7 +116,7 @@ class ProcessRunner:
 
     async def run(self, request: BatchRequest) -> BatchResult:
         # A cancelled job's batch is stopped by killing its worker, not awaited.
-        return await self.pool.run(run_batch, request)
+        return await self.pool.run(run_batch_read_ahead, request)
 
     async def warm(self) -> None:
         await self.pool.warm()

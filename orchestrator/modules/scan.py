@@ -15,9 +15,11 @@ defined at the top level of an importable module, holding plain data.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
 
@@ -33,6 +35,7 @@ __all__ = [
     "looks_binary",
     "read_content",
     "run_batch",
+    "run_batch_read_ahead",
 ]
 
 R = TypeVar("R")
@@ -41,6 +44,8 @@ Status = Literal["ok", "binary", "large", "unreadable"]
 #: A NUL byte in this many leading bytes marks a file as binary (the heuristic git uses).
 BINARY_SNIFF_BYTES: Final = 8192
 _CHUNK: Final = 1 << 20
+#: Read first: enough to tell binary from text, and most text files whole.
+_HEAD: Final = 64 * 1024
 
 
 def looks_binary(data: bytes) -> bool:
@@ -102,6 +107,9 @@ class FileAnalyzer(abc.ABC, Generic[R]):
     #: Also call ``analyze`` for files over the size cap (``content.status == "large"``,
     #: no data), with their lines counted by streaming the file.
     include_large: ClassVar[bool] = False
+    #: With ``include_binary``: whether ``analyze`` needs a binary file's bytes (else
+    #: ``content.data`` is None for binary files, which are then not read past their start).
+    binary_data: ClassVar[bool] = False
 
     def select(self, entry: FileEntry) -> bool:
         """Whether this analyzer wants ``entry`` (runs in the job's process, per file)."""
@@ -113,10 +121,19 @@ class FileAnalyzer(abc.ABC, Generic[R]):
 
 
 def read_content(
-    entry: FileEntry, max_bytes: int, *, stream_large: bool, cancel: threading.Event | None = None
+    entry: FileEntry,
+    max_bytes: int,
+    *,
+    stream_large: bool,
+    binary_data: bool = True,
+    cancel: threading.Event | None = None,
 ) -> FileContent:
     """Read ``entry`` once: its bytes if within ``max_bytes``, its line count otherwise
-    when ``stream_large`` (without holding it in memory), never a non-regular file."""
+    when ``stream_large`` (without holding it in memory), never a non-regular file.
+
+    Without ``binary_data`` a binary file is read no further than its first bytes: most
+    of the bytes of a real tree (``/usr``) are executables and libraries nobody scans.
+    """
     if entry.preloaded is not None:
         content = _classify(entry.preloaded)
         content.opened = False
@@ -124,12 +141,16 @@ def read_content(
     if entry.size > max_bytes and not stream_large:
         return FileContent("large", opened=False)  # nobody wants more than its size
     try:
-        fd = open_regular(entry.path)
+        fd = open_regular(os.path.join(entry.root, entry.relpath))  # a str: no Path per file
     except OSError:
         return FileContent("unreadable")
     with os.fdopen(fd, "rb") as handle:
         try:
-            data = handle.read(max_bytes + 1)
+            data = handle.read(min(_HEAD, max_bytes + 1))
+            if not binary_data and looks_binary(data):
+                return FileContent("binary")
+            if len(data) <= max_bytes and len(data) == _HEAD:
+                data += handle.read(max_bytes + 1 - len(data))
             if len(data) <= max_bytes:
                 return _classify(data)
             if not stream_large:
@@ -190,20 +211,53 @@ class BatchResult:
     cancelled: bool = False
 
 
-def run_batch(request: BatchRequest, cancel: threading.Event | None = None) -> BatchResult:
-    """Read each file of the batch once and give it to every analyzer that wants it."""
+def run_batch(request: BatchRequest, cancel: threading.Event | None = None, *, readers: int = 0) -> BatchResult:
+    """Read each file of the batch once and give it to every analyzer that wants it.
+
+    With ``readers`` (in a pool worker process), files are read ahead by that many
+    threads while the analyzers run: on a cold cache the time goes to waiting for the
+    disk, and reads release the GIL. Without (a daemon thread of the job's process), one
+    file at a time: threads of an executor would be joined at exit, and a read can block.
+    """
     outcomes = [AnalyzerOutcome() for _ in request.analyzers]
     result = BatchResult(outcomes)
     stream = [analyzer.include_large for analyzer in request.analyzers]
-    for position, (entry, wants) in enumerate(zip(request.entries, request.wants, strict=True)):
-        if cancel is not None and cancel.is_set():
-            result.cancelled = True
-            break
-        content = read_content(entry, request.max_file_bytes, stream_large=any(stream[i] for i in wants), cancel=cancel)
-        result.opened += content.opened
-        for index in wants:
-            _apply(request.analyzers[index], outcomes[index], position, entry, content)
+    binary = [analyzer.include_binary and analyzer.binary_data for analyzer in request.analyzers]
+
+    def read(item: tuple[FileEntry, tuple[int, ...]]) -> FileContent:
+        entry, wants = item
+        return read_content(
+            entry,
+            request.max_file_bytes,
+            stream_large=any(stream[i] for i in wants),
+            binary_data=any(binary[i] for i in wants),
+            cancel=cancel,
+        )
+
+    items = list(zip(request.entries, request.wants, strict=True))
+    with contextlib.ExitStack() as stack:
+        if readers > 1 and len(items) > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(readers, thread_name_prefix="module-read"))
+            contents: Iterator[FileContent] = pool.map(read, items)
+        else:
+            contents = map(read, items)
+        for position, ((entry, wants), content) in enumerate(zip(items, contents, strict=True)):
+            if cancel is not None and cancel.is_set():
+                result.cancelled = True
+                break
+            result.opened += content.opened
+            for index in wants:
+                _apply(request.analyzers[index], outcomes[index], position, entry, content)
     return result
+
+
+#: Files read ahead per batch in a pool worker (see run_batch).
+READ_AHEAD: Final = 4
+
+
+def run_batch_read_ahead(request: BatchRequest) -> BatchResult:
+    """:func:`run_batch` for a pool worker process (killed, never joined, on cancel)."""
+    return run_batch(request, readers=READ_AHEAD)
 
 
 def _apply(

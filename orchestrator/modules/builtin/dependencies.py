@@ -193,6 +193,7 @@ class _ManifestAnalyzer(FileAnalyzer[dict[str, Any]]):
     # listed as skipped, so the summary shows it exists.
     include_binary = True
     include_large = True
+    binary_data = True
 
     def select(self, entry: FileEntry) -> bool:
         return manifest_kind(entry.name) is not None
