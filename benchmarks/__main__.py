@@ -18,6 +18,8 @@ Scenarios (``--only`` picks some):
 * ``peers``: procrastinate and pgqueuer on the same no-op job, PostgreSQL, same concurrency.
 * ``ceiling``: pgbench replaying one job's statements: jobs' worth of statements per second.
 * ``notify``: the cost of NOTIFY on enqueue (``benchmarks.notify_cost``).
+* ``analysis``: the built-in modules on real trees against anchors (``benchmarks.analysis``);
+  long, so only with ``--only analysis``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks import ceiling, harness, notify_cost, peers
+from benchmarks import analysis, ceiling, harness, notify_cost, peers
 from benchmarks.harness import (
     MODES,
     Mode,
@@ -65,7 +67,9 @@ from orchestrator import __version__
 from orchestrator.bootstrap import open_app
 from otel.logs import configure_logging
 
-SCENARIOS = ("throughput", "telemetry", "latency", "memory", "peers", "ceiling", "notify")
+SCENARIOS = ("throughput", "telemetry", "latency", "memory", "peers", "ceiling", "notify", "analysis")
+#: Run when --only is not given (analysis takes tens of minutes: ask for it).
+DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name != "analysis")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 log = logging.getLogger("benchmarks")
@@ -495,14 +499,16 @@ RUNNERS: dict[str, Callable[[Env], None]] = {
     "peers": scenario_peers,
     "ceiling": scenario_ceiling,
     "notify": scenario_notify,
+    "analysis": lambda env: analysis.run(env.report, env.args, RESULTS, env.log_dir),
 }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS), metavar="SCENARIO",
-                        help=f"scenarios to run (default: all: {', '.join(SCENARIOS)})")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(DEFAULT_SCENARIOS), metavar="SCENARIO",
+                        help=f"scenarios to run (default: {', '.join(DEFAULT_SCENARIOS)}; also: analysis)")
+    analysis.add_arguments(parser)
     parser.add_argument("--jobs", type=int, default=600, help="no-op jobs per round (8-module jobs: half)")
     parser.add_argument("--work-jobs", type=int, default=200, help="work10 jobs per round")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of each round")
