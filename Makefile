@@ -33,8 +33,9 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest
 
-# The full CI suite: lint, types, every test (slow ones included), and the packaging check.
-test: lint typecheck pytest check-wheel
+# The full CI suite: lint, types, the packaging check, every test (slow ones included);
+# pytest last, so its summary closes the output.
+test: lint typecheck check-wheel pytest
 
 # The inner loop: every test not marked slow (no subprocess-heavy end-to-end files), under a minute.
 test-fast: install
