@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,8 @@ from orchestrator.modules.job_files import JobFiles
 from orchestrator.modules.progress import ModuleProgress, ProgressReporter
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+#: The unprivileged user the unreadable-file tests read as when they run as root.
+NOBODY = 65534
 
 # Fake credentials, assembled at runtime so this file itself does not trip secret scanners.
 AWS_KEY = "AKIA" + "QWERTYUIOPASDFGH"
@@ -59,13 +63,49 @@ def write(root: Path, relpath: str, content: str | bytes) -> Path:
 
 @contextmanager
 def no_permissions(path: Path) -> Iterator[None]:
-    """chmod 000 for the duration, restored so tmp_path can be cleaned up."""
+    """chmod 000 for the duration, restored so tmp_path can be cleaned up. Root reads
+    through that (CAP_DAC_OVERRIDE), so as root the block also runs with nobody's
+    effective user and group: the read fails with EACCES for real, as for anyone else."""
     mode = path.stat().st_mode
     path.chmod(0)
     try:
-        yield
+        with _unprivileged():
+            yield
     finally:
         path.chmod(stat.S_IMODE(mode))
+
+
+@contextmanager
+def _unprivileged() -> Iterator[None]:
+    if not IS_ROOT:
+        yield
+        return
+    try:
+        os.setegid(NOBODY)
+        os.seteuid(NOBODY)
+    except PermissionError as exc:  # root without CAP_SETUID (a locked-down container)
+        os.setegid(0)
+        pytest.skip(f"running as root without the right to become nobody ({exc}): chmod 000 cannot be tested")
+    try:
+        yield
+    finally:
+        os.seteuid(0)  # the real and saved user ids stayed root: this gives root back
+        os.setegid(0)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[Path]:
+    """A source tree the unprivileged user can reach: as root, outside pytest's own
+    temporary directories, which only root may enter (mode 0700)."""
+    if not IS_ROOT:
+        yield tmp_path
+        return
+    root = Path(tempfile.mkdtemp(prefix="orchestrator-unreadable-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
 
 
 # --- the registry contract -------------------------------------------------------------------
@@ -137,39 +177,34 @@ def test_walker_ignores_fifos_instead_of_blocking_on_them(tmp_path: Path) -> Non
     assert [path.name for path in iter_files(tmp_path)] == ["a.txt"]
 
 
-def test_walker_survives_an_unreadable_file(tmp_path: Path) -> None:
-    write(tmp_path, "ok.txt", "fine\n")
-    locked = write(tmp_path, "locked.txt", "secret\n")
+def test_walker_survives_an_unreadable_file(tree: Path) -> None:
+    write(tree, "ok.txt", "fine\n")
+    locked = write(tree, "locked.txt", "secret\n")
     stats = WalkStats()
     with no_permissions(locked):
-        texts = {path.name: read_text(path, stats=stats) for path in iter_files(tmp_path, stats=stats)}
-    assert texts["ok.txt"] == "fine\n"
-    if not IS_ROOT:  # root reads through chmod 000, so there is nothing to skip
-        assert texts["locked.txt"] is None
-        assert stats.skipped_unreadable == 1
+        texts = {path.name: read_text(path, stats=stats) for path in iter_files(tree, stats=stats)}
+    assert texts == {"locked.txt": None, "ok.txt": "fine\n"}
+    assert stats.skipped_unreadable == 1
 
 
-def test_walker_survives_an_unreadable_directory(tmp_path: Path) -> None:
-    write(tmp_path, "ok.txt", "fine\n")
-    write(tmp_path, "locked/inner.txt", "hidden\n")
+def test_walker_survives_an_unreadable_directory(tree: Path) -> None:
+    write(tree, "ok.txt", "fine\n")
+    write(tree, "locked/inner.txt", "hidden\n")
     stats = WalkStats()
-    with no_permissions(tmp_path / "locked"):
-        found = [path.name for path in iter_files(tmp_path, stats=stats)]
-    assert "ok.txt" in found
-    if not IS_ROOT:
-        assert found == ["ok.txt"]
-        assert stats.skipped_unreadable == 1
+    with no_permissions(tree / "locked"):
+        found = [path.name for path in iter_files(tree, stats=stats)]
+    assert found == ["ok.txt"]
+    assert stats.skipped_unreadable == 1
 
 
 @pytest.mark.anyio
-async def test_modules_survive_an_unreadable_file(tmp_path: Path) -> None:
-    write(tmp_path, "a.py", "# TODO: fine\n")
-    locked = write(tmp_path, "b.py", "# TODO: locked\n")
+async def test_modules_survive_an_unreadable_file(tree: Path) -> None:
+    write(tree, "a.py", "# TODO: fine\n")
+    locked = write(tree, "b.py", "# TODO: locked\n")
     with no_permissions(locked):
-        summary = await TodosModule().run(make_context(tmp_path, "todos"))
-    if not IS_ROOT:
-        assert summary["total"] == 1
-        assert summary["walk"]["skipped_unreadable"] == 1
+        summary = await TodosModule().run(make_context(tree, "todos"))
+    assert summary["total"] == 1
+    assert summary["walk"]["skipped_unreadable"] == 1
 
 
 def test_unreadable_entries_are_counted_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
