@@ -51,6 +51,25 @@ MALFORMED_TRACEPARENTS = {
 }
 
 
+#: The slug the CLI derives from the folder "odd\nname ünï 🚀" when no --project-id is given.
+ODD_FOLDER_PROJECT_ID = "odd-name-uni"
+
+
+def expected_errors(tmp_path: Path, fifo: Path) -> dict[str, tuple[str, ...]]:
+    """Each refused call and what its one line must say: the flag, the value, and why."""
+    return {
+        "10,000 modules": ("--modules: ", "at most 64", "10000"),
+        "missing path": ("--source: ", str(tmp_path / "nope"), "does not exist"),
+        # the newline is not printed as one (the error stays one line), the path still is
+        "missing path with a newline": ("--source: ", str(tmp_path), "does not exist"),
+        "a FIFO": ("--source: ", str(fifo), "is neither a directory nor a regular file"),
+        "/dev/null": ("--source: ", "/dev/null", "pseudo-filesystem"),
+        "newline in --project-id": ("--project-id: ", "letters, digits"),
+        "empty --modules": ("--modules: ", "no module"),
+        "unknown module": ("unknown module 'nope'", "(known: dependencies, inventory, python_syntax, secrets, todos)"),
+    }
+
+
 def one_line_error(result: Any) -> str:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
@@ -103,7 +122,8 @@ def test_the_cli_rejects_or_survives_bad_input_without_a_traceback(tmp_path: Pat
         "missing path with a newline": ("submit", "--source", str(tmp_path / "no\npe"), "--project-id", "p"),
         "a FIFO": ("submit", "--source", str(fifo)),
         "/dev/null": ("submit", "--source", "/dev/null"),
-        "newline+unicode dir as project id": ("submit", "--source", str(odd)),
+        "newline+unicode dir as project id": ("submit", "--source", str(odd), "--json"),
+        "newline in --project-id": ("submit", "--source", str(empty), "--project-id", "odd\nname"),
         "empty --modules": ("submit", "--source", str(empty), "--modules", ","),
         "unknown module": ("submit", "--source", str(empty), "--modules", "nope"),
         "empty dir": ("run", "--source", str(empty), "--json"),
@@ -121,10 +141,15 @@ def test_the_cli_rejects_or_survives_bad_input_without_a_traceback(tmp_path: Pat
         results = dict(zip(calls, pool.map(call, calls.values()), strict=True))
 
     outcome: dict[str, str] = {}
-    for label in ("10,000 modules", "missing path", "missing path with a newline", "a FIFO", "/dev/null"):
-        outcome[label] = one_line_error(results[label])[len("orchestrator: error: ") :][:90]
-    for label in ("newline+unicode dir as project id", "empty --modules", "unknown module"):
-        outcome[label] = one_line_error(results[label])[len("orchestrator: error: ") :][:90]
+    for label, fragments in expected_errors(tmp_path, fifo).items():
+        message = one_line_error(results[label])[len("orchestrator: error: ") :]
+        outcome[label] = message[:90]
+        missing = [f for f in fragments if f not in message]
+        assert not missing, (label, message, missing)
+    derived = results["newline+unicode dir as project id"]
+    assert derived.returncode == 0, derived.stderr[-2000:]
+    assert json.loads(derived.stdout)["project_id"] == ODD_FOLDER_PROJECT_ID
+    outcome["newline+unicode dir as project id"] = f"created, project id {ODD_FOLDER_PROJECT_ID!r}"
     for label in ("empty dir", "newline+unicode dir", "hostile tree"):
         r = results[label]
         assert r.returncode in (0, 1), (label, r.returncode, r.stderr[-3000:])
@@ -148,6 +173,13 @@ def test_the_cli_rejects_or_survives_bad_input_without_a_traceback(tmp_path: Pat
         assert "Traceback" not in r.stderr
         assert r.returncode == 0, (label, r.stderr[-2000:])
         malformed[label] = json.loads(r.stdout)["id"]
+        # created, and the user is told the value was ignored (a warning record on stderr)
+        warnings = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+        ignored = [w for w in warnings if w.get("event") == "job.traceparent.ignored"]
+        assert [(w["level"], w["message"]) for w in ignored] == [("warning", "malformed traceparent ignored")], (
+            label,
+            r.stderr[-2000:],
+        )
     with sqlite3.connect(tmp_path / "data" / "orchestrator.db") as db:
         links = {
             label: db.execute("SELECT trace_link FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
