@@ -548,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     report.extra.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
                 report.extra.setdefault("scenario_seconds", {})[name] = round(time.monotonic() - started, 1)
                 report.extra["load_average"][name] = os.getloadavg()
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, IndexError):  # no line: the sink saw nothing (analysis only)
         report.extra["sink"] = json.loads(sink.stop().strip().splitlines()[-1])
     table = report.markdown()
     print(table)

@@ -61,7 +61,7 @@ RG_PATTERNS = (
     r"gh[pousr]_[A-Za-z0-9]{36}",
     r"xox[baprs]-[A-Za-z0-9-]{10,}",
     r"eyJ[A-Za-z0-9_-]{8,}\.eyJ",
-    r"(?i)(passw(or)?d|secret|token|api[_-]?key)[\w.-]{0,64}[\"']?\s*[:=]\s*[\"'][^\"'\r\n]{8,}[\"']",
+    "(?i)(passw(or)?d|secret|token|api[_-]?key)[\\w.-]{0,64}[\"']?\\s*[:=]\\s*[\"'][^\"'\\r\\n]{8,}[\"']",
 )
 TOOL_TIMEOUT = 600.0
 
@@ -362,8 +362,8 @@ def run(report: Report, args: argparse.Namespace, results_dir: Path, log_dir: Pa
     if found:
         biggest = max(found, key=lambda t: len(build_index(t.path)))
         probe = anyio.run(cancel_probe, biggest.path)
-        add(SCENARIO, biggest.name, "whole job, cancelled at 20 %", "cancel -> job stopped (target < 1 s)", "s",
-            [probe.stopped_s], note=f"{probe.status}, {probe.busy_after} pool worker(s) busy after")
+        add(SCENARIO, biggest.name, "whole job, cancelled at 20 %", "cancel -> job stopped (target < 1 s)", "ms",
+            [probe.stopped_s * 1000], note=f"{probe.status}, {probe.busy_after} pool worker(s) busy after")
         if probe.first_progress_s is not None:
             add(SCENARIO, biggest.name, "whole job", "first progress update after", "s", [probe.first_progress_s])
         add(SCENARIO, biggest.name, "whole job, until 20 %", "progress updates received", "count", [probe.updates])
