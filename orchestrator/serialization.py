@@ -46,6 +46,9 @@ def job_json(job: Job) -> dict[str, Any]:
         "root_span_id": job.trace.span_id,
         "sampled": job.trace.sampled,
         "cancel_requested": job.cancel_requested,
+        "cancel_requested_by": job.cancel_requested_by,
+        "cancel_requested_at": _optional(job.cancel_requested_ns),
+        "damaged": job.damaged,
         "results": [r.to_json() for r in job.results],
     }
 
@@ -53,6 +56,7 @@ def job_json(job: Job) -> dict[str, Any]:
 def entry_json(entry: LifecycleEntry) -> dict[str, Any]:
     return {
         "seq": entry.seq,
+        "event": str(entry.event),
         "status_from": entry.status_from and str(entry.status_from),
         "status_to": str(entry.status_to),
         "reason": entry.reason,

@@ -59,7 +59,10 @@ class OperationEvent(enum.StrEnum):
     WORKER_STOP = "worker.stop"
     LEASE_LOST = "worker.lease_lost"
     STORE_RETRY = "store.retry"
+    PRUNED = "store.pruned"
     TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
+    #: A job's trace was rebuilt from the store and exported again (its live export was lost).
+    TRACE_RECONSTRUCTED = "job.trace.reconstructed"
     WEBHOOK_DELIVERY = "webhook.delivery"
     WEBHOOK_SUBSCRIBED = "webhook.subscribed"
     #: ``serve`` at start: authentication off, no source roots, Host names accepted.
@@ -110,6 +113,8 @@ class Attr:
     TIMEOUT_MS: Final = "timeout_ms"
     TRACE_ID: Final = "trace_id"
     SPAN_ID: Final = "span_id"
+    #: True on a span rebuilt from the store after its live export was lost.
+    RECONSTRUCTED: Final = "reconstructed"
 
 
 class SpanName:
@@ -265,6 +270,13 @@ class Metric:
         "s",
         "Webhook delivery attempt duration.",
         (Attr.OUTCOME,),
+    )
+    TRACES_RECONSTRUCTED: Final = MetricSpec(
+        "orchestrator.traces.reconstructed",
+        MetricKind.COUNTER,
+        "{trace}",
+        "Job traces rebuilt from the store and exported again, by why their live export was lost.",
+        (Attr.REASON,),
     )
     TELEMETRY_EXPORT_FAILURES: Final = MetricSpec(
         "orchestrator.telemetry.export_failures",

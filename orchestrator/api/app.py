@@ -57,6 +57,9 @@ __all__ = ["TRACE_HEADER", "ApiConfig", "create_api"]
 log = logging.getLogger(__name__)
 
 TRACE_HEADER = "X-Trace-Id"
+#: Job ids (uuid7, or a unique prefix of one) and project ids, as query parameters.
+_ID_PATTERN = r"^[0-9a-f-]{1,64}$"
+_PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 408, 409, 413, 422, 503)
 }
@@ -193,10 +196,12 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
 
     @api.get("/v1/jobs", tags=["jobs"], dependencies=v1)
     async def list_jobs(
-        project_id: Annotated[str | None, Query(max_length=128)] = None,
+        project_id: Annotated[str | None, Query(max_length=128, pattern=_PROJECT_PATTERN)] = None,
         status_: Annotated[JobStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+        cursor: Annotated[
+            str | None, Query(max_length=64, pattern=_ID_PATTERN, description="next_cursor of the previous page")
+        ] = None,
     ) -> JobPage:
         """Jobs newest first, filtered by project and status, one page at a time."""
         found = await app.store.list_jobs(status=status_, project_id=project_id, limit=limit + 1, after=cursor)
@@ -212,14 +217,27 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
 
     @api.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], dependencies=v1, responses={202: {"model": JobOut}})
     async def cancel_job(
-        job_id: str, response: Response, reason: Annotated[str, Query(max_length=500)] = "cancelled via API"
+        job_id: str,
+        request: Request,
+        response: Response,
+        reason: Annotated[str, Query(max_length=500)] = "cancelled via API",
     ) -> JobOut:
         """Cancel a job: at once when pending or queued (200), or ask its worker to stop it
         (202: it ends Cancelled within a bounded time). 409 when it already finished."""
-        job = await app.workflow.cancel(job_id, reason=reason)
+        job = await app.workflow.cancel(job_id, reason=reason, requested_by=_requester(request))
         response.status_code = 202 if job.status is JobStatus.RUNNING else 200
         response.headers[TRACE_HEADER] = job.trace.trace_id
         return JobOut.of(job)
+
+    @api.delete("/v1/jobs/{job_id}", status_code=204, tags=["jobs"], dependencies=v1)
+    async def delete_job(job_id: str) -> Response:
+        """Delete a finished job with its history and webhook deliveries (retention, or a
+        damaged job). 409 while it is not finished: cancel it first."""
+        job = await app.store.get(job_id)
+        if not job.status.terminal or not await app.store.delete_jobs([job.id]):
+            message = f"job {job.id} is {job.status}: only a finished job can be deleted (cancel it first)"
+            raise ApiRefusal(409, "not_finished", message)
+        return Response(status_code=204)
 
     @api.get("/v1/jobs/{job_id}/events", tags=["jobs"], dependencies=v1)
     async def job_events(job_id: str, response: Response) -> list[EventOut]:
@@ -282,6 +300,12 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
         return [DeliveryOut.of(d, await hooks.attempts(d.id)) for d in found]
 
     return api
+
+
+def _requester(request: Request) -> str:
+    """Who asked, as the job's history records it: the API and the client's address."""
+    client = request.client
+    return f"api:{client.host}" if client is not None else "api"
 
 
 def _traceparent_of(span: trace.Span) -> str | None:

@@ -89,7 +89,12 @@ class JobOut(BaseModel):
     trace_id: str = Field(description="The job's trace id: open it in your tracing backend")
     root_span_id: str
     sampled: bool
-    cancel_requested: str | None
+    cancel_requested: str | None = Field(description="Why a cancellation of this running job was asked")
+    cancel_requested_by: str | None
+    cancel_requested_at: str | None
+    damaged: str | None = Field(
+        default=None, description="Set when stored fields could not be read back: which (the rest is as stored)"
+    )
     results: list[ModuleResultOut]
 
     @classmethod
@@ -104,6 +109,7 @@ class JobPage(BaseModel):
 
 class EventOut(BaseModel):
     seq: int
+    event: str = Field(description="The lifecycle event: a transition, or job.lifecycle.cancel_requested")
     status_from: str | None
     status_to: str
     reason: str

@@ -72,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.cli import commands, demo, run, webhook_commands
+    from orchestrator.cli import commands, demo, maintenance, run, webhook_commands
 
     parser = _Parser(prog="orchestrator", description="Analysis jobs, observable end to end with OpenTelemetry.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_serve, log_level_default=None, telemetry=True)
 
     commands.add_db_commands(sub)
+    maintenance.add_prune_command(sub)
     webhook_commands.add_webhook_commands(sub)
     commands.add_telemetry_commands(sub)
     return parser

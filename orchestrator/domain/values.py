@@ -41,6 +41,7 @@ __all__ = [
     "canonical_text",
     "check_client_json",
     "check_client_text",
+    "storable",
 ]
 
 #: Deepest nesting a stored JSON value keeps (deeper parts are replaced by a marker).
@@ -69,6 +70,12 @@ def _escape(match: re.Match[str]) -> str:
 def canonical_text(value: str) -> str:
     """``value`` with NUL and lone surrogates written as escapes (see the module doc)."""
     return _NEEDS_ESCAPE.sub(_escape, value) if _NEEDS_ESCAPE.search(value) else value
+
+
+def storable(value: str) -> bool:
+    """True when ``value`` is already in canonical form (no NUL, no lone surrogate): a
+    lookup by any other value can match nothing stored."""
+    return _NEEDS_ESCAPE.search(value) is None
 
 
 def canonical_reason(value: str) -> str:

@@ -15,7 +15,27 @@ from typing import Protocol
 
 from orchestrator.domain import ErrorCategory, Job, JobStatus, LifecycleEntry, Transition
 
-__all__ = ["JobStore"]
+__all__ = ["JobStore", "RootStamps"]
+
+
+class RootStamps(Protocol):
+    """The emitter of root spans in this process (see :mod:`orchestrator.tracing.ledger`):
+    the terminal transition of a sampled job records ``emitter_id`` and a number from
+    :meth:`begin` in its own UPDATE, and the emitter learns how the write went."""
+
+    emitter_id: str
+
+    def begin(self, job_id: str) -> int:
+        """A new number for the root span of ``job_id``, about to be written."""
+
+    def committed(self, seq: int, trace_id: str, root_span_id: str) -> None:
+        """The transition carrying ``seq`` is stored: its root span follows."""
+
+    def void(self, seq: int) -> None:
+        """The transition carrying ``seq`` was refused: nothing was stored."""
+
+    def unknown(self, seq: int) -> None:
+        """The write failed in a way that may or may not have stored it."""
 
 
 class JobStore(Protocol):
@@ -101,9 +121,42 @@ class JobStore(Protocol):
         """Delete up to ``limit`` terminal jobs that finished before ``before_ns``, with
         their history and webhook deliveries; returns their ids."""
 
+    async def count_prunable(self, *, before_ns: int) -> int:
+        """How many terminal jobs finished before ``before_ns`` (what :meth:`prune` would delete)."""
+
     async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
         """Delete these jobs if terminal, with their history and deliveries; returns the
         ids deleted."""
+
+    # -- durable traces (orchestrator.tracing) -----------------------------------------
+
+    #: Set by the application when its telemetry confirms exports (else None).
+    root_stamps: RootStamps | None
+
+    async def trace_claim(
+        self, *, owner: str, now_ns: int, before_ns: int, expires_ns: int, limit: int = 50
+    ) -> list[tuple[Job, str]]:
+        """Claim, for ``owner`` until ``expires_ns``, up to ``limit`` terminal jobs that
+        finished before ``before_ns`` and whose trace must be rebuilt (flagged lost, or
+        above the watermark of an emitter whose watermark has not moved since
+        ``before_ns``), with why (``not_emitted``, ``export_failed``, ``unconfirmed``).
+        A job another reconciler holds is not claimed."""
+
+    async def trace_confirm(
+        self,
+        *,
+        emitter: str,
+        confirmed_seq: int | None,
+        lost: Sequence[str] = (),
+        done: Sequence[str] = (),
+        now_ns: int,
+    ) -> None:
+        """In one transaction: flag the ``lost`` jobs' traces for rebuilding, record the
+        ``done`` jobs' rebuilt traces as delivered, and move ``emitter``'s watermark up
+        to ``confirmed_seq`` (None: leave it)."""
+
+    async def trace_prune_emitters(self, *, before_ns: int) -> None:
+        """Forget emitters silent since ``before_ns`` that have nothing left to rebuild."""
 
     async def wait_for_work(self, *, max_wait: float) -> None:
         """Return when a job may be claimable, or after ``max_wait`` seconds."""

@@ -26,8 +26,9 @@ from orchestrator.domain import (
     Transition,
     TransitionConflict,
 )
-from orchestrator.domain.values import canonical_reason, canonical_text
+from orchestrator.domain.values import canonical_reason, canonical_text, storable
 from orchestrator.stores import rows, sql
+from orchestrator.stores.base import RootStamps
 from orchestrator.stores.connector import Connector, Params, Row, TransitionRefused
 
 __all__ = ["SQLJobStore"]
@@ -44,6 +45,8 @@ class SQLJobStore:
         self.connector = connector
         self.backend = _BACKENDS[connector.dialect]
         self.schema_version = 0
+        #: Who emits the root spans of the sampled jobs this store ends (durable traces).
+        self.root_stamps: RootStamps | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.connector.target!r})"
@@ -102,16 +105,35 @@ class SQLJobStore:
         return await self._apply(transition, with_history=True)
 
     async def _apply(self, t: Transition, *, with_history: bool) -> tuple[Job, list[LifecycleEntry]]:
-        calls: list[tuple[str, Params]] = [("apply_transition", rows.transition_params(t))]
+        # The terminal transition of a sampled job (the one read back with its history)
+        # records, in its own UPDATE, the emitter of the job's root span and its number.
+        stamps = self.root_stamps if with_history and t.status_to.terminal else None
+        seq = stamps.begin(t.job_id) if stamps is not None else None
+        params = {
+            **rows.transition_params(t),
+            "trace_emitter": stamps.emitter_id if stamps is not None else None,
+            "trace_seq": seq,
+        }
+        calls: list[tuple[str, Params]] = [("apply_transition", params)]
         if with_history:
             calls.append(("history", {"job_id": t.job_id}))
         try:
             results = await self.connector.batch(calls)
         except TransitionRefused as refused:
+            if stamps is not None and seq is not None:
+                stamps.void(seq)
             raise IllegalTransition(t.job_id, t.status_from, t.status_to) from refused
+        except BaseException:
+            if stamps is not None and seq is not None:
+                stamps.unknown(seq)  # committed or not: the emitter cannot tell
+            raise
         if not results[0]:
+            if stamps is not None and seq is not None:
+                stamps.void(seq)
             raise await self._conflict(t)
         job = rows.job_from_row(results[0][0])
+        if stamps is not None and seq is not None:
+            stamps.committed(seq, job.trace.trace_id, job.trace.span_id)
         if job.status is JobStatus.QUEUED:
             self.connector.wake_local()
         history = [rows.entry_from_row(r) for r in results[1]] if with_history else []
@@ -148,6 +170,8 @@ class SQLJobStore:
         return {r["id"] for r in await self.connector.fetchall("renew_leases", params)}
 
     async def request_cancel(self, job_id: str, reason: str, *, requested_by: str, at_ns: int) -> Job:
+        if not storable(job_id):
+            raise JobNotFound(job_id)
         params = {
             "id": job_id,
             "reason": canonical_reason(reason),
@@ -161,6 +185,10 @@ class SQLJobStore:
         found = await self.connector.fetchall("prunable_jobs", {"before_ns": before_ns, "limit": limit})
         return await self.delete_jobs([r["id"] for r in found])
 
+    async def count_prunable(self, *, before_ns: int) -> int:
+        row = await self.connector.fetchone("count_prunable", {"before_ns": before_ns})
+        return int(row["jobs"]) if row else 0
+
     async def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
         if not job_ids:
             return []
@@ -173,6 +201,8 @@ class SQLJobStore:
     # -- reads ------------------------------------------------------------------------
 
     async def _row(self, job_id: str) -> Row:
+        if not storable(job_id):  # no stored id holds a NUL or a lone surrogate: it cannot exist
+            raise JobNotFound(job_id)
         row = await self.connector.fetchone("get_job", {"id": job_id})
         if row is None:
             raise JobNotFound(job_id)
@@ -182,6 +212,8 @@ class SQLJobStore:
         return rows.job_from_row(await self._row(job_id))
 
     async def find_ids(self, prefix: str, *, limit: int = 10) -> list[str]:
+        if not storable(prefix):
+            return []
         params = {"prefix": prefix, "prefix_end": prefix + "~", "limit": limit}
         return [r["id"] for r in await self.connector.fetchall("find_ids", params)]
 
@@ -195,6 +227,8 @@ class SQLJobStore:
         limit: int = 100,
         after: str | None = None,
     ) -> list[Job]:
+        if not all(storable(v) for v in (project_id, after) if v is not None):
+            return []  # a filter no stored value can match (a NUL, a lone surrogate)
         params = {
             "status": status and str(status),
             "project_id": project_id,
@@ -216,6 +250,8 @@ class SQLJobStore:
         return [rows.job_from_row(r) for r in found]
 
     async def history(self, job_id: str) -> list[LifecycleEntry]:
+        if not storable(job_id):
+            return []
         return [rows.entry_from_row(r) for r in await self.connector.fetchall("history", {"job_id": job_id})]
 
     async def history_many(self, job_ids: Sequence[str]) -> dict[str, list[LifecycleEntry]]:
@@ -230,7 +266,48 @@ class SQLJobStore:
         assert row is not None
         return int(row["depth"])
 
+    # -- durable traces ---------------------------------------------------------------
+
+    async def trace_claim(
+        self, *, owner: str, now_ns: int, before_ns: int, expires_ns: int, limit: int = 50
+    ) -> list[tuple[Job, str]]:
+        params = {"owner": owner, "now_ns": now_ns, "before_ns": before_ns, "expires_ns": expires_ns, "limit": limit}
+        claimed = await self.connector.fetchall("trace_claim", params)
+        return [(rows.job_from_row(r), _rebuild_reason(r)) for r in sorted(claimed, key=lambda r: r["finished_ns"])]
+
+    async def trace_confirm(
+        self,
+        *,
+        emitter: str,
+        confirmed_seq: int | None,
+        lost: Sequence[str] = (),
+        done: Sequence[str] = (),
+        now_ns: int,
+    ) -> None:
+        # One transaction: a watermark never passes a lost root before its job is flagged.
+        calls: list[tuple[str, Params]] = []
+        if lost:
+            calls.append(("trace_mark_lost", {"ids": list(lost), "now_ns": now_ns}))
+        if done:
+            calls.append(("trace_mark_done", {"ids": list(done), "now_ns": now_ns}))
+        if confirmed_seq is not None:
+            calls.append(("trace_watermark", {"emitter": emitter, "confirmed_seq": confirmed_seq, "now_ns": now_ns}))
+        if calls:
+            await self.connector.batch(calls)
+
+    async def trace_prune_emitters(self, *, before_ns: int) -> None:
+        await self.connector.batch([("trace_prune_emitters", {"before_ns": before_ns})])
+
     # -- wake-ups ---------------------------------------------------------------------
 
     async def wait_for_work(self, *, max_wait: float) -> None:
         await self.connector.wait_for_notification(max_wait=max_wait)
+
+
+def _rebuild_reason(row: Row) -> str:
+    """Why a claimed job's trace is rebuilt (the reconstructed-traces metric's reason)."""
+    if row["trace_emitter"] is None:
+        return "not_emitted"  # ended by a process that exports no telemetry
+    if row["trace_lost_ns"] is not None:
+        return "export_failed"  # a span of it failed to export or was dropped
+    return "unconfirmed"  # its emitter died or stalled before confirming the export

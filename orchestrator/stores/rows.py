@@ -48,7 +48,10 @@ def _reason(value: str | None) -> str | None:
 
 
 def _results(results: tuple[ModuleResult, ...]) -> JSONText:
-    return json_text([r.to_json() for r in results])
+    # Each field on its own: a summary keeps MAX_DEPTH levels counted from itself, not from
+    # the column's root.
+    rows = [{k: canonical_json(v) for k, v in r.to_json().items()} for r in results]
+    return JSONText(json.dumps(rows, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
 
 
 def job_params(job: Job) -> dict[str, Any]:

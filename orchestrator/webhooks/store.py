@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from orchestrator.domain import JobNotFound
-from orchestrator.domain.values import canonical_reason
+from orchestrator.domain.values import canonical_reason, storable
 from orchestrator.serialization import timestamp
 from orchestrator.stores import JobStore, rows
 from orchestrator.stores.connector import Connector, Row
@@ -142,17 +142,22 @@ class SQLWebhookStore:
         await self._db.fetchall("webhook_insert_subscription", params)
 
     async def get_subscription(self, subscription_id: str) -> Subscription:
+        if not storable(subscription_id):
+            raise WebhookNotFound(subscription_id)
         row = await self._db.fetchone("webhook_get_subscription", {"id": subscription_id})
         if row is None:
             raise WebhookNotFound(subscription_id)
         return _subscription(row)
 
     async def list_subscriptions(self, *, project_id: str | None = None) -> list[Subscription]:
+        if project_id is not None and not storable(project_id):
+            return []
         found = await self._db.fetchall("webhook_list_subscriptions", {"project_id": project_id})
         return [_subscription(r) for r in found]
 
     async def delete_subscription(self, subscription_id: str) -> None:
-        if await self._db.fetchone("webhook_delete_subscription", {"id": subscription_id}) is None:
+        params = {"id": subscription_id}
+        if not storable(subscription_id) or await self._db.fetchone("webhook_delete_subscription", params) is None:
             raise WebhookNotFound(subscription_id)
 
     async def claim_deliveries(self, *, owner: str, now_ns: int, lease_ns: int, limit: int) -> list[Delivery]:
@@ -181,6 +186,8 @@ class SQLWebhookStore:
     async def list_deliveries(
         self, *, job_id: str | None = None, subscription_id: str | None = None, limit: int = 100
     ) -> list[Delivery]:
+        if not all(storable(v) for v in (job_id, subscription_id) if v is not None):
+            return []
         params = {"job_id": job_id, "subscription_id": subscription_id, "limit": limit}
         return [_delivery(r) for r in await self._db.fetchall("webhook_list_deliveries", params)]
 

@@ -55,7 +55,14 @@ UPDATE jobs SET
     results = COALESCE(:results, results),
     lease_owner = :lease_owner,
     lease_expires_ns = :lease_expires_ns,
-    cancel_requested = CASE WHEN :status_to = 'running' THEN cancel_requested ELSE NULL END
+    cancel_requested = CASE WHEN :status_to = 'running' THEN cancel_requested ELSE NULL END,
+    -- The process emitting a sampled job's root span says so (with its sequence number);
+    -- a sampled job that ends with no such emitter is flagged for rebuilding its trace.
+    trace_emitter = COALESCE(CAST(:trace_emitter AS TEXT), trace_emitter),
+    trace_seq = COALESCE(CAST(:trace_seq AS BIGINT), trace_seq),
+    trace_lost_ns = CASE WHEN :status_to IN ('completed', 'failed', 'cancelled') AND trace_sampled = TRUE
+                          AND CAST(:trace_emitter AS TEXT) IS NULL
+                         THEN COALESCE(trace_lost_ns, :at_ns) ELSE trace_lost_ns END
 WHERE id = :job_id AND status = :status_from AND attempt = :attempt
   AND (cancel_requested IS NULL OR status <> 'running' OR :status_to = 'cancelled')
 RETURNING *;
@@ -96,6 +103,52 @@ SELECT id FROM jobs
 WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns
 ORDER BY finished_ns, id
 LIMIT :limit;
+
+-- name: count_prunable
+SELECT COUNT(*) AS jobs FROM jobs
+WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns;
+
+-- name: trace_watermark
+-- An emitter's watermark: every root span it emitted up to confirmed_seq was confirmed
+-- exported (or its job flagged lost, in the same transaction). advanced_ns moves only
+-- when the watermark does: a dead emitter's stays put.
+INSERT INTO trace_emitters (emitter_id, confirmed_seq, advanced_ns, seen_ns)
+VALUES (:emitter, :confirmed_seq, :now_ns, :now_ns)
+ON CONFLICT (emitter_id) DO UPDATE SET
+    advanced_ns = CASE WHEN excluded.confirmed_seq > trace_emitters.confirmed_seq
+                       THEN excluded.advanced_ns ELSE trace_emitters.advanced_ns END,
+    confirmed_seq = CASE WHEN excluded.confirmed_seq > trace_emitters.confirmed_seq
+                         THEN excluded.confirmed_seq ELSE trace_emitters.confirmed_seq END,
+    seen_ns = excluded.seen_ns;
+
+-- name: trace_claim
+-- Terminal jobs whose trace must be rebuilt, claimed (compare-and-set on the claim) by
+-- one reconciler until :expires_ns: flagged lost, or above the watermark of an emitter
+-- whose watermark has not moved since :before_ns; finished before :before_ns.
+UPDATE jobs SET trace_claim = :owner, trace_claim_ns = :expires_ns
+WHERE id IN (
+    SELECT j.id FROM trace_emitters e
+    JOIN jobs j ON j.trace_emitter = e.emitter_id AND j.trace_seq > e.confirmed_seq
+    WHERE e.advanced_ns < :before_ns AND j.finished_ns < :before_ns AND j.trace_done_ns IS NULL
+      AND (j.trace_claim_ns IS NULL OR j.trace_claim_ns < :now_ns)
+    UNION
+    SELECT id FROM jobs
+    WHERE trace_lost_ns IS NOT NULL AND trace_done_ns IS NULL AND finished_ns < :before_ns
+      AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
+    LIMIT :limit
+)
+  AND trace_done_ns IS NULL AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
+RETURNING *;
+
+-- name: trace_prune_emitters
+-- Emitters silent since :before_ns with no root left to rebuild.
+DELETE FROM trace_emitters
+WHERE seen_ns < :before_ns AND advanced_ns < :before_ns
+  AND NOT EXISTS (
+      SELECT 1 FROM jobs j
+      WHERE j.trace_emitter = trace_emitters.emitter_id AND j.trace_seq > trace_emitters.confirmed_seq
+        AND j.trace_done_ns IS NULL
+  );
 
 -- name: webhook_insert_subscription
 INSERT INTO webhook_subscriptions (id, project_id, url, secret, events, created_ns)

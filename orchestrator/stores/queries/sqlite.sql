@@ -59,3 +59,11 @@ WHERE seq IN (
     LIMIT :limit
 )
 RETURNING *;
+
+-- name: trace_mark_lost
+-- A span of these jobs' traces was lost (its export failed or was dropped): rebuild them.
+UPDATE jobs SET trace_lost_ns = COALESCE(trace_lost_ns, :now_ns) WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: trace_mark_done
+-- These jobs' rebuilt traces were confirmed exported.
+UPDATE jobs SET trace_done_ns = :now_ns, trace_claim = NULL, trace_claim_ns = NULL WHERE id IN (SELECT value FROM json_each(:ids));
