@@ -355,15 +355,15 @@ def _latency_round(target: Target, telemetry: ProducerTelemetry, procs: Sequence
                 done.set()
             elapsed = time.monotonic() - started
             check = harness.alive_check(procs)
-            await harness.wait_done(app.store, probe_project, probes, within=120, check=check)
-            if loaded:
-                await harness.wait_done(app.store, load_project, loaded, within=300, check=check)
-            store = app.store
-            assert isinstance(store, harness.PostgresJobStore)
-            async with store.connection("bench") as conn:
-                cur = await conn.execute(
-                    "SELECT (started_ns - queued_ns) / 1e6 FROM jobs WHERE project_id = %s", (probe_project,))
-                latencies = [float(r[0]) for r in await cur.fetchall()]
+            async with harness.Measure(target) as measure:
+                await harness.wait_done(measure, probe_project, probes, within=120, check=check)
+                if loaded:
+                    await harness.wait_done(measure, load_project, loaded, within=300, check=check)
+                found = await measure.fetchall(
+                    "SELECT (started_ns - queued_ns) / 1e6 FROM jobs WHERE project_id = :project",
+                    {"project": probe_project},
+                )
+            latencies = [float(r[0]) for r in found]
             return latencies, loaded / elapsed if loaded else 0.0
 
     return anyio.run(go)
@@ -521,12 +521,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--producers", type=int, default=4, help="concurrent creating tasks in this process")
     parser.add_argument("--pgbench-seconds", type=float, default=3.0)
     parser.add_argument("--notify-seconds", type=float, default=1.5)
+    parser.add_argument("--worker-env", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="ORCHESTRATOR_* settings for every worker (e.g. ORCHESTRATOR_ANALYSIS_PROCESSES=0)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="JSON results file")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    harness.WORKER_ENV.update(harness.parse_worker_env(args.worker_env))
     configure_logging("WARNING", "json")
     logging.getLogger("opentelemetry").setLevel(logging.ERROR)
     report = Report(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})

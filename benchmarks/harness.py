@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import select
 import signal
 import sqlite3
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.to_thread
+import psycopg
 from opentelemetry import metrics, trace
 
 from benchmarks.modules import registry
@@ -30,14 +33,14 @@ from benchmarks.pg import fresh_database
 from orchestrator import __version__
 from orchestrator.bootstrap import open_app
 from orchestrator.settings import Settings
-from orchestrator.stores.postgres import PostgresJobStore
-from orchestrator.stores.sqlite import SQLiteJobStore
 from orchestrator.telemetry import JobTelemetry
 from otel.logs import LOGGER_NAMES
 from otel.setup import Telemetry, setup_telemetry
 
 __all__ = [
     "MODES",
+    "WORKER_ENV",
+    "Measure",
     "Proc",
     "ProducerTelemetry",
     "RoundResult",
@@ -45,6 +48,7 @@ __all__ = [
     "Target",
     "clean_env",
     "ours_round",
+    "parse_worker_env",
     "percentile",
     "postgres_target",
     "sqlite_target",
@@ -54,8 +58,12 @@ __all__ = [
 ]
 
 Mode = Literal["disabled", "otlp", "files"]
+#: Settings every worker of this run gets on top of the scenario's (``--worker-env``).
+WORKER_ENV: dict[str, str] = {}
 MODES: tuple[Mode, ...] = ("disabled", "otlp", "files")
 ROOT = Path(__file__).resolve().parent.parent
+#: The tree every job analyses (one small file: see its README).
+SOURCE = ROOT / "benchmarks" / "source"
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -128,6 +136,16 @@ def running(procs: list[Proc]) -> Iterator[list[Proc]]:
 
 def python_m(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def parse_worker_env(pairs: Sequence[str]) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("ORCHESTRATOR_"):
+            raise SystemExit(f"--worker-env takes ORCHESTRATOR_NAME=VALUE, not {pair!r}")
+        found[name] = value
+    return found
 
 
 # -- telemetry modes ----------------------------------------------------------------------
@@ -225,6 +243,7 @@ class Target:
             "ORCHESTRATOR_POLL_SECONDS": str(self.poll_seconds),
             "ORCHESTRATOR_WEBHOOKS": "false",
         }
+        env.update(WORKER_ENV)
         if self.url:
             env["ORCHESTRATOR_DATABASE_URL"] = self.url
         env.update(extra)
@@ -332,34 +351,58 @@ def cpu_seconds(pid: int) -> float:
 _DONE_SQL = (
     "SELECT COUNT(*) FILTER (WHERE status IN ('completed', 'failed', 'cancelled')) AS done, "
     "COUNT(*) FILTER (WHERE status <> 'completed' AND status IN ('failed', 'cancelled')) AS failed, "
-    "MAX(finished_ns) AS last_ns FROM jobs WHERE project_id = {p}"
+    "MAX(finished_ns) AS last_ns FROM jobs WHERE project_id = :project"
 )
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
-async def done_counts(store: object, project_id: str) -> tuple[int, int, int | None]:
+class Measure:
+    """The benchmark's own connection to a target's database, for measurement queries
+    (the store has no general query interface, on purpose). Queries are written with
+    ``:name`` placeholders; PostgreSQL gets psycopg's ``%(name)s``. SQLite reads run in
+    a thread on a read-only connection (WAL lets them run beside the workers' writes)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._pg: psycopg.AsyncConnection[Any] | None = None
+        self._lite: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> Measure:
+        if self.target.url:
+            self._pg = await psycopg.AsyncConnection.connect(self.target.url, autocommit=True)
+        else:
+            path = self.target.data_dir / "orchestrator.db"
+            self._lite = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pg is not None:
+            await self._pg.close()
+        if self._lite is not None:
+            self._lite.close()
+
+    async def fetchall(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        if self._pg is not None:
+            cur = await self._pg.execute(_PLACEHOLDER.sub(r"%(\1)s", query), params)
+            return list(await cur.fetchall())
+        lite = self._lite
+        assert lite is not None
+        return await anyio.to_thread.run_sync(lambda: lite.execute(query, dict(params)).fetchall())
+
+
+async def done_counts(measure: Measure, project_id: str) -> tuple[int, int, int | None]:
     """(terminal jobs, failed or cancelled jobs, last finished_ns) of a round's project."""
-    if isinstance(store, PostgresJobStore):
-        async with store.connection("bench") as conn:
-            cur = await conn.execute(_DONE_SQL.format(p="%s"), (project_id,))
-            row = await cur.fetchone()
-    else:
-        assert isinstance(store, SQLiteJobStore)
-
-        def query(conn: sqlite3.Connection) -> Any:
-            return conn.execute(_DONE_SQL.format(p="?"), (project_id,)).fetchone()
-
-        row = await store.run("bench", query)
-    assert row is not None
+    row = (await measure.fetchall(_DONE_SQL, {"project": project_id}))[0]
     return int(row[0] or 0), int(row[1] or 0), row[2]
 
 
 async def wait_done(
-    store: object, project_id: str, n: int, *, within: float, check: Callable[[], None], interval: float = 0.02
+    measure: Measure, project_id: str, n: int, *, within: float, check: Callable[[], None], interval: float = 0.02
 ) -> tuple[int, int]:
     """Wait until ``n`` jobs of ``project_id`` are terminal; (failed, last finished_ns)."""
     deadline = time.monotonic() + within
     while True:
-        done, failed, last = await done_counts(store, project_id)
+        done, failed, last = await done_counts(measure, project_id)
         if done >= n:
             assert last is not None
             return failed, int(last)
@@ -384,7 +427,7 @@ class RoundSpec:
     modules: tuple[str, ...] = ("noop",)
     producers: int = 4
     timeout: float = 300.0
-    source: str = field(default_factory=lambda: str(ROOT / "benchmarks"))
+    source: str = field(default_factory=lambda: str(SOURCE))
 
 
 _round_counter = 0
@@ -428,9 +471,10 @@ def ours_round(
             await produce(app, spec, project_id)
             produced_ns = time.time_ns()
             producer_cpu = time.process_time() - producer_before
-            failed, last_ns = await wait_done(
-                app.store, project_id, spec.jobs, within=spec.timeout, check=alive_check(procs)
-            )
+            async with Measure(target) as measure:
+                failed, last_ns = await wait_done(
+                    measure, project_id, spec.jobs, within=spec.timeout, check=alive_check(procs)
+                )
             worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - workers_before
         return RoundResult(
             spec.jobs, (last_ns - start_ns) / 1e9, (produced_ns - start_ns) / 1e9, failed, worker_cpu, producer_cpu
