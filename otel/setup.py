@@ -300,7 +300,9 @@ def _exporters(
 
         spans: SpanExporter = GrpcSpans()
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
+        # The SDK's HTTP exporter with the spans encoded directly (otel/otlp_proto.py);
+        # gRPC keeps the official encoder (its stub serialises the message objects).
+        from otel.otlp_proto import OTLPSpanExporter as HttpSpans
 
         spans = HttpSpans()
     if grpc["logs"]:
@@ -308,7 +310,7 @@ def _exporters(
 
         log_exporter: LogRecordExporter = GrpcLogs()
     else:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogs
+        from otel.otlp_proto import OTLPLogExporter as HttpLogs
 
         log_exporter = HttpLogs()
     if grpc["metrics"]:
