@@ -14,11 +14,11 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
 from otel import context, logs
-from otel.vocabulary import OperationEvent
+from otel.vocabulary import Attr, OperationEvent
 
 __all__ = ["instrument", "mark_logged"]
 
@@ -56,15 +56,15 @@ def instrument(
             elapsed = _elapsed_ms(started)
             context_of = getattr(exc, "context", None)
             typed = callable(context_of)
-            extra: dict[str, Any] = dict(context_of()) if callable(context_of) else {"error": str(exc)}
-            extra.setdefault("error.type", type(exc).__name__)
+            extra: dict[str, Any] = dict(context_of()) if callable(context_of) else {Attr.ERROR: str(exc)}
+            extra.setdefault(Attr.ERROR_TYPE, type(exc).__name__)
             # A caller's mistake is information; an expected failure (typed) a warning;
             # anything else is a bug, logged with its traceback.
             # One report per error: once logged (at its source or by an inner entry
             # point), outer entry points only record their finish at debug level.
             if getattr(exc, _LOGGED, False):
                 error_level = logging.DEBUG
-            elif extra.get("error_category") == "validation":
+            elif extra.get(Attr.ERROR_CATEGORY) == _VALIDATION:
                 error_level = max(level, logging.INFO)
             else:
                 error_level = logging.WARNING if typed else logging.ERROR
@@ -80,39 +80,14 @@ def instrument(
                 **extra,
             )
 
-        if inspect.iscoroutinefunction(fn):
-            async_fn = cast(Callable[P, Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                with context.bound(**bind_fields(args, kwargs)):
-                    started = time.perf_counter()
-                    logs.event(log, level, OperationEvent.START, f"{operation} started", operation=operation)
-                    try:
-                        result = await async_fn(*args, **kwargs)
-                    except Exception as exc:
-                        on_error(exc, started)
-                        raise
-                    elapsed = _elapsed_ms(started)
-                    logs.event(
-                        log,
-                        level,
-                        OperationEvent.FINISH,
-                        f"{operation} finished in {elapsed} ms",
-                        operation=operation,
-                        elapsed_ms=elapsed,
-                    )
-                    return result
-
-            return cast(Callable[P, R], async_wrapper)
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        @contextlib.contextmanager
+        def reported(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[None]:
+            """One call: its fields bound, its start, then its finish or its error."""
             with context.bound(**bind_fields(args, kwargs)):
                 started = time.perf_counter()
                 logs.event(log, level, OperationEvent.START, f"{operation} started", operation=operation)
                 try:
-                    result = fn(*args, **kwargs)
+                    yield
                 except Exception as exc:
                     on_error(exc, started)
                     raise
@@ -125,7 +100,23 @@ def instrument(
                     operation=operation,
                     elapsed_ms=elapsed,
                 )
-                return result
+
+        # Two thin wrappers around the same report: a coroutine function must stay one
+        # (awaited inside the report), a plain function must not become one.
+        if inspect.iscoroutinefunction(fn):
+            async_fn = cast(Callable[P, Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with reported(args, kwargs):
+                    return await async_fn(*args, **kwargs)
+
+            return cast(Callable[P, R], async_wrapper)
+
+        @functools.wraps(fn)
+        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with reported(args, kwargs):
+                return fn(*args, **kwargs)
 
         return sync_wrapper
 
@@ -133,6 +124,8 @@ def instrument(
 
 
 _LOGGED = "_orchestrator_logged"
+#: ErrorCategory.VALIDATION's value (otel imports nothing of the domain but its event names).
+_VALIDATION = "validation"
 
 
 def mark_logged(exc: BaseException) -> None:

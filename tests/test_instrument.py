@@ -1,0 +1,98 @@
+"""``@instrument`` on coroutine and plain functions alike: the same start, finish and
+error records, the call's fields bound inside it, the function's identity kept."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from otel import context
+from otel.instrument import instrument
+from otel.logs import EVENT_KEY, record_fields
+
+LOGGER = "orchestrator.test_instrument"
+
+
+def _fields(job_id: str, **_: Any) -> dict[str, Any]:
+    return {"job_id": job_id}
+
+
+@instrument("test.plain", fields=_fields, logger=logging.getLogger(LOGGER))
+def plain(job_id: str, *, fail: BaseException | None = None) -> dict[str, Any]:
+    """A plain function."""
+    if fail is not None:
+        raise fail
+    return dict(context.current_fields())
+
+
+@instrument("test.coroutine", fields=_fields, logger=logging.getLogger(LOGGER))
+async def coroutine(job_id: str, *, fail: BaseException | None = None) -> dict[str, Any]:
+    """A coroutine function."""
+    await anyio.sleep(0)
+    if fail is not None:
+        raise fail
+    return dict(context.current_fields())
+
+
+def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return anyio.run(lambda: fn(*args, **kwargs))
+    return fn(*args, **kwargs)
+
+
+def records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, Any]]]:
+    return [(getattr(r, EVENT_KEY), record_fields(r)) for r in caplog.records if r.name == LOGGER]
+
+
+CASES = [pytest.param(plain, "test.plain", id="plain"), pytest.param(coroutine, "test.coroutine", id="coroutine")]
+
+
+@pytest.mark.parametrize(("fn", "operation"), CASES)
+def test_a_call_logs_start_and_finish_with_its_fields_bound(
+    caplog: pytest.LogCaptureFixture, fn: Callable[..., Any], operation: str
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    assert call(fn, "j-1") == {"job_id": "j-1"}  # bound while it runs
+    assert context.current_fields() == {}  # and only then
+    (start, started), (finish, finished) = records(caplog)
+    assert (start, finish) == ("operation.start", "operation.finish")
+    assert started == {"operation": operation}
+    assert set(finished) == {"operation", "elapsed_ms"}
+    assert finished["operation"] == operation
+    assert finished["elapsed_ms"] >= 0
+
+
+@pytest.mark.parametrize(("fn", "operation"), CASES)
+def test_an_error_is_logged_once_with_its_type_and_raised(
+    caplog: pytest.LogCaptureFixture, fn: Callable[..., Any], operation: str
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    with pytest.raises(ValueError, match="bad value"):
+        call(fn, "j-2", fail=ValueError("bad value"))
+    assert [event for event, _ in records(caplog)] == ["operation.start", "operation.error"]
+    _, error = records(caplog)[1]
+    assert (error["operation"], error["error"], error["error.type"]) == (operation, "bad value", "ValueError")
+    assert [r.levelno for r in caplog.records if getattr(r, EVENT_KEY, None) == "operation.error"] == [logging.ERROR]
+
+
+@pytest.mark.parametrize(("fn", "operation"), CASES)
+def test_a_base_exception_passes_through_unreported(
+    caplog: pytest.LogCaptureFixture, fn: Callable[..., Any], operation: str
+) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    with pytest.raises(KeyboardInterrupt):
+        call(fn, "j-3", fail=KeyboardInterrupt())
+    assert [event for event, _ in records(caplog)] == ["operation.start"]
+
+
+def test_the_wrappers_keep_what_the_function_is() -> None:
+    assert inspect.iscoroutinefunction(coroutine)
+    assert not inspect.iscoroutinefunction(plain)
+    assert (plain.__name__, plain.__doc__) == ("plain", "A plain function.")
+    assert (coroutine.__name__, coroutine.__doc__) == ("coroutine", "A coroutine function.")
+    assert list(inspect.signature(plain).parameters) == ["job_id", "fail"]
