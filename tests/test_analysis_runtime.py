@@ -206,7 +206,8 @@ async def app(tmp_path: Path, harness: TelemetryHarness) -> AsyncIterator[App]:
         SecretsModule(),
         TodosModule(),
     ]
-    settings = Settings(data_dir=tmp_path / "data", analysis_processes=2)
+    # analysis_inline_bytes=0: these trees are small, and must still go to the processes.
+    settings = Settings(data_dir=tmp_path / "data", analysis_processes=2, analysis_inline_bytes=0)
     async with open_app(settings, registry=ModuleRegistry(modules), telemetry=harness.telemetry) as opened:
         yield opened
 

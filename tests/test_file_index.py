@@ -250,7 +250,8 @@ class OpenCounter:
 
 
 @pytest.mark.anyio
-async def test_a_whole_job_reads_each_file_once_across_its_worker_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline_bytes", [0, 1_000_000], ids=["worker-processes", "in-process"])
+async def test_a_whole_job_reads_each_file_once(tmp_path: Path, inline_bytes: int) -> None:
     source = tmp_path / "project"
     write(source, "pyproject.toml", '[project]\nname = "p"\ndependencies = ["anyio>=4"]\n')
     write(source, "requirements.txt", "httpx\n")
@@ -269,7 +270,12 @@ async def test_a_whole_job_reads_each_file_once_across_its_worker_processes(tmp_
         for path in source.rglob("*")
         if path.is_file() and path.name != "debug.log" and "node_modules" not in path.parts
     }
-    settings = Settings(data_dir=tmp_path / "data", analysis_processes=2, analysis_max_file_bytes=4096)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        analysis_processes=2,
+        analysis_max_file_bytes=4096,
+        analysis_inline_bytes=inline_bytes,  # 0: the pool, whatever the size; else this small tree in-process
+    )
     counter = OpenCounter(source)
     try:
         async with open_app(settings) as app:

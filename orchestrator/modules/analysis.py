@@ -51,6 +51,9 @@ class AnalysisConfig:
     #: The walk's defaults (ignore patterns, .gitignore, the size cap).
     index: IndexConfig = field(default_factory=IndexConfig)
     budgets: BudgetPolicy = field(default_factory=BudgetPolicy)
+    #: Trees up to this many bytes (and 1,000 files) are scanned in a thread of the job's
+    #: process, without the pool: its processes would cost more to start than they save.
+    inline_bytes: int = 2_000_000
 
     @property
     def process_count(self) -> int:
@@ -83,6 +86,7 @@ class AnalysisConfig:
             expected=settings.module_expected,
             reference_files=settings.budget_reference_files,
             reference_bytes=settings.budget_reference_bytes,
+            inline_bytes=settings.analysis_inline_bytes,
         )
 
     @classmethod
@@ -97,9 +101,10 @@ class AnalysisConfig:
         expected: Mapping[str, float],
         reference_files: int,
         reference_bytes: int,
+        inline_bytes: int = 2_000_000,
     ) -> AnalysisConfig:
         index = IndexConfig(gitignore=gitignore, max_file_bytes=max_file_bytes)
         if ignore is not None:
             index = replace(index, ignore=tuple(ignore))
         policy = BudgetPolicy(dict(timeouts), dict(expected), reference_files, reference_bytes)
-        return cls(processes, index, policy)
+        return cls(processes, index, policy, inline_bytes)

@@ -45,6 +45,8 @@ R = TypeVar("R")
 BATCH_FILES: Final = 256
 BATCH_BYTES: Final = 2_000_000
 _JOIN_CHECKPOINTS: Final = 3
+#: At most this many files for a tree scanned in this process (see ``inline_bytes``).
+INLINE_FILES: Final = 1_000
 
 
 class AnalyzerFailed(Exception):
@@ -106,10 +108,14 @@ class JobFiles:
         *,
         batch_files: int = BATCH_FILES,
         batch_bytes: int = BATCH_BYTES,
+        inline_bytes: int = 0,
     ) -> None:
         self.source = source
         self.config = config or IndexConfig()
         self.runner: BatchRunner = runner or ThreadRunner()
+        #: A tree of at most this many bytes (and INLINE_FILES files) is scanned in a daemon
+        #: thread of this process: starting worker processes would cost more than it saves.
+        self._inline_bytes = inline_bytes
         self._batch_files, self._batch_bytes = batch_files, batch_bytes
         self._index: FileIndex | None = None
         self._index_error: BaseException | None = None
@@ -149,7 +155,6 @@ class JobFiles:
             self._walk_started = True
             assert self._tg is not None, "use JobFiles as an async context manager"
             self._tg.start_soon(self._walk, name="job-files:walk")
-            self._tg.start_soon(self.runner.warm, name="job-files:warm")
 
     def when_walked(self, callback: Callable[[FileIndex], None]) -> None:
         """Call ``callback(index)`` (in the event loop) once the walk has succeeded."""
@@ -186,6 +191,9 @@ class JobFiles:
             return
         except Exception as exc:  # noqa: BLE001 - handed to every module that asks
             self._index_error = exc
+        index = self._index
+        if index is not None and index.total_bytes <= self._inline_bytes and len(index) <= INLINE_FILES:
+            self.runner = ThreadRunner()
         self._walked.set()
         if self._index is not None:
             for callback in self._on_walked:

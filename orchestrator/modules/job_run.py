@@ -51,7 +51,9 @@ class JobAnalysis:
         self._job = job
         self._telemetry = telemetry
         self._listeners = listeners
-        self.files = JobFiles(Path(job.source), config.index_config(job.options), runner)
+        self.files = JobFiles(
+            Path(job.source), config.index_config(job.options), runner, inline_bytes=config.inline_bytes
+        )
         self.budgets = JobBudgets(config.budgets, job.options.module_budgets)
         self._execute_span = trace.get_current_span()
         self._token: Any = None
