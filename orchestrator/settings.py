@@ -12,9 +12,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from orchestrator.modules.budget import parse_module_seconds
 from orchestrator.modules.ignore import InvalidPattern, check_patterns
 
-from orchestrator.modules.budget import parse_module_seconds
-from orchestrator.modules.ignore import InvalidPattern, check_patterns
-
 __all__ = ["Settings"]
 
 
@@ -108,25 +105,6 @@ class Settings(BaseSettings):
     #: max(1, files / reference_files, bytes / reference_bytes). 0 leaves a dimension out.
     budget_reference_files: int = Field(default=1_000, ge=0)
     budget_reference_bytes: int = Field(default=25_000_000, ge=0)
-    #: Worker processes for CPU-bound module work (parsing, pattern scans), shared by the
-    #: jobs of this process; unset: one per core this process may use; 0: no processes.
-    analysis_processes: int | None = Field(default=None, ge=0, le=256)
-    #: Gitignore-style patterns the walk leaves out, comma-separated; replaces the
-    #: built-in defaults (VCS folders, virtualenvs, node_modules, build outputs); "": none.
-    analysis_ignore: Annotated[list[str] | None, NoDecode] = None
-    #: Honour the project's .gitignore files (a job may say otherwise).
-    analysis_gitignore: bool = True
-    #: Files larger than this are counted but their content is not scanned.
-    analysis_max_file_bytes: int = Field(default=5_000_000, ge=1024, le=1 << 32)
-    #: Module timeouts, ``module=seconds,...`` (``*`` for every module), for a project of
-    #: the reference size below; scaled to the tree analysed.
-    module_timeouts: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
-    #: Expected module runtimes (exceeding one is an overrun), as module_timeouts.
-    module_expected: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
-    #: The reference project size the module budgets are for; budgets scale with
-    #: max(1, files / reference_files, bytes / reference_bytes). 0 leaves a dimension out.
-    budget_reference_files: int = Field(default=1_000, ge=0)
-    budget_reference_bytes: int = Field(default=25_000_000, ge=0)
 
     @field_validator("database_url")
     @classmethod
@@ -174,25 +152,6 @@ class Settings(BaseSettings):
             raise ValueError("is empty: set a long random value, or unset it to turn authentication off")
         if not all(33 <= ord(c) <= 126 for c in token):
             raise ValueError("must be printable ASCII without spaces (it is sent in an HTTP header)")
-        return value
-
-    @field_validator("module_timeouts", "module_expected", mode="before")
-    @classmethod
-    def _module_seconds(cls, value: object) -> object:
-        if isinstance(value, dict):  # given in code: the same checks as from the environment
-            value = ",".join(f"{name}={seconds}" for name, seconds in value.items())
-        return parse_module_seconds(value) if isinstance(value, str) else value
-
-    @field_validator("analysis_ignore", mode="before")
-    @classmethod
-    def _patterns(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list):
-            try:
-                return check_patterns(str(part) for part in value)
-            except InvalidPattern as exc:
-                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("module_timeouts", "module_expected", mode="before")
