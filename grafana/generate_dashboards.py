@@ -121,6 +121,7 @@ RECOVERIES = metric(Metric.RECOVERIES)
 WEBHOOKS = metric(Metric.WEBHOOK_DELIVERIES)
 WEBHOOK_BUCKET = metric(Metric.WEBHOOK_LATENCY, "_bucket")
 EXPORT_FAILURES = metric(Metric.TELEMETRY_EXPORT_FAILURES)
+RECONSTRUCTED = metric(Metric.TRACES_RECONSTRUCTED)
 
 PHASE, MODULE, CATEGORY, STATUS, OUTCOME = Attr.PHASE, Attr.MODULE, Attr.ERROR_CATEGORY, Attr.STATUS, Attr.OUTCOME
 
@@ -778,9 +779,17 @@ def operations() -> dict[str, Any]:
     layout.add(
         timeseries(
             "SDK export failures by signal",
-            [prom(f"sum by (job, signal) (rate({EXPORT_FAILURES}[{RATE}]))", "{{job}} {{signal}}")],
+            [
+                prom(f"sum by (job, signal) (rate({EXPORT_FAILURES}[{RATE}]))", "{{job}} {{signal}}"),
+                prom(
+                    f"sum by ({Attr.REASON}) (rate({RECONSTRUCTED}[{RATE}]))",
+                    f"traces rebuilt: {{{{{Attr.REASON}}}}}",
+                    ref="B",
+                ),
+            ],
             unit="ops",
-            description="Batches the orchestrator's SDK could not export (dropped; jobs are not affected).",
+            description="Batches the orchestrator's SDK could not export (dropped; jobs are not affected), and "
+            "job traces rebuilt from the store and exported again because their live export was lost.",
         ),
         w=6,
         h=7,

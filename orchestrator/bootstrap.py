@@ -14,6 +14,8 @@ from orchestrator.settings import Settings
 from orchestrator.stores import JobStore
 from orchestrator.stores.sqlite import SQLiteJobStore
 from orchestrator.telemetry import JobTelemetry
+from orchestrator.tracing.ledger import DeliveryLedger, ledger_for
+from orchestrator.tracing.reconciler import TraceConfig, TraceKeeper, settle
 from orchestrator.usecases import CreateAnalysisJobUseCase, ExecuteAnalysisJobUseCase
 from orchestrator.webhooks.dispatcher import DispatcherConfig, WebhookDispatcher
 from orchestrator.webhooks.store import webhook_store
@@ -31,6 +33,8 @@ class App:
     workflow: JobWorkflow
     create: CreateAnalysisJobUseCase
     execute: ExecuteAnalysisJobUseCase
+    #: What this process's span exporter confirmed (None: its telemetry confirms nothing).
+    deliveries: DeliveryLedger | None = None
 
     def worker(self, *, concurrency: int | None = None, worker_id: str | None = None) -> Worker:
         s = self.settings
@@ -44,13 +48,23 @@ class App:
             max_attempts=s.max_attempts,
             shutdown_grace_seconds=s.shutdown_grace_seconds,
         )
-        return Worker(self.workflow, self.execute, self.telemetry, config, worker_id=worker_id)
+        worker = Worker(self.workflow, self.execute, self.telemetry, config, worker_id=worker_id)
+        if self.deliveries is not None:
+            # Rebuilding traces needs an exporter that confirms: only then does it run.
+            worker.traces = TraceKeeper(
+                self.store, self.telemetry, self.deliveries, trace_config(s), owner=worker.worker_id
+            )
+        return worker
 
 
     def dispatcher(self) -> WebhookDispatcher:
         """The webhook dispatcher over this app's outbox."""
         config = DispatcherConfig.from_settings(self.settings)
         return WebhookDispatcher(webhook_store(self.store), self.telemetry, config)
+
+
+def trace_config(settings: Settings) -> TraceConfig:
+    return TraceConfig(grace_seconds=settings.trace_grace_seconds, reconcile_seconds=settings.reconcile_seconds)
 
 
 def build_store(settings: Settings) -> JobStore:
@@ -81,6 +95,11 @@ async def open_app(
     telemetry = telemetry or JobTelemetry()
     await store.open(migrate=settings.auto_migrate)
     execute: ExecuteAnalysisJobUseCase | None = None
+    # The terminal transitions this process stores name it as their root span's emitter.
+    deliveries = ledger_for(telemetry.tracer_provider)
+    if deliveries is not None:
+        deliveries.configure(give_up_s=trace_config(settings).give_up_seconds)
+        store.root_stamps = deliveries
     try:
         workflow = JobWorkflow(store, telemetry)
         execute = ExecuteAnalysisJobUseCase(
@@ -98,8 +117,11 @@ async def open_app(
             workflow=workflow,
             create=CreateAnalysisJobUseCase(workflow, registry, telemetry),
             execute=execute,
+            deliveries=deliveries,
         )
     finally:
         if execute is not None:
             await execute.aclose()  # the module worker processes: none outlives the app
+        if deliveries is not None:
+            await settle(deliveries, store)  # confirmations written: nothing left to rebuild
         await store.close()

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=1.0, gt=0, le=60)
     reap_seconds: float = Field(default=5.0, gt=0, le=3600)
     max_attempts: int = Field(default=3, ge=1, le=100)
+    #: A finished job's trace whose export is still unconfirmed this long after it ended
+    #: (and whose emitting process shows no progress for as long) is rebuilt from the store.
+    trace_grace_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    #: Seconds between the passes of each worker's trace reconciler.
+    reconcile_seconds: float = Field(default=15.0, gt=0, le=3600)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

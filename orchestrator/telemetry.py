@@ -9,7 +9,10 @@ Traces: one per job. The job's trace id and root span id are decided at creation
 and persisted (:class:`TraceContext`); child spans in any process parent on them;
 the root span itself is emitted once, by the process that performs the terminal
 transition, with the job's creation as its start and the persisted lifecycle
-history as its span events, at their true timestamps.
+history as its span events, at their true timestamps (with it, the execute spans of
+the job's lost attempts, from the same history). Every other job span has a
+deterministic id (:func:`otel.ids.span_id_for`), so a span rebuilt from the store
+(:mod:`orchestrator.tracing`) is the same span as the live one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from orchestrator.domain import (
@@ -40,8 +43,10 @@ from orchestrator.domain import (
     lifecycle_event,
     now_ns,
 )
+from orchestrator.tracing.emit import emit_spans
+from orchestrator.tracing.records import lost_attempt_spans, root_span
 from otel import logs
-from otel.ids import forced_ids
+from otel.ids import SpanPlace, forced_ids, span_id_for
 from otel.instrument import mark_logged
 from otel.vocabulary import (
     INSTRUMENTATION_SCOPE,
@@ -52,6 +57,7 @@ from otel.vocabulary import (
     MetricKind,
     MetricSpec,
     ModuleEvent,
+    OperationEvent,
     SpanName,
 )
 
@@ -65,6 +71,12 @@ _LEVEL_BY_TARGET: Mapping[JobStatus, int] = {
     JobStatus.CANCELLED: logging.WARNING,
 }
 _TRACEPARENT = TraceContextTextMapPropagator()
+#: The phase spans whose place in a job gives them a deterministic id (create once per job).
+_PHASE_PLACES: Mapping[str, SpanPlace] = {
+    SpanName.CREATE: SpanPlace.CREATE,
+    SpanName.EXECUTE: SpanPlace.EXECUTE,
+    SpanName.FINALIZE: SpanPlace.FINALIZE,
+}
 
 
 def parse_traceparent(value: str | None) -> SpanContext | None:
@@ -99,6 +111,8 @@ class JobTelemetry:
         sampler: Sampler | None = None,
     ) -> None:
         self._sampler = sampler
+        #: None: the global one (what :func:`orchestrator.tracing.ledger.ledger_for` looks up).
+        self.tracer_provider = tracer_provider
         self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(INSTRUMENTATION_SCOPE, meter_provider=meter_provider)
         self._instruments: dict[str, Any] = {spec.name: _create(meter, spec) for spec in METRICS}
@@ -189,7 +203,9 @@ class JobTelemetry:
         self._record(Metric.PHASE_DURATION, t.duration_ms / 1000, phase=str(t.status_from))
         if t.status_from is JobStatus.QUEUED and t.status_to is JobStatus.RUNNING:
             self._record(Metric.QUEUE_WAIT, t.duration_ms / 1000)
-            self._queued_span(after, start_ns=t.at_ns - int(t.duration_ms * 1e6), end_ns=t.at_ns)
+            # From the stored queued_ns, exactly: the span rebuilt from the store is identical.
+            start = after.queued_ns if after.queued_ns is not None else t.at_ns - int(t.duration_ms * 1e6)
+            self._queued_span(after, start_ns=start, end_ns=t.at_ns)
         if t.status_from is JobStatus.RUNNING and t.status_to is JobStatus.QUEUED:
             self._add(Metric.RECOVERIES, 1, reason=t.reason)
         if t.status_to.terminal:
@@ -235,67 +251,49 @@ class JobTelemetry:
         )
 
     def finished(self, job: Job, history: Sequence[LifecycleEntry]) -> None:
-        """Emit the job's root span, once, at its terminal transition."""
+        """Emit the job's root span, once, at its terminal transition, and before it the
+        execute spans of the attempts its workers lost (from the same history: written
+        by the process that ends the job, they survive a reaper that dies right after
+        its recovery). Both are built as a trace rebuilt from the store would be."""
         if not job.trace.sampled or not job.status.terminal:
             return
-        links = []
-        caller = parse_traceparent(job.trace.link)
-        if caller is not None:
-            links.append(Link(caller, {"link.kind": "caller"}))
-        attributes: dict[str, Any] = {
-            Attr.JOB_ID: job.id,
-            Attr.PROJECT_ID: job.project_id,
-            Attr.MODULE_COUNT: len(job.modules),
-            Attr.ATTEMPT: job.attempt,
-            Attr.STATUS: str(job.status),
-            Attr.REASON: job.reason or "",
-        }
-        if job.error_category:
-            attributes[Attr.ERROR_CATEGORY] = str(job.error_category)
-            attributes[Attr.ERROR_TYPE] = str(job.error_category)
-        if job.error_phase:
-            attributes[Attr.PHASE] = str(job.error_phase)
-        with forced_ids(int(job.trace.trace_id, 16), int(job.trace.span_id, 16)):
-            span = self.tracer.start_span(
-                SpanName.JOB,
-                context=otel_context.Context(),
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-                links=links,
-                start_time=job.created_ns,
+        emit_spans(self.tracer, [*lost_attempt_spans(job, history), root_span(job, history)])
+
+    def trace_reconstructed(self, job: Job, *, spans: int, reason: str) -> None:
+        """A job's trace was rebuilt from the store and emitted again (its live export
+        was lost): counted, and logged once per trace."""
+        self._add(Metric.TRACES_RECONSTRUCTED, 1, reason=reason)
+        with self._in_job_trace(job):
+            logs.event(
+                log,
+                logging.WARNING,
+                OperationEvent.TRACE_RECONSTRUCTED,
+                f"trace of job {job.id} rebuilt from the store and exported again ({spans} spans): {reason}",
+                job_id=job.id,
+                project_id=job.project_id,
+                trace_id=job.trace.trace_id,
+                reason=reason,
+                spans=spans,
+                status=str(job.status),
             )
-        for entry in history:
-            span.add_event(
-                str(entry.event),
-                {
-                    Attr.JOB_ID: job.id,
-                    Attr.PROJECT_ID: job.project_id,
-                    Attr.STATUS_FROM: str(entry.status_from or "none"),
-                    Attr.STATUS_TO: str(entry.status_to),
-                    Attr.REASON: entry.reason,
-                    Attr.DURATION_MS: round(entry.duration_ms, 3),
-                    Attr.ATTEMPT: entry.attempt,
-                    Attr.WORKER_ID: entry.worker_id or "",
-                },
-                timestamp=entry.at_ns,
-            )
-        if job.status is JobStatus.FAILED:
-            span.set_status(Status(StatusCode.ERROR, job.reason))
-        elif job.status is JobStatus.COMPLETED:
-            span.set_status(Status(StatusCode.OK))
-        span.end(end_time=job.finished_ns or now_ns())
 
     # -- phase spans ------------------------------------------------------------------
 
     @contextlib.contextmanager
     def phase(self, job: Job, name: str, *, start_ns: int | None = None, **attributes: Any) -> Iterator[trace.Span]:
-        """A child span of the job's root (create, execute, finalize, notify)."""
-        span = self.tracer.start_span(
-            name,
-            context=self.root_context(job),
-            start_time=start_ns,
-            attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, **attributes},
-        )
+        """A child span of the job's root (create, execute, finalize, notify); the
+        create span (once per job) and each attempt's execute and finalize spans get
+        their deterministic ids."""
+        place = _PHASE_PLACES.get(name)
+        attempt = 0 if place is SpanPlace.CREATE else job.attempt
+        span_id = span_id_for(job.trace.trace_id, place, attempt) if place is not None else 0
+        with forced_ids(int(job.trace.trace_id, 16), span_id) if span_id else contextlib.nullcontext():
+            span = self.tracer.start_span(
+                name,
+                context=self.root_context(job),
+                start_time=start_ns,
+                attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, **attributes},
+            )
         started = now_ns()
         with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
             try:
@@ -309,31 +307,20 @@ class JobTelemetry:
                 self._record(Metric.PHASE_DURATION, (now_ns() - (start_ns or started)) / 1e9, phase=phase_name)
 
     def _queued_span(self, job: Job, *, start_ns: int, end_ns: int) -> None:
-        span = self.tracer.start_span(
-            SpanName.QUEUED,
-            context=self.root_context(job),
-            start_time=start_ns,
-            attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, Attr.ATTEMPT: job.attempt},
-        )
+        with forced_ids(int(job.trace.trace_id, 16), span_id_for(job.trace.trace_id, SpanPlace.QUEUED, job.attempt)):
+            span = self.tracer.start_span(
+                SpanName.QUEUED,
+                context=self.root_context(job),
+                start_time=start_ns,
+                attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, Attr.ATTEMPT: job.attempt},
+            )
         span.end(end_time=end_ns)
 
     def lost_attempt(self, job: Job, *, reason: str, end_ns: int) -> None:
-        """Close a lost attempt in the trace: an execute span ending in worker_lost."""
-        span = self.tracer.start_span(
-            SpanName.EXECUTE,
-            context=self.root_context(job),
-            start_time=job.started_ns or job.status_ns,
-            attributes={
-                Attr.JOB_ID: job.id,
-                Attr.PROJECT_ID: job.project_id,
-                Attr.ATTEMPT: job.attempt,
-                Attr.WORKER_ID: job.lease_owner or "",
-                Attr.ERROR_TYPE: "worker_lost",
-                Attr.REASON: reason,
-            },
-        )
-        span.set_status(Status(StatusCode.ERROR, f"attempt {job.attempt} lost: {reason}"))
-        span.end(end_time=end_ns)
+        """A lost attempt is being recovered. Its execute span (error.type worker_lost)
+        is emitted with the job's root span by the process that ends the job, from the
+        stored history (see :meth:`finished`): emitted here, it would die with this
+        process if it were killed right after the recovery, and nothing would rebuild it."""
 
     # -- modules ----------------------------------------------------------------------
 
@@ -367,17 +354,19 @@ class JobTelemetry:
         span.set_attribute(Attr.INDEX_IGNORED, ignored)
 
     def module_started(self, job: Job, module: str, version: str, expected_s: float) -> trace.Span:
-        span = self.tracer.start_span(
-            SpanName.MODULE,
-            attributes={
-                Attr.JOB_ID: job.id,
-                Attr.PROJECT_ID: job.project_id,
-                Attr.MODULE: module,
-                Attr.MODULE_VERSION: version,
-                Attr.ATTEMPT: job.attempt,
-                Attr.EXPECTED_MS: expected_s * 1000,
-            },
-        )
+        span_id = span_id_for(job.trace.trace_id, SpanPlace.MODULE, job.attempt, module)
+        with forced_ids(int(job.trace.trace_id, 16), span_id):
+            span = self.tracer.start_span(
+                SpanName.MODULE,
+                attributes={
+                    Attr.JOB_ID: job.id,
+                    Attr.PROJECT_ID: job.project_id,
+                    Attr.MODULE: module,
+                    Attr.MODULE_VERSION: version,
+                    Attr.ATTEMPT: job.attempt,
+                    Attr.EXPECTED_MS: expected_s * 1000,
+                },
+            )
         span.add_event(ModuleEvent.SPAWN, {Attr.JOB_ID: job.id, Attr.MODULE: module})
         with _current(span):
             logs.event(module_log, logging.INFO, ModuleEvent.SPAWN, f"module {module} spawned", module=module)

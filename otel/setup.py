@@ -22,13 +22,15 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from opentelemetry import metrics, trace
 from opentelemetry._logs import set_logger_provider
+from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
@@ -41,7 +43,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Sampler
 
@@ -52,10 +54,14 @@ from otel.vocabulary import INSTRUMENTATION_SCOPE, Metric, OperationEvent
 __all__ = [
     "ALWAYS_SANITIZED_HEADERS",
     "HTTP_SERVER_METRIC_ATTRIBUTES",
+    "SpanExportListener",
+    "SpanExportObserver",
     "Telemetry",
     "http_server_views",
+    "observed_span_pipeline",
     "sanitized_header_fields",
     "setup_telemetry",
+    "span_export_observer",
 ]
 
 log = logging.getLogger(__name__)
@@ -226,8 +232,9 @@ def setup_telemetry(
     # shutdown_on_exit=False: Telemetry.shutdown does it, bounded in time (the SDK's own
     # exit hook would shut down a second time and warn).
     tracer_provider = TracerProvider(resource=resource, id_generator=JobIdGenerator(), shutdown_on_exit=False)
-    tracer_provider.add_span_processor(
-        BatchSpanProcessor(_CountingSpanExporter(span_exporter, counted("traces")), max_queue_size=4096)
+    # Observed: what the exporter confirmed is what a job's trace counts as delivered.
+    observed_span_pipeline(
+        tracer_provider, _CountingSpanExporter(span_exporter, counted("traces")), max_queue_size=4096
     )
     telemetry.tracer_provider = tracer_provider
     telemetry.sampler = tracer_provider.sampler
@@ -359,6 +366,119 @@ def _instrument_asyncio() -> None:
     instrumentor = AsyncioInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
+
+
+# -- what the span pipeline delivered ---------------------------------------------------
+
+
+class SpanExportListener(Protocol):
+    """Told of every span a provider's pipeline is given, and of each export's outcome."""
+
+    def span_ended(self, span: ReadableSpan) -> None: ...
+
+    def spans_exported(self, spans: Sequence[ReadableSpan], ok: bool) -> None: ...
+
+
+class SpanExportObserver:
+    """What a tracer provider's span pipeline did with the spans it was given: each span
+    as it enters the batch processor, then each batch with whether the exporter confirmed
+    it. A span neither confirmed nor failed was dropped (a full queue) or is still on its
+    way. Listeners run on the caller's thread (the export thread for batches): they must
+    be quick and thread-safe."""
+
+    def __init__(self, processor: SpanProcessor | None = None) -> None:
+        self._listeners: tuple[SpanExportListener, ...] = ()
+        self._lock = threading.Lock()
+        self.processor = processor
+
+    def add_listener(self, listener: SpanExportListener) -> None:
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: SpanExportListener) -> None:
+        with self._lock:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def ended(self, span: ReadableSpan) -> None:
+        for listener in self._listeners:
+            _quietly(listener.span_ended, span)
+
+    def exported(self, spans: Sequence[ReadableSpan], ok: bool) -> None:
+        for listener in self._listeners:
+            _quietly(listener.spans_exported, spans, ok)
+
+    def force_flush(self, timeout_millis: int = 5000) -> bool:
+        """Export what the pipeline holds now (blocking, bounded)."""
+        return self.processor.force_flush(timeout_millis) if self.processor is not None else True
+
+
+def _quietly(fn: Callable[..., None], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:  # a listener's bug must not break the export thread
+        log.exception("span export listener failed")
+
+
+_OBSERVERS: weakref.WeakKeyDictionary[TracerProvider, SpanExportObserver] = weakref.WeakKeyDictionary()
+
+
+def observed_span_pipeline(
+    tracer_provider: TracerProvider, exporter: SpanExporter, **batch_options: Any
+) -> SpanExportObserver:
+    """Add a batch span processor over ``exporter`` to ``tracer_provider``, observed: the
+    returned observer (also :func:`span_export_observer` of the provider) tells its
+    listeners what entered the pipeline and what the exporter confirmed. The exporter is
+    wrapped, whatever it is."""
+    observer = SpanExportObserver()
+    batch = BatchSpanProcessor(_ObservedSpanExporter(exporter, observer), **batch_options)
+    observer.processor = _ObservedSpanProcessor(batch, observer)
+    tracer_provider.add_span_processor(observer.processor)
+    _OBSERVERS[tracer_provider] = observer
+    return observer
+
+
+def span_export_observer(tracer_provider: object) -> SpanExportObserver | None:
+    """The observer of a provider's pipeline built by :func:`observed_span_pipeline`."""
+    if isinstance(tracer_provider, TracerProvider):
+        return _OBSERVERS.get(tracer_provider)
+    return None
+
+
+class _ObservedSpanProcessor(SpanProcessor):
+    def __init__(self, inner: SpanProcessor, observer: SpanExportObserver) -> None:
+        self._inner, self._observer = inner, observer
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self._inner.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._observer.ended(span)  # before the processor queues it: its export comes after
+        self._inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _ObservedSpanExporter(SpanExporter):
+    def __init__(self, inner: SpanExporter, observer: SpanExportObserver) -> None:
+        self._inner, self._observer = inner, observer
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:  # noqa: BLE001 - an exporter bug must not kill the export thread
+            result = SpanExportResult.FAILURE
+        self._observer.exported(spans, result is SpanExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
 
 
 class _CountingSpanExporter(SpanExporter):

@@ -68,6 +68,7 @@ NOT_EMITTED_HERE = {
     Metric.WEBHOOK_LATENCY.name,
     Metric.RECOVERIES.name,
     Metric.TELEMETRY_EXPORT_FAILURES.name,
+    Metric.TRACES_RECONSTRUCTED.name,
 }
 TIMEOUT_S = 90.0
 

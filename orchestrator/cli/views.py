@@ -23,9 +23,10 @@ from orchestrator.cli.ids import resolve_job
 from orchestrator.cli.main import Context, print_json
 from orchestrator.cli.spans import Event, Span, job_trace, load_spans
 from orchestrator.cli.waterfall import render_waterfall, span_json
-from orchestrator.domain import InvalidRequest, Job, JobNotFound, JobStatus, now_ns
+from orchestrator.domain import InvalidRequest, Job, JobNotFound, JobStatus, LifecycleEntry, now_ns
 from orchestrator.settings import Settings
 from orchestrator.stores import JobStore
+from orchestrator.tracing import SpanRecord, spans_from_store
 from otel.vocabulary import Attr, SpanName
 
 __all__ = [
@@ -75,15 +76,49 @@ async def trace_command(ctx: Context) -> int:
     settings, wanted = ctx.settings, ctx.args.job_id.strip()
     async with open_store(settings) as store:
         job = await _find(store, wanted)
+        history = await store.history(job.id) if store is not None and job is not None else []
     spans = await anyio.to_thread.run_sync(lambda: list(load_spans(settings.telemetry_dir)))
     found = job_trace(spans, job.id if job else wanted, job.trace.trace_id if job else None)
+    drawn = _from_store(found, job, history)
+    found = [*found, *drawn]
     if not found:
         raise InvalidRequest(_no_spans(job, wanted, settings), field="job_id")
     if ctx.args.json:
         print_json([span_json(s) for s in sorted(found, key=lambda s: s.start_ns)])
         return 0
+    if drawn and job is not None:
+        finished = render.timestamp(job.finished_ns) if job.finished_ns else "?"
+        render.console.print(
+            f"[yellow]the job finished ({job.status} at {finished}) but its root span is not in "
+            f"{settings.telemetry_dir}: {len(drawn)} spans drawn from the store (marked reconstructed)[/]"
+        )
     print_trace(found, job=job, job_id=wanted, telemetry_dir=settings.telemetry_dir)
     return 0
+
+
+def _from_store(found: list[Span], job: Job | None, history: list[LifecycleEntry]) -> list[Span]:
+    """A finished job whose root span is missing from the files: the spans the store
+    describes (orchestrator.tracing.spans_from_store) that the files lack."""
+    if job is None or not job.status.terminal or not job.trace.sampled or any(s.name == SpanName.JOB for s in found):
+        return []
+    have = {s.span_id for s in found}
+    return [_span(r) for r in spans_from_store(job, history) if r.span_id not in have]
+
+
+def _span(record: SpanRecord) -> Span:
+    events = [Event(e.name, e.time_ns, dict(e.attributes)) for e in record.events]
+    return Span(
+        trace_id=record.trace_id,
+        span_id=record.span_id,
+        parent_id=record.parent_id,
+        name=record.name,
+        start_ns=record.start_ns,
+        end_ns=record.end_ns,
+        attributes=dict(record.attributes),
+        events=events,
+        status_code=record.status_code,
+        status_message=record.status_message,
+    )
 
 
 async def _find(store: JobStore | None, wanted: str) -> Job | None:

@@ -8,7 +8,10 @@ Three loops run side by side in one task group:
 * **heartbeat**: renew the leases of the jobs in flight, and pass on cancellation
   requests made from any process (``orchestrator cancel``);
 * **reaper**: return jobs whose lease expired to the queue (or fail them after too
-  many attempts). Every worker runs one; the compare-and-set makes that safe.
+  many attempts). Every worker runs one; the compare-and-set makes that safe;
+* **traces** (when its telemetry confirms exports): write this process's export
+  confirmations and rebuild the traces of finished jobs nobody confirmed
+  (:class:`~orchestrator.tracing.reconciler.TraceKeeper`; claims make it safe too).
 
 Nothing that happens to one job, and no store outage, stops the worker: failures
 are logged once with context and retried with backoff.
@@ -37,6 +40,7 @@ from orchestrator.domain import (
 )
 from orchestrator.stores import JobStore
 from orchestrator.telemetry import JobTelemetry
+from orchestrator.tracing.reconciler import TraceKeeper
 from orchestrator.usecases.execute import CancelKind, ExecuteAnalysisJobUseCase, JobControl
 from orchestrator.workflow import JobWorkflow
 from otel import context, logs
@@ -92,6 +96,8 @@ class Worker:
         self._clock = clock
         self.in_flight: dict[str, JobControl] = {}
         self.jobs_run = 0
+        #: Confirms this process's trace exports and rebuilds lost traces (None: off).
+        self.traces: TraceKeeper | None = None
         self._stop = anyio.Event()
         self._started = anyio.Event()
         self._jobs: anyio.abc.TaskGroup | None = None
@@ -120,6 +126,8 @@ class Worker:
             async with anyio.create_task_group() as jobs, anyio.create_task_group() as loops:
                 loops.start_soon(self._heartbeat_loop)
                 loops.start_soon(self._reaper_loop)
+                if self.traces is not None:
+                    loops.start_soon(self.traces.run)
                 self._jobs = jobs
                 if claim:
                     loops.start_soon(self._claim_loop, jobs)

@@ -1,0 +1,45 @@
+-- Durable traces (the SQLite store has the same). A job's trace can be rebuilt from the
+-- store; these columns and the emitter table say when it must be.
+--
+-- The terminal transition (one UPDATE, as ever) records which telemetry emitter (one per
+-- process) emitted the job's root span and that emitter's sequence number for it. Each
+-- emitter writes, once per confirmed export batch at most, the sequence number up to
+-- which every root it emitted was confirmed exported (its watermark), never past one it
+-- lost without first flagging that job here (trace_lost_ns). A reconciler re-exports the
+-- trace of a terminal job that is flagged, or above the watermark of an emitter whose
+-- watermark has not moved for the grace period, and records it done once its own export
+-- is confirmed.
+
+ALTER TABLE jobs
+    ADD COLUMN trace_emitter TEXT,                     -- who emitted the root span
+    ADD COLUMN trace_seq BIGINT,                       -- its sequence number there
+    ADD COLUMN trace_lost_ns BIGINT,                   -- a span of the trace was lost: rebuild it
+    ADD COLUMN trace_done_ns BIGINT,                   -- rebuilt and its export confirmed
+    ADD COLUMN trace_claim TEXT,                       -- the reconciler rebuilding it
+    ADD COLUMN trace_claim_ns BIGINT;                  -- until when that claim holds
+
+CREATE TABLE trace_emitters (
+    emitter_id    TEXT PRIMARY KEY,                    -- the process's service.instance.id
+    confirmed_seq BIGINT NOT NULL,                     -- every root up to it confirmed (or flagged lost)
+    advanced_ns   BIGINT NOT NULL,                     -- when confirmed_seq last moved
+    seen_ns       BIGINT NOT NULL                      -- the emitter's last write
+);
+
+-- The roots of an emitter above its watermark; the jobs whose trace must be rebuilt.
+CREATE INDEX jobs_trace_emitted ON jobs (trace_emitter, trace_seq) WHERE trace_emitter IS NOT NULL;
+CREATE INDEX jobs_trace_lost ON jobs (finished_ns) WHERE trace_lost_ns IS NOT NULL AND trace_done_ns IS NULL;
+
+-- An emitter's row exists from its first root on, written in the statement of that
+-- terminal transition: a process killed before its first watermark write is still seen.
+CREATE FUNCTION orchestrator_trace_emitter() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO trace_emitters (emitter_id, confirmed_seq, advanced_ns, seen_ns)
+    VALUES (NEW.trace_emitter, 0, NEW.status_ns, NEW.status_ns)
+    ON CONFLICT (emitter_id) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_trace_emitter AFTER UPDATE OF trace_emitter ON jobs
+    FOR EACH ROW WHEN (NEW.trace_emitter IS NOT NULL AND OLD.trace_emitter IS DISTINCT FROM NEW.trace_emitter)
+    EXECUTE FUNCTION orchestrator_trace_emitter();

@@ -1,0 +1,164 @@
+"""The trace keeper of a worker: writes this process's export confirmations and rebuilds
+the traces nobody confirmed.
+
+Every worker runs one, beside its reaper:
+
+* every ``flush_seconds`` (only when something changed, and at most one transaction):
+  the ledger's watermark, the jobs whose spans it lost, the rebuilt traces it confirmed;
+* every ``reconcile_seconds``: claim (a compare-and-set on the job row, so concurrent
+  reconcilers never rebuild the same job at once) terminal jobs that ended more than
+  ``grace_seconds`` ago and whose trace is flagged lost or sits above the watermark of an
+  emitter whose watermark has not moved for the grace period; rebuild their spans from
+  the store (:func:`~orchestrator.tracing.records.spans_from_store`, the live ids), emit
+  them marked ``reconstructed``, count them and log each; the ledger records them done
+  once this process's exporter confirmed every span. A rebuild whose export fails is
+  left to its claim's expiry and retried, by this worker or another.
+
+Logs and metrics are never re-emitted: a counter incremented again would count the job
+twice; the trace is the signal that is made durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+
+from orchestrator.domain import OrchestratorError, now_ns
+from orchestrator.stores import JobStore
+from orchestrator.telemetry import JobTelemetry
+from orchestrator.tracing.emit import emit_spans
+from orchestrator.tracing.ledger import DeliveryLedger
+from orchestrator.tracing.records import spans_from_store
+from otel import logs
+from otel.vocabulary import OperationEvent
+
+__all__ = ["TraceConfig", "TraceKeeper", "settle"]
+
+log = logging.getLogger(__name__)
+
+#: How long an emitter row stays after it went silent with nothing left to rebuild.
+_EMITTER_RETENTION_S = 24 * 3600.0
+_PRUNE_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class TraceConfig:
+    #: A job's trace is rebuilt when its export is still unconfirmed this long after it
+    #: ended (and its emitter's watermark has not moved for as long).
+    grace_seconds: float = 60.0
+    #: Seconds between reconciler passes.
+    reconcile_seconds: float = 15.0
+    #: Jobs one pass rebuilds at most.
+    batch: int = 50
+
+    @property
+    def flush_seconds(self) -> float:
+        """Seconds between watermark writes (each only when something changed)."""
+        return min(1.0, self.grace_seconds / 4)
+
+    @property
+    def give_up_seconds(self) -> float:
+        """A span neither confirmed nor failed after this long was dropped."""
+        return self.grace_seconds / 2
+
+    @property
+    def claim_seconds(self) -> float:
+        """How long a reconciler holds the jobs it rebuilds before others may."""
+        return max(self.grace_seconds, 3 * self.reconcile_seconds)
+
+
+class TraceKeeper:
+    def __init__(
+        self,
+        store: JobStore,
+        telemetry: JobTelemetry,
+        ledger: DeliveryLedger,
+        config: TraceConfig = TraceConfig(),
+        *,
+        owner: str,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
+        self.store = store
+        self.telemetry = telemetry
+        self.ledger = ledger
+        self.config = config
+        self.owner = owner
+        self._clock = clock
+        self.rebuilt = 0
+        self._outage = logs.RateLimitedLog(30.0)
+        self._pruned_at = time.monotonic()
+
+    async def run(self) -> None:
+        """Flush and reconcile until cancelled; store trouble is logged and retried."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._every, self.config.flush_seconds, self.flush, "flush")
+            tg.start_soon(self._every, self.config.reconcile_seconds, self.reconcile, "reconcile")
+
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+        while True:
+            await anyio.sleep(seconds)
+            try:
+                await step()
+            except OrchestratorError as exc:
+                if self._outage.ready():
+                    logs.event(
+                        log,
+                        logging.WARNING,
+                        OperationEvent.STORE_RETRY,
+                        f"trace {what} could not reach the store; retrying: {exc}",
+                        operation=f"traces.{what}",
+                        error_category=str(exc.category),
+                        suppressed=self._outage.take_suppressed(),
+                    )
+
+    async def flush(self) -> None:
+        await self.ledger.flush(self.store)
+
+    async def reconcile(self) -> int:
+        """One pass; returns how many traces it rebuilt and emitted."""
+        now = self._clock()
+        claimed = await self.store.trace_claim(
+            owner=self.owner,
+            now_ns=now,
+            before_ns=now - int(self.config.grace_seconds * 1e9),
+            expires_ns=now + int(self.config.claim_seconds * 1e9),
+            limit=self.config.batch,
+        )
+        rebuilt = 0
+        if claimed:
+            histories = await self.store.history_many([job.id for job, _ in claimed])
+            for job, reason in claimed:
+                spans = spans_from_store(job, histories.get(job.id, []))
+                if not spans:
+                    continue
+                self.ledger.expect(job.id, job.trace.trace_id, [s.span_id for s in spans])
+                emit_spans(self.telemetry.tracer, spans)
+                self.telemetry.trace_reconstructed(job, spans=len(spans), reason=reason)
+                rebuilt += 1
+        self.rebuilt += rebuilt
+        if time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            retention = max(_EMITTER_RETENTION_S, 10 * self.config.grace_seconds)
+            await self.store.trace_prune_emitters(before_ns=now - int(retention * 1e9))
+        return rebuilt
+
+
+async def settle(ledger: DeliveryLedger, store: JobStore, *, timeout_s: float = 5.0) -> None:
+    """On the way out: export what the pipeline holds and write the confirmations, so a
+    process that stops cleanly leaves nothing to rebuild. Bounded by ``timeout_s``; what
+    does not make it is rebuilt by a reconciler after the grace period."""
+    if not ledger.unsettled():
+        return
+    observer = ledger.observer
+    with anyio.move_on_after(timeout_s, shield=True):
+        if observer is not None:
+            await anyio.to_thread.run_sync(observer.force_flush, int(timeout_s * 1000), abandon_on_cancel=True)
+        # A store error is logged where it happened; a reconciler covers what was not written.
+        with contextlib.suppress(OrchestratorError):
+            await ledger.flush(store)
