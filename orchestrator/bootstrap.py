@@ -108,6 +108,7 @@ async def open_app(
             telemetry,
             module_concurrency=settings.module_concurrency,
             analysis=AnalysisConfig.from_settings(settings),
+            finalize_retry_seconds=settings.lease_seconds,
         )
         yield App(
             settings=settings,

@@ -117,10 +117,14 @@ class PersistenceError(OrchestratorError):
 
     category = ErrorCategory.PERSISTENCE
 
-    def __init__(self, message: str | None = None, *, error_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, message: str | None = None, *, error_id: str | None = None, transient: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         #: Ties the error shown to a user to the log record written where it happened.
         self.error_id = error_id
+        #: The store could not be reached (or was busy): the same call may succeed later.
+        self.transient = transient
 
 
 def new_error_id() -> str:

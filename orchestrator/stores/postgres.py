@@ -276,10 +276,14 @@ class PostgresConnector:
                 sqlstate=exc.sqlstate,
                 suppressed=(self._error_log.take_suppressed() or None) if flood else None,
             )
-        reach = "could not be reached to" if isinstance(exc, psycopg.OperationalError) and not state else "failed to"
+        # Connection-level failures (no SQLSTATE: the server is down or unreachable, the pool
+        # timed out) and the server's own "shutting down / too busy" states may pass.
+        transient = (isinstance(exc, psycopg.OperationalError) and not state) or state[:2] in ("08", "53", "57")
+        reach = "could not be reached to" if transient else "failed to"
         error = PersistenceError(
             f"the postgresql store at {self.target} {reach} {operation} (error id {error_id}; details in the log)",
             error_id=error_id,
+            transient=transient,
         )
         mark_logged(error)  # logged here (or counted in the next record): callers must not log it again
         return error

@@ -190,6 +190,7 @@ class SQLiteConnector:
         error = PersistenceError(
             f"the sqlite store at {self.target} failed to {operation} (error id {error_id}; details in the log)",
             error_id=error_id,
+            transient=isinstance(exc, sqlite3.OperationalError) and _is_locked(exc),
         )
         mark_logged(error)  # logged here: the entry points it passes through must not log it again
         return error

@@ -32,6 +32,7 @@ from orchestrator.domain import (
     ModuleOutcome,
     ModuleResult,
     OrchestratorError,
+    PersistenceError,
     Phase,
     TransitionConflict,
     now_ns,
@@ -89,8 +90,10 @@ class ExecuteAnalysisJobUseCase:
         module_concurrency: int = 8,
         clock: Callable[[], int] = now_ns,
         analysis: AnalysisConfig | None = None,
+        finalize_retry_seconds: float = 30.0,
     ) -> None:
         self._workflow = workflow
+        self._finalize_retry_seconds = finalize_retry_seconds
         self._registry = registry
         self._telemetry = telemetry
         self._module_concurrency = module_concurrency
@@ -267,22 +270,39 @@ class ExecuteAnalysisJobUseCase:
             )
             return job
         target, reason, category = _verdict(results, control)
-        with anyio.CancelScope(shield=True), self._telemetry.phase(job, SpanName.FINALIZE) as span:
+        with self._telemetry.phase(job, SpanName.FINALIZE) as span:
             span.set_attribute("status_to", str(target))
-            try:
-                final = await self._workflow.transition(
-                    job,
-                    target,
-                    reason=reason,
-                    error_category=category,
-                    error_phase=Phase.EXECUTE if category else None,
-                    results=results,
-                    worker_id=worker_id,
-                )
-            except TransitionConflict:
-                raise  # someone else moved it (a reaper after our lease expired): theirs stands
-            except OrchestratorError as exc:
-                final = await self._fail_finalize(job, exc, results, worker_id)
+            retry = _Retry(self._finalize_retry_seconds)
+            failure: OrchestratorError
+            while True:
+                try:
+                    with anyio.CancelScope(shield=True):
+                        final = await self._workflow.transition(
+                            job,
+                            target,
+                            reason=reason,
+                            error_category=category,
+                            error_phase=Phase.EXECUTE if category else None,
+                            results=results,
+                            worker_id=worker_id,
+                        )
+                    return final
+                except TransitionConflict:
+                    raise  # someone else moved it (a reaper after our lease expired): theirs stands
+                except PersistenceError as exc:
+                    # The store is unreachable for now: the results are computed, so keep
+                    # trying (the attempt fences off a stale write if the lease is taken
+                    # over meanwhile); past the budget, leave the job to lease recovery.
+                    if not exc.transient:
+                        failure = exc
+                        break
+                    if not await retry.wait():
+                        raise
+                except OrchestratorError as exc:
+                    failure = exc
+                    break
+            with anyio.CancelScope(shield=True):
+                final = await self._fail_finalize(job, failure, results, worker_id)
         return final
 
     async def _fail_finalize(
@@ -303,6 +323,23 @@ class ExecuteAnalysisJobUseCase:
             results=tuple(_strip(r) for r in results),
             worker_id=worker_id,
         )
+
+
+class _Retry:
+    """Waits between attempts with exponential backoff, within a total budget."""
+
+    def __init__(self, budget_seconds: float, *, first: float = 0.1, cap: float = 5.0) -> None:
+        self._deadline = time.monotonic() + budget_seconds
+        self._delay, self._cap = first, cap
+
+    async def wait(self) -> bool:
+        """Sleep before the next attempt; False when the budget is spent."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await anyio.sleep(min(self._delay, left))
+        self._delay = min(self._delay * 2, self._cap)
+        return True
 
 
 def _verdict(results: tuple[ModuleResult, ...], control: JobControl) -> tuple[JobStatus, str, ErrorCategory | None]:

@@ -215,7 +215,7 @@ async def test_the_api_ignores_malformed_traceparent_headers(tmp_path: Path) -> 
         api = create_api(app)
         FastAPIInstrumentor.instrument_app(api, tracer_provider=provider, excluded_urls="healthz,readyz")
         transport = httpx.ASGITransport(app=api)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             valid_trace = "1" * 31 + "2"
             headers = {**MALFORMED_TRACEPARENTS, "valid (control)": f"00-{valid_trace}-{'3' * 16}-01"}
             for label, value in headers.items():

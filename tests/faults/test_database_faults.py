@@ -118,7 +118,7 @@ def test_postgres_outage_mid_run_fails_typed_logs_once_ish_and_recovers(
             with pytest.raises(PersistenceError):
                 await probe.create.execute(sleepy(source, 0.1))
             api = create_api(probe)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as client:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://localhost") as client:
                 asked = time.monotonic()
                 ready = await client.get("/readyz")
                 created = await client.post("/v1/jobs", json=sleepy(source, 0.1))
@@ -209,7 +209,9 @@ def test_postgres_outage_mid_run_fails_typed_logs_once_ish_and_recovers(
     assert not stuck
     assert not unleased
     assert not illegal, illegal
-    assert statuses == {"completed": len(ids)}, statuses
+    assert statuses == {"completed": len(ids)}, {
+        i: (rows[i]["status"], rows[i]["reason"], rows[i]["error_phase"]) for i in ids if rows[i]["status"] != "completed"
+    }
     # Logged with context, a few times, not once per poll or per failed call.
     assert outage, "the outage was not logged"
     # Per loop (claim, heartbeat, reaper, webhooks, listen) once per interval, plus at most

@@ -59,6 +59,7 @@ def test_no_secret_reaches_exported_telemetry_or_logs(
             database_url=secret_url,
             api_token=SECRETS["api token"],
             webhook_allow_private="true",
+            source_roots=str(tmp_path),
             webhook_backoff_seconds=0.2,
             log_level="debug",
             poll_seconds=0.2,
