@@ -207,7 +207,7 @@ async def test_the_api_ignores_malformed_traceparent_headers(tmp_path: Path) -> 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    settings = Settings(data_dir=tmp_path / "data", load_entry_points=False)
+    settings = Settings(data_dir=tmp_path / "data", load_entry_points=False, source_roots=(tmp_path,))
     registry = ModuleRegistry([FakeModule("quick", ok())])
     telemetry = JobTelemetry(NoOpTracerProvider())
     created: dict[str, Any] = {}
