@@ -5,7 +5,9 @@ turning a lost compare-and-set into the right typed error, reading rows back int
 domain objects, retention. The SQL is in ``queries/*.sql`` and the lifecycle rules
 (legal transitions, history rows, webhook outbox) in the schema's triggers, the same
 on both databases. Each operation is one named query (or one batch), so on PostgreSQL it
-stays one round trip.
+stays one round trip. Terminal transitions that arrive while one is being written are
+written together, in one transaction (:mod:`orchestrator.stores.grouping`), each with
+its own compare-and-set.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from orchestrator.domain import (
     CancelPending,
@@ -30,10 +33,14 @@ from orchestrator.domain.values import canonical_reason, canonical_text, storabl
 from orchestrator.stores import rows, sql
 from orchestrator.stores.base import RootStamps
 from orchestrator.stores.connector import Connector, Params, Row, TransitionRefused
+from orchestrator.stores.grouping import GroupedWrites
 
 __all__ = ["SQLJobStore"]
 
 log = logging.getLogger("orchestrator.stores")
+
+#: A transition's outcome: the job as stored, and its history when it was asked for.
+_Applied = tuple[Job, list[LifecycleEntry]]
 
 _BACKENDS = {"sqlite": "sqlite", "postgres": "postgresql"}
 
@@ -47,6 +54,10 @@ class SQLJobStore:
         self.schema_version = 0
         #: Who emits the root spans of the sampled jobs this store ends (durable traces).
         self.root_stamps: RootStamps | None = None
+        #: This process's terminal transitions, written in groups (see _apply).
+        self._terminal_writes: GroupedWrites[tuple[Transition, bool], _Applied] = GroupedWrites(
+            self._apply_group, key=lambda item: item[0].job_id
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.connector.target!r})"
@@ -105,43 +116,113 @@ class SQLJobStore:
         return await self._apply(transition, with_history=True)
 
     async def _apply(self, t: Transition, *, with_history: bool) -> tuple[Job, list[LifecycleEntry]]:
-        # The terminal transition of a sampled job (the one read back with its history)
-        # records, in its own UPDATE, the emitter of the job's root span and its number.
+        # Terminal transitions arriving while one is being written go together in the
+        # next write (one transaction, one round trip): each keeps its own
+        # compare-and-set statement, history row, outbox rows and outcome.
+        if t.status_to.terminal:
+            return await self._terminal_writes.submit((t, with_history))
+        return await self._apply_one(t, with_history=with_history)
+
+    def _stamp(self, t: Transition, with_history: bool) -> _Stamp | None:
+        """The terminal transition of a sampled job (the one read back with its history)
+        records, in its own UPDATE, the emitter of the job's root span and its number."""
         stamps = self.root_stamps if with_history and t.status_to.terminal else None
-        seq = stamps.begin(t.job_id) if stamps is not None else None
-        params = {
+        return _Stamp(stamps, stamps.begin(t.job_id)) if stamps is not None else None
+
+    @staticmethod
+    def _params(t: Transition, stamp: _Stamp | None) -> Params:
+        return {
             **rows.transition_params(t),
-            "trace_emitter": stamps.emitter_id if stamps is not None else None,
-            "trace_seq": seq,
+            "trace_emitter": stamp.stamps.emitter_id if stamp is not None else None,
+            "trace_seq": stamp.seq if stamp is not None else None,
         }
-        calls: list[tuple[str, Params]] = [("apply_transition", params)]
+
+    async def _apply_one(
+        self, t: Transition, *, with_history: bool, after_group: bool = False
+    ) -> tuple[Job, list[LifecycleEntry]]:
+        """One transition, alone. ``after_group``: it was in a group whose write failed
+        without saying whether it was stored; finding it stored is then a success."""
+        stamp = self._stamp(t, with_history)
+        calls: list[tuple[str, Params]] = [("apply_transition", self._params(t, stamp))]
         if with_history:
             calls.append(("history", {"job_id": t.job_id}))
         try:
             results = await self.connector.batch(calls)
         except TransitionRefused as refused:
-            if stamps is not None and seq is not None:
-                stamps.void(seq)
+            _void(stamp)
             raise IllegalTransition(t.job_id, t.status_from, t.status_to) from refused
         except BaseException:
-            if stamps is not None and seq is not None:
-                stamps.unknown(seq)  # committed or not: the emitter cannot tell
+            if stamp is not None:
+                stamp.stamps.unknown(stamp.seq)  # committed or not: the emitter cannot tell
             raise
         if not results[0]:
-            if stamps is not None and seq is not None:
-                stamps.void(seq)
-            raise await self._conflict(t)
+            _void(stamp)
+            current = await self.connector.fetchone("get_job", {"id": t.job_id})
+            if after_group and current is not None and _shows(current, t):
+                return rows.job_from_row(current), await self.history(t.job_id) if with_history else []
+            raise self._conflict(t, current)
         job = rows.job_from_row(results[0][0])
-        if stamps is not None and seq is not None:
-            stamps.committed(seq, job.trace.trace_id, job.trace.span_id)
+        if stamp is not None:
+            stamp.stamps.committed(stamp.seq, job.trace.trace_id, job.trace.span_id)
         if job.status is JobStatus.QUEUED:
             self.connector.wake_local()
         history = [rows.entry_from_row(r) for r in results[1]] if with_history else []
         return job, history
 
-    async def _conflict(self, t: Transition) -> Exception:
-        """Why a compare-and-set matched nothing, as a typed error."""
-        current = await self.connector.fetchone("get_job", {"id": t.job_id})
+    async def _apply_group(self, group: Sequence[tuple[Transition, bool]]) -> list[_Applied | BaseException]:
+        """Several transitions (of distinct jobs) in one transaction: each its own
+        compare-and-set ``apply_transition``, in job id order (the order rows are locked
+        in), then the histories of the sampled ones. When the write fails, each is
+        applied alone: one job's write that the database refuses fails only that job."""
+        if len(group) == 1:
+            t, with_history = group[0]
+            try:
+                return [await self._apply_one(t, with_history=with_history)]
+            except Exception as exc:  # noqa: BLE001 - the caller's outcome
+                return [exc]
+        order = sorted(range(len(group)), key=lambda i: group[i][0].job_id)
+        stamps = {i: self._stamp(*group[i]) for i in order}
+        calls: list[tuple[str, Params]] = [("apply_transition", self._params(group[i][0], stamps[i])) for i in order]
+        wanted = [group[i][0].job_id for i in order if group[i][1]]
+        if wanted:
+            calls.append(("history_many", {"ids": wanted}))
+        try:
+            results = await self.connector.batch(calls)
+        except Exception as exc:  # noqa: BLE001 - each alone, below
+            refused = isinstance(exc, TransitionRefused)  # rolled back: nothing of it was stored
+            for stamp in stamps.values():
+                if stamp is not None:
+                    (stamp.stamps.void if refused else stamp.stamps.unknown)(stamp.seq)
+            return [await self._outcome(t, with_history, after_group=not refused) for t, with_history in group]
+        histories: dict[str, list[LifecycleEntry]] = defaultdict(list)
+        for row in results[-1] if wanted else []:
+            histories[row["job_id"]].append(rows.entry_from_row(row))
+        outcomes: dict[int, _Applied | BaseException] = {}
+        for i, found in zip(order, results, strict=False):
+            t, with_history = group[i]
+            stamp = stamps[i]
+            if not found:
+                _void(stamp)
+                try:
+                    outcomes[i] = self._conflict(t, await self.connector.fetchone("get_job", {"id": t.job_id}))
+                except Exception as exc:  # noqa: BLE001 - this job's outcome only
+                    outcomes[i] = exc
+                continue
+            job = rows.job_from_row(found[0])
+            if stamp is not None:
+                stamp.stamps.committed(stamp.seq, job.trace.trace_id, job.trace.span_id)
+            outcomes[i] = (job, histories.get(t.job_id, []) if with_history else [])
+        return [outcomes[i] for i in range(len(group))]
+
+    async def _outcome(self, t: Transition, with_history: bool, *, after_group: bool) -> _Applied | BaseException:
+        try:
+            return await self._apply_one(t, with_history=with_history, after_group=after_group)
+        except Exception as exc:  # noqa: BLE001 - the caller's outcome
+            return exc
+
+    def _conflict(self, t: Transition, current: Row | None) -> Exception:
+        """Why a compare-and-set matched nothing (``current``: the job's row now), as a
+        typed error."""
         if current is None:
             return JobNotFound(t.job_id)
         status = JobStatus(current["status"])
@@ -302,6 +383,28 @@ class SQLJobStore:
 
     async def wait_for_work(self, *, max_wait: float) -> None:
         await self.connector.wait_for_notification(max_wait=max_wait)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    stamps: RootStamps
+    seq: int
+
+
+def _void(stamp: _Stamp | None) -> None:
+    if stamp is not None:
+        stamp.stamps.void(stamp.seq)
+
+
+def _shows(row: Row, t: Transition) -> bool:
+    """Whether the job's row is the outcome of ``t`` itself (same status, attempt, time
+    and worker): a write that failed after the database stored it."""
+    return bool(
+        row["status"] == str(t.status_to)
+        and row["attempt"] == t.new_attempt
+        and row["status_ns"] == t.at_ns
+        and row["worker_id"] == (canonical_text(t.worker_id) if t.worker_id is not None else None)
+    )
 
 
 def _rebuild_reason(row: Row) -> str:
