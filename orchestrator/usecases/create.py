@@ -20,7 +20,7 @@ from orchestrator.domain import (
     Phase,
 )
 from orchestrator.domain.job import ModuleBudget
-from orchestrator.domain.values import check_client_json, check_client_text
+from orchestrator.domain.values import check_client_json, check_client_text, storable
 from orchestrator.modules.budget import MAX_BUDGET_SECONDS
 from orchestrator.modules.ignore import MAX_PATTERN_CHARS, MAX_PATTERNS, InvalidPattern, check_patterns
 from orchestrator.modules.registry import ModuleRegistry
@@ -172,6 +172,7 @@ class CreateAnalysisJobUseCase:
         leased) in the same write, so no other worker can claim it first; the caller
         runs it (``orchestrator run``)."""
         if not isinstance(request, CreateJobRequest):
+            _check_source_text(request.get("source"))
             try:
                 request = CreateJobRequest.model_validate(request)
             except pydantic.ValidationError as exc:
@@ -220,6 +221,7 @@ class CreateAnalysisJobUseCase:
         # What cannot be stored as given (NaN, NUL, lone surrogates, deep nesting) is
         # refused here, naming the field, before anything is written.
         check_client_text(request.project_id, "project_id")
+        _check_source_text(request.source)
         check_client_json(request.options.module_options, "options.module_options")
         if len(json.dumps(request.options.module_options, default=str)) > Limits.MAX_OPTIONS_BYTES:
             raise InvalidRequest(
@@ -242,6 +244,16 @@ class CreateAnalysisJobUseCase:
             gitignore=request.options.gitignore,
         )
         return tuple(names), options, source
+
+
+def _check_source_text(source: object) -> None:
+    """A path with bytes that are not UTF-8 (or a NUL) could not be stored as given, and a
+    worker could not find its escaped form again."""
+    if isinstance(source, str) and not storable(source):
+        raise InvalidRequest(
+            "source: the path is not valid UTF-8 (or holds a NUL); analyse a folder whose path is, or rename it",
+            field="source",
+        )
 
 
 @dataclass(frozen=True, slots=True)
