@@ -156,3 +156,55 @@ def test_a_long_run_shows_progress_on_a_terminal_and_nothing_when_piped(env: Env
     assert piped.returncode == 0, piped.stderr
     assert "modules 1/2 done" not in piped.stderr
     assert "files" not in piped.stderr
+
+
+# -- a worker serving the same store ------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_store(request: pytest.FixtureRequest, env: Env) -> Iterator[Env]:
+    """``env`` on the SQLite file, or on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield env
+        return
+    from pg_helpers import fresh_database
+
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        env.extra["ORCHESTRATOR_DATABASE_URL"] = url
+        yield env
+
+
+def test_run_keeps_its_job_when_a_fast_worker_serves_the_same_store(shared_store: Env) -> None:
+    env = shared_store
+    assert env.run("db", "upgrade").returncode == 0  # the worker and the runs do not race to migrate
+    fast = {"ORCHESTRATOR_POLL_SECONDS": "0.01"}
+    with env.worker(env=fast) as worker:
+        for _ in range(5):
+            popen = subprocess.Popen(
+                [*ORCHESTRATOR, "run", "--source", str(env.cwd / "src"), "--modules", "echo", "--json"],
+                cwd=env.cwd,
+                env=env.environ(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            _STARTED.append(popen)
+            stdout, stderr = popen.communicate(timeout=120)
+            assert popen.returncode == 0, stderr
+            assert "Traceback" not in stderr
+            assert "claimed by worker" not in stderr
+            job = json.loads(stdout)
+            assert job["status"] == "completed"
+            history = env.json("events", job["id"])
+            assert [(e["status_from"], e["status_to"]) for e in history] == [
+                (None, "pending"),
+                ("pending", "queued"),
+                ("queued", "running"),
+                ("running", "completed"),
+            ]
+            runners = {e["worker_id"] for e in history if e["status_from"] in ("queued", "running")}
+            assert len(runners) == 1, runners
+            [runner] = runners
+            assert f":{popen.pid}:" in runner  # run's own worker, never the other one
+            assert f":{worker.pid}:" not in runner

@@ -364,3 +364,49 @@ def test_per_job_module_budgets_from_flags(env: Env, project: Path) -> None:
 )
 def test_bad_budget_flags_name_the_flag(env: Env, project: Path, args: list[str], message: str) -> None:
     assert one_line_error(env.run("submit", "--source", str(project), "--modules", "slow", *args)) == message
+
+
+# -- ids by unique prefix -----------------------------------------------------------------
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def test_every_command_taking_a_job_id_takes_a_unique_prefix(env: Env, project: Path) -> None:
+    first = env.json("run", "--source", str(project), "--modules", "echo")["id"]
+    second = env.run("submit", "--source", str(project), "--modules", "echo").stdout.strip()
+    shared = _common_prefix(first, second)
+    assert len(shared) >= 8  # uuid7: ids made moments apart share their time prefix
+    unique = first[: len(shared) + 1]  # one character more tells them apart
+
+    assert env.json("status", unique)["id"] == first
+    assert [e["status_to"] for e in env.json("events", unique.upper())][-1] == "completed"
+    trace = env.run("trace", unique)
+    assert trace.returncode == 0, trace.stderr
+    assert trace.stdout.splitlines()[0].endswith(f"job {first}")
+    deliveries = env.run("webhooks", "deliveries", "--job-id", unique, "--json")
+    assert (deliveries.returncode, json.loads(deliveries.stdout)) == (0, [])
+    cancelled = env.run("cancel", second[: len(shared) + 1])
+    assert cancelled.stdout.strip() == f"job {second} cancelled", cancelled.stderr
+
+    for command in (["status"], ["events"], ["cancel"], ["trace"]):
+        line = one_line_error(env.run(*command, shared))
+        assert line == f"job id prefix {shared!r} is ambiguous: {first}, {second} (type more of the id)", line
+    assert one_line_error(env.run("status", "zz-not-hex")) == "no job with id 'zz-not-hex'"
+    assert one_line_error(env.run("status", "ffff")) == "no job with id 'ffff'"
+
+
+def test_webhook_subscriptions_are_named_by_a_unique_prefix(env: Env) -> None:
+    secret = {"HOOK_SECRET": "s" * 24}
+    add = ["webhooks", "add", "--project-id", "acme", "--url", "https://hooks.example.com/x", "--secret-env"]
+    ids = [env.run(*add, "HOOK_SECRET", env=secret).stdout.strip() for _ in range(2)]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids), ids
+    unique = next(n for n in range(1, 17) if ids[0][:n] != ids[1][:n])
+    removed = env.run("webhooks", "remove", ids[0][:unique])
+    assert removed.stdout.strip() == f"webhook {ids[0]} removed", removed.stderr
+    listed = env.json("webhooks", "list")
+    assert [s["id"] for s in listed] == [ids[1]]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import signal
+import socket
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -108,10 +111,9 @@ async def jobs(ctx: Context) -> int:
     category = ErrorCategory(ctx.args.error_category) if ctx.args.error_category else None
 
     async def go(app: App) -> int:
-        if category is None:
-            found = await app.store.list_jobs(status=status, project_id=ctx.args.project_id, limit=limit)
-        else:
-            found = await _jobs_in_category(app, category, status, ctx.args.project_id, limit)
+        found = await app.store.list_jobs(
+            status=status, project_id=ctx.args.project_id, error_category=category, limit=limit
+        )
         if ctx.args.json:
             print_json([job_json(j) for j in found])
         else:
@@ -119,21 +121,6 @@ async def jobs(ctx: Context) -> int:
         return 0
 
     return await with_app(ctx, go, modules=False)
-
-
-async def _jobs_in_category(
-    app: App, category: ErrorCategory, status: JobStatus | None, project_id: str | None, limit: int
-) -> list[Job]:
-    """Jobs whose error category is ``category``, newest first (filtered page by page)."""
-    found: list[Job] = []
-    after: str | None = None
-    while len(found) < limit:
-        page = await app.store.list_jobs(status=status, project_id=project_id, limit=500, after=after)
-        found.extend(j for j in page if j.error_category is category)
-        if len(page) < 500:
-            break
-        after = page[-1].id
-    return found[:limit]
 
 
 async def events(ctx: Context) -> int:
@@ -161,7 +148,7 @@ async def cancel(ctx: Context) -> int:
         if job.status.terminal:
             raise _finished(job)
         try:
-            job = await app.workflow.cancel(job.id, reason=ctx.args.reason)
+            job = await app.workflow.cancel(job.id, reason=ctx.args.reason, requested_by=requester())
         except IllegalTransition:
             job = await app.store.get(job.id)
             if job.status.terminal:
@@ -174,6 +161,15 @@ async def cancel(ctx: Context) -> int:
         return 0
 
     return await with_app(ctx, go, modules=False)
+
+
+def requester() -> str:
+    """Who asks, as recorded in the job's history: ``cli:user@host``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
 
 
 def _finished(job: Job) -> NothingToCancel:

@@ -220,7 +220,10 @@ def _main(argv: Sequence[str] | None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm)
     handler: Handler = args.handler
     try:
-        code = anyio.run(handler, Context(args, settings, telemetry))
+        try:
+            code = anyio.run(handler, Context(args, settings, telemetry))
+        except BaseExceptionGroup as group:
+            raise _alone(group) from None  # a task group's wrapping of one error
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
     except OrchestratorError as exc:
@@ -241,6 +244,15 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside nested exception groups (as anyio task groups wrap it), or the
+    group itself when it holds several."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner
 
 
 def _only_broken_pipes(exc: BaseException) -> bool:

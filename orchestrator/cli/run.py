@@ -23,9 +23,10 @@ from rich.text import Text
 from orchestrator.cli import render
 from orchestrator.cli.inputs import flag_error, request_from_args
 from orchestrator.cli.main import Context, exit_code, print_json, with_app
-from orchestrator.domain import InvalidRequest, Job, JobStatus, OrchestratorError, TransitionConflict
+from orchestrator.domain import InvalidRequest, Job, JobStatus, OrchestratorError
 from orchestrator.modules.progress import ModuleProgress
 from orchestrator.serialization import job_json
+from orchestrator.usecases.create import StartOn
 from orchestrator.usecases.execute import CancelKind
 
 if TYPE_CHECKING:
@@ -85,11 +86,11 @@ class Interrupts:
         os._exit(self.exit_code)
 
 
-async def create_job(app: App, ctx: Context) -> Job:
+async def create_job(app: App, ctx: Context, *, start: StartOn | None = None) -> Job:
     """Create the job the ``run``/``submit`` flags describe; errors name the flags."""
     request = request_from_args(ctx.args)
     try:
-        job = await app.create.execute(request)
+        job = await app.create.execute(request, start=start)
     except InvalidRequest as exc:
         raise flag_error(exc) from None
     if ctx.args.project_id is None and not ctx.args.json:
@@ -106,10 +107,7 @@ async def run(ctx: Context) -> int:
     async def go(app: App) -> int:
         async with anyio.create_task_group() as signals:
             signals.start_soon(interrupts.watch)
-            job = await create_job(app, ctx)
-            if not ctx.args.json:
-                render.err_console.print(f"job {job.id} queued (trace {job.trace.trace_id})", style="dim")
-            job = await _run_here(app, job, interrupts)
+            job = await _run_here(app, ctx, interrupts)
             signals.cancel_scope.cancel()
         if ctx.args.json:
             print_json(job_json(job))
@@ -122,51 +120,45 @@ async def run(ctx: Context) -> int:
     return await with_app(ctx, go)
 
 
-async def _run_here(app: App, job: Job, interrupts: Interrupts) -> Job:
-    """Run ``job`` on a worker of this process; returns it terminal."""
+async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
+    """Create the job already claimed by a worker of this process and run it there;
+    returns it terminal. It is never Queued, so no other worker can claim it."""
     worker = app.worker(concurrency=1)
-    progress = Progress(job) if render.err_console.is_terminal else None
-    remove = app.execute.add_progress_listener(progress.update) if progress else None
-    try:
-        async with anyio.create_task_group() as tg:
-            if progress is not None:
-                tg.start_soon(progress.show)
-            job = await _run_until_done(app, worker, job, interrupts)
-            tg.cancel_scope.cancel()
-    finally:
-        if remove is not None:
-            remove()
-    return job
-
-
-async def _run_until_done(app: App, worker: Worker, job: Job, interrupts: Interrupts) -> Job:
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: worker.run(claim=False))
-        try:
-            await worker.adopt(job)
-        except TransitionConflict:
-            # A worker serving the same store claimed it first: it runs there.
-            current = await app.store.get(job.id)
-            render.err_console.print(
-                f"job {job.id} was claimed by worker {current.lease_owner or '?'} first; waiting for it",
-                style="yellow",
-            )
+        job = await create_job(app, ctx, start=StartOn(worker.worker_id, worker.config.lease_seconds))
+        if not ctx.args.json:
+            render.err_console.print(f"job {job.id} running here (trace {job.trace.trace_id})", style="dim")
+        await worker.adopt(job)
         await interrupts.on_job(job.id, lambda reason: _cancel(app, worker, job.id, reason))
-        while not (job := await app.store.get(job.id)).status.terminal:  # noqa: ASYNC110
-            await anyio.sleep(0.05)
+        progress = Progress(job) if render.err_console.is_terminal else None
+        remove = app.execute.add_progress_listener(progress.update) if progress else None
+        try:
+            async with anyio.create_task_group() as shown:
+                if progress is not None:
+                    shown.start_soon(progress.show)
+                while not (job := await app.store.get(job.id)).status.terminal:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+                shown.cancel_scope.cancel()
+        finally:
+            if remove is not None:
+                remove()
         worker.stop()
     return job
 
 
 async def _cancel(app: App, worker: Worker, job_id: str, reason: str) -> None:
-    control = worker.in_flight.get(job_id)
-    if control is not None:
-        control.cancel(CancelKind.USER, reason)  # this process runs it: stop its modules now
-        return
+    """Record who cancelled (the history's cancellation request), then stop the modules
+    at once rather than at the worker's next poll."""
+    from orchestrator.cli.commands import requester
+
     try:
-        await app.workflow.cancel(job_id, reason=reason)  # queued, or running elsewhere
+        await app.workflow.cancel(job_id, reason=reason, requested_by=requester())
     except OrchestratorError as exc:
         render.err_console.print(f"could not cancel job {job_id}: {exc.message}", style="red")
+    control = worker.in_flight.get(job_id)
+    if control is not None:
+        control.cancel(CancelKind.USER, reason)
 
 
 class Progress:

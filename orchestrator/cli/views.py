@@ -206,19 +206,25 @@ async def report_command(ctx: Context) -> int:
 
 
 async def _store_records(store: JobStore, *, since_ns: int | None, project_id: str | None) -> list[report.JobRecord]:
-    """Every finished job of the store (in the window and project) with its history."""
+    """Every finished job of the store (of the project, finished in the window) with its
+    history: one query per page of jobs and one for the page's histories."""
     records = []
     for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
         after: str | None = None
         while True:
-            page = await store.list_jobs(status=status, project_id=project_id, limit=500, after=after)
-            for job in page:
-                if since_ns is None or (job.finished_ns or 0) >= since_ns:
-                    records.append(report.record_from_job(job, await store.history(job.id)))
-            if len(page) < 500:
+            page = await store.list_jobs(status=status, project_id=project_id, limit=_PAGE, after=after)
+            # --since is about when jobs finished: the store's since_ns filter (creation) would
+            # drop a long job created before the window that finished inside it.
+            wanted = [job for job in page if since_ns is None or (job.finished_ns or 0) >= since_ns]
+            histories = await store.history_many([job.id for job in wanted]) if wanted else {}
+            records += [report.record_from_job(job, histories.get(job.id, [])) for job in wanted]
+            if len(page) < _PAGE:
                 break
             after = page[-1].id
     return records
+
+
+_PAGE = 500
 
 
 def add_report_arguments(p: Any) -> None:

@@ -7,7 +7,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli import render
-from orchestrator.cli.ids import resolve_job
+from orchestrator.cli.ids import resolve_job, resolve_subscription
 from orchestrator.cli.main import Context, print_json, with_app
 from orchestrator.cli.render import Column
 from orchestrator.domain import InvalidRequest, now_ns
@@ -87,8 +87,10 @@ async def webhooks_list(ctx: Context) -> int:
 
 async def webhooks_remove(ctx: Context) -> int:
     async def go(app: App) -> int:
-        await webhook_store(app.store).delete_subscription(ctx.args.subscription_id)
-        print(f"webhook {ctx.args.subscription_id} removed")
+        hooks = webhook_store(app.store)
+        subscription = await resolve_subscription(hooks, ctx.args.subscription_id)
+        await hooks.delete_subscription(subscription.id)
+        print(f"webhook {subscription.id} removed")
         return 0
 
     return await with_app(ctx, go, modules=False)
@@ -97,10 +99,11 @@ async def webhooks_remove(ctx: Context) -> int:
 async def webhooks_deliveries(ctx: Context) -> int:
     async def go(app: App) -> int:
         hooks = webhook_store(app.store)
-        if ctx.args.subscription:
-            await hooks.get_subscription(ctx.args.subscription)
+        subscription_id = (
+            (await resolve_subscription(hooks, ctx.args.subscription)).id if ctx.args.subscription else None
+        )
         job_id = (await resolve_job(app.store, ctx.args.job_id)).id if ctx.args.job_id else None
-        found = await hooks.list_deliveries(job_id=job_id, subscription_id=ctx.args.subscription, limit=ctx.args.limit)
+        found = await hooks.list_deliveries(job_id=job_id, subscription_id=subscription_id, limit=ctx.args.limit)
         rows: list[dict[str, Any]] = []
         for d in found:
             rows.append(
