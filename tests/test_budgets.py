@@ -247,3 +247,27 @@ async def test_per_job_options_round_trip_through_the_store(tmp_path: Path, app:
         gitignore=False,
     )
     assert JobOptions.from_json(stored.options.to_json()) == stored.options
+
+
+async def test_a_module_sharing_the_pass_is_expected_to_last_as_long_as_the_pass() -> None:
+    budgets = JobBudgets(BudgetPolicy())
+    syntax, secrets, alone = Stub("syntax", 1.0, 60.0), Stub("secrets", 0.5, 60.0), Stub("alone", 0.2, 60.0)
+    with anyio.CancelScope() as a, anyio.CancelScope() as b, anyio.CancelScope() as c:
+        for module, scope in ((syntax, a), (secrets, b), (alone, c)):
+            budgets.start(module, scope)
+        budgets.sized(files=3_000, total_bytes=0)
+        shared = {"syntax", "secrets"}
+        assert budgets.finish(secrets, shared_with=shared).expected_s == 3.0  # python_syntax's, scaled
+        assert budgets.finish(secrets, shared_with=shared).timeout_s == 180.0  # its own
+        assert budgets.finish(syntax, shared_with=shared).expected_s == 3.0
+        assert math.isclose(budgets.finish(alone).expected_s, 0.6)
+
+
+async def test_in_a_whole_job_the_scanning_modules_share_an_expected_runtime(tmp_path: Path) -> None:
+    from orchestrator.modules.builtin import PythonSyntaxModule, SecretsModule, TodosModule
+
+    registry = ModuleRegistry([PythonSyntaxModule(), SecretsModule(), TodosModule(), Declared()])
+    async with open_app(Settings(data_dir=tmp_path / "data"), registry=registry) as app:
+        final = await run(app, tree(tmp_path / "t", 3), ["python_syntax", "secrets", "todos", "declared"])
+    expected = {r.module: r.expected_ms for r in final.results}
+    assert expected == {"python_syntax": 1000.0, "secrets": 1000.0, "todos": 1000.0, "declared": 2000.0}

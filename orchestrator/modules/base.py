@@ -167,8 +167,8 @@ class ModuleContext:
         self._refuse_if_cancelled()
         try:
             if self.job_files is not None:
-                return await self.job_files.scan(analyzer, self.progress)
+                return await self.job_files.scan(analyzer, self.progress, module=self.module)
             async with JobFiles(self.source) as files:
-                return await files.scan(analyzer, self.progress)
+                return await files.scan(analyzer, self.progress, module=self.module)
         except UnusableSource as exc:
             raise ModuleError(str(exc), module=self.module) from None

@@ -18,13 +18,18 @@ A project up to the reference size gets the declared numbers; one ten times larg
 files or in bytes, whichever is larger) gets ten times the time. A reference of 0 turns
 that dimension off. Until the walk has finished, a module runs under its unscaled
 timeout; when the index is known, its deadline moves to the scaled one.
+
+Modules that scan file contents share one pass over the files and finish with it, so a
+module that shared the pass is expected to take as long as the slowest-expected module
+it shared it with (``secrets`` beside ``python_syntax`` is expected to take as long as
+``python_syntax``): "overran" keeps meaning slower than expected for this job.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -143,6 +148,7 @@ class JobBudgets:
         self._job: Mapping[str, JobBudget] = job or {}
         self._scale: float | None = None
         self._running: dict[str, tuple[Budget, anyio.CancelScope, float]] = {}
+        self._bases: dict[str, Budget] = {}
 
     @property
     def scale(self) -> float | None:
@@ -156,6 +162,7 @@ class JobBudgets:
         started = anyio.current_time()
         scope.deadline = started + budget.timeout_s
         self._running[module.name] = (base, scope, started)
+        self._bases[module.name] = base
         return budget
 
     def sized(self, files: int, total_bytes: int) -> None:
@@ -170,8 +177,17 @@ class JobBudgets:
         base = entry[0] if entry is not None else self._policy.base(module, self._job.get(module.name))
         return base.scaled(self._scale) if self._scale is not None else base
 
-    def finish(self, module: _Declared) -> Budget:
-        """The budget ``module`` ran under, as it stands at its end."""
+    def finish(self, module: _Declared, *, shared_with: Iterable[str] = ()) -> Budget:
+        """The budget ``module`` ran under, as it stands at its end.
+
+        A module that shared the job's file pass with others cannot finish before that
+        pass does: its expected runtime is the largest of theirs (its timeout stays its own).
+        """
         budget = self.current(module)
         self._running.pop(module.name, None)
-        return budget
+        others = [self._bases[name] for name in shared_with if name in self._bases and name != module.name]
+        if not others:
+            return budget
+        scale = self._scale if self._scale is not None else 1.0
+        expected = max([budget.expected_s, *(base.scaled(scale).expected_s for base in others)])
+        return Budget(budget.timeout_s, expected, timeout_scales=False, expected_scales=False)

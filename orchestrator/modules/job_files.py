@@ -129,6 +129,8 @@ class JobFiles:
         self._tg: anyio.abc.TaskGroup | None = None
         self._flying: set[_Batch] = set()
         self._on_walked: list[Callable[[FileIndex], None]] = []
+        #: Names of the modules that subscribed to the shared pass.
+        self.members: set[str] = set()
         #: Files opened by the pool for this job (reported by the batches themselves).
         self.opened = 0
         #: Files read a second time for a module that subscribed late.
@@ -202,9 +204,15 @@ class JobFiles:
     # -- the shared pass --------------------------------------------------------------
 
     async def scan(
-        self, analyzer: FileAnalyzer[R], on_progress: Callable[[int, int], None] | None = None
+        self,
+        analyzer: FileAnalyzer[R],
+        on_progress: Callable[[int, int], None] | None = None,
+        *,
+        module: str | None = None,
     ) -> ScanResult[R]:
         """Run ``analyzer`` over the files it selects, sharing reads with the job's other scans."""
+        if module is not None:
+            self.members.add(module)
         index = await self.index()
         selected = [analyzer.select(entry) for entry in index]
         subscription = _Subscription(analyzer, selected, sum(selected), on_progress)

@@ -99,7 +99,9 @@ class JobAnalysis:
         """``module`` has finished: its last progress, and the budget it ran under."""
         if context.progress_reporter is not None:
             context.progress_reporter.finish()
-        budget = self.budgets.finish(module)
+        budget = self.budgets.finish(
+            module, shared_with=self.files.members if module.name in self.files.members else ()
+        )
         self._telemetry.module_budget(
             span, timeout_s=budget.timeout_s, expected_s=budget.expected_s, scale=self.budgets.scale
         )
@@ -117,9 +119,7 @@ class JobAnalysis:
             anyio.from_thread.run_sync(self._publish, span, update, token=self._token)
 
     def _publish(self, span: trace.Span, update: ModuleProgress) -> None:
-        self._telemetry.module_progress(
-            span, update.done, update.total, milestone=update.milestone, final=update.final
-        )
+        self._telemetry.module_progress(span, update.done, update.total, milestone=update.milestone, final=update.final)
         for listener in list(self._listeners):
             try:
                 listener(update)
