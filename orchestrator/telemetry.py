@@ -395,9 +395,11 @@ class JobTelemetry:
         if outcome is ModuleOutcome.OK:
             span.add_event(ModuleEvent.COMPLETE, attrs)
             span.set_status(Status(StatusCode.OK))
+            # Debug: the module span has it, and the fan-out aggregate (info) counts it;
+            # errors, timeouts, panics and overruns stay records of their own.
             logs.event(
                 module_log,
-                logging.INFO,
+                logging.DEBUG,
                 ModuleEvent.COMPLETE,
                 f"module {result.module} completed in {fields['duration_ms']} ms",
                 **fields,

@@ -56,7 +56,8 @@ def module_spans(harness: TelemetryHarness, job: Job) -> dict[str, ReadableSpan]
 
 
 async def test_otlp_log_records_carry_their_module_span(tmp_path: Path, harness: TelemetryHarness) -> None:
-    with captured_otlp_logs() as exporter:
+    # A module's completion is a debug record (its span and the fan-out aggregate carry it).
+    with captured_otlp_logs(logging.DEBUG) as exporter:
         job = await run_modules_job(tmp_path, harness)
     spans = module_spans(harness, job)
 
@@ -101,7 +102,7 @@ def json_stream() -> Iterator[io.StringIO]:
     saved_root_level = root.level
     saved = {name: logging.getLogger(name).level for name in logs.LOGGER_NAMES}
     stream = io.StringIO()
-    handler = logs.configure_logging(logging.INFO, "json", stream=stream)
+    handler = logs.configure_logging(logging.DEBUG, "json", stream=stream)  # module completions are debug
     try:
         yield stream
     finally:
@@ -130,3 +131,13 @@ async def test_json_log_lines_carry_their_module_span(
     for line in lines:
         if line.get("event") in set(LifecycleEvent):
             assert line.get(Attr.TRACE_ID) == job.trace.trace_id, line["event"]
+
+
+async def test_a_modules_completion_is_not_an_info_record(tmp_path: Path, harness: TelemetryHarness) -> None:
+    # Per-job records beyond the lifecycle, module failures and the fan-out aggregate are
+    # debug (issue 18): at info, a job of four modules writes four spawns, no completion.
+    with captured_otlp_logs(logging.INFO) as exporter:
+        await run_modules_job(tmp_path, harness)
+    assert len(log_records(exporter, ModuleEvent.SPAWN)) == len(MODULES)
+    assert log_records(exporter, ModuleEvent.COMPLETE) == []
+    assert len(log_records(exporter, ModuleEvent.FANOUT)) == 1
