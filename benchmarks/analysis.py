@@ -25,6 +25,7 @@ import ast
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -154,9 +155,21 @@ def trees(args: argparse.Namespace, workdir: Path) -> list[Tree]:
 # -- anchors ------------------------------------------------------------------------------
 
 
-def read_all_floor(index: FileIndex) -> float:
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (and theirs), so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Timed:
+    wall: float
+    cpu: float
+
+
+def read_all_floor(index: FileIndex) -> Timed:
     """One Python loop: read every indexed file, count its lines (what the index keeps)."""
-    started, lines = time.perf_counter(), 0
+    started, cpu, lines = time.perf_counter(), time.process_time(), 0
     for entry in index:
         try:
             with open(os.path.join(entry.root, entry.relpath), "rb") as handle:
@@ -164,12 +177,12 @@ def read_all_floor(index: FileIndex) -> float:
                     lines += chunk.count(b"\n")
         except OSError:
             continue
-    return time.perf_counter() - started
+    return Timed(time.perf_counter() - started, time.process_time() - cpu)
 
 
-def ast_parse_floor(index: FileIndex, max_bytes: int = 5_000_000) -> tuple[float, int]:
+def ast_parse_floor(index: FileIndex, max_bytes: int = 5_000_000) -> tuple[Timed, int]:
     """Read and ``ast.parse`` every indexed Python file, single-threaded."""
-    started, parsed = time.perf_counter(), 0
+    started, cpu, parsed = time.perf_counter(), time.process_time(), 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for entry in index:
@@ -181,17 +194,19 @@ def ast_parse_floor(index: FileIndex, max_bytes: int = 5_000_000) -> tuple[float
                 parsed += 1
             except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
                 continue
-    return time.perf_counter() - started, parsed
+    return Timed(time.perf_counter() - started, time.process_time() - cpu), parsed
 
 
-def timed_tool(argv: list[str]) -> float | None:
-    """Seconds ``argv`` took (None if it failed or timed out)."""
-    started = time.perf_counter()
+def timed_tool(argv: list[str]) -> Timed | None:
+    """Wall and CPU seconds ``argv`` took (None if it failed or timed out)."""
+    started, cpu = time.perf_counter(), children_cpu()
     try:
         done = subprocess.run(argv, capture_output=True, timeout=TOOL_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         return None
-    return time.perf_counter() - started if done.returncode in (0, 1) else None  # rg: 1 = no match
+    if done.returncode not in (0, 1):  # rg: 1 = no match
+        return None
+    return Timed(time.perf_counter() - started, children_cpu() - cpu)
 
 
 # -- the job through the CLI --------------------------------------------------------------
@@ -202,6 +217,8 @@ class JobRun:
     status: str
     job_seconds: float
     wall_seconds: float
+    #: CPU of the whole process tree (the CLI and its worker processes), start-up included.
+    cpu_seconds: float
     peak_rss_mib: float
     modules: dict[str, dict[str, Any]]
     reason: str
@@ -239,7 +256,7 @@ def run_job(source: Path, modules: Sequence[str] | None, *, telemetry: bool, log
             argv += ["--modules", ",".join(modules)]
         peak = [0]
         stop = threading.Event()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), children_cpu()
         with (log_dir / "analysis-run.log").open("ab") as log:
             process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=log)
 
@@ -252,11 +269,11 @@ def run_job(source: Path, modules: Sequence[str] | None, *, telemetry: bool, log
             out, _ = process.communicate(timeout=3600)
             stop.set()
             sampler.join()
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, children_cpu() - cpu
     job = json.loads(out)
     results = {r["module"]: r for r in job["results"]}
-    return JobRun(job["status"], _seconds(job["started_at"], job["finished_at"]), wall, peak[0] / 1024, results,
-                  job.get("reason") or "")
+    return JobRun(job["status"], _seconds(job["started_at"], job["finished_at"]), wall, cpu, peak[0] / 1024,
+                  results, job.get("reason") or "")
 
 
 # -- cancel and progress, in-process ------------------------------------------------------
@@ -340,10 +357,12 @@ def run(report: Report, args: argparse.Namespace, results_dir: Path, log_dir: Pa
         reps = repeats if small else 1
         add(SCENARIO, tree.name, size, "ignored by default (entries)", "count", [index.stats.ignored])
         read_floor = [read_all_floor(index) for _ in range(reps)]
-        add(SCENARIO, tree.name, "anchor", "read-all floor (1 Python loop)", "s", read_floor)
+        add(SCENARIO, tree.name, "anchor", "read-all floor (1 Python loop)", "s", [t.wall for t in read_floor])
         parse = [ast_parse_floor(index) for _ in range(reps)]
-        parse_floor = [seconds for seconds, _ in parse]
-        add(SCENARIO, tree.name, "anchor", f"ast.parse floor (1 thread, {parse[0][1]:,} files)", "s", parse_floor)
+        parse_floor = [timed for timed, _ in parse]
+        add(SCENARIO, tree.name, "anchor", f"ast.parse floor (1 thread, {parse[0][1]:,} files)", "s",
+            [t.wall for t in parse_floor])
+        add(SCENARIO, tree.name, "anchor", "ast.parse floor CPU", "s", [t.cpu for t in parse_floor])
         _anchor_tools(add, tree)
         for telemetry in (False, True):
             runs = [run_job(tree.path, None, telemetry=telemetry, log_dir=log_dir) for _ in range(reps)]
@@ -351,14 +370,20 @@ def run(report: Report, args: argparse.Namespace, results_dir: Path, log_dir: Pa
             _job_rows(add, tree.name, config, runs)
             if not telemetry:
                 whole = [r.job_seconds for r in runs]
-                _ratio(add, tree.name, "whole job / ast.parse floor", whole, parse_floor)
-                _ratio(add, tree.name, "whole job / read-all floor", whole, read_floor)
+                _ratio(add, tree.name, "whole job / ast.parse floor (wall)", whole, [t.wall for t in parse_floor])
+                _ratio(add, tree.name, "whole job CPU / ast.parse floor CPU", [r.cpu_seconds for r in runs],
+                       [t.cpu for t in parse_floor])
+                _ratio(add, tree.name, "whole job / read-all floor (wall)", whole, [t.wall for t in read_floor])
         if tree.name == "site-packages":
             for module in MODULES:
                 runs = [run_job(tree.path, [module], telemetry=False, log_dir=log_dir) for _ in range(reps)]
                 add(SCENARIO, tree.name, f"{module} alone", "job time", "s", [r.job_seconds for r in runs])
+                add(SCENARIO, tree.name, f"{module} alone", "CPU, process tree with start-up", "s",
+                    [r.cpu_seconds for r in runs])
             runs = [run_job(tree.path, ["secrets", "todos"], telemetry=False, log_dir=log_dir) for _ in range(reps)]
             add(SCENARIO, tree.name, "secrets + todos", "job time (target <= 1 s)", "s", [r.job_seconds for r in runs])
+            add(SCENARIO, tree.name, "secrets + todos", "CPU, process tree with start-up", "s",
+                [r.cpu_seconds for r in runs])
     if found:
         biggest = max(found, key=lambda t: len(build_index(t.path)))
         probe = anyio.run(cancel_probe, biggest.path)
@@ -371,16 +396,16 @@ def run(report: Report, args: argparse.Namespace, results_dir: Path, log_dir: Pa
 
 def _anchor_tools(add: Callable[..., Any], tree: Tree) -> None:
     if shutil.which("cloc"):
-        seconds = timed_tool(["cloc", "--quiet", "--json", str(tree.path)])
-        add(SCENARIO, tree.name, "anchor", "cloc", "s", [seconds] if seconds is not None else [],
-            note="" if seconds is not None else f"failed or over {TOOL_TIMEOUT:.0f} s")
+        timed = timed_tool(["cloc", "--quiet", "--json", str(tree.path)])
+        add(SCENARIO, tree.name, "anchor", "cloc", "s", [timed.wall] if timed else [],
+            note=f"CPU {timed.cpu:.1f} s" if timed else f"failed or over {TOOL_TIMEOUT:.0f} s")
     else:
         add(SCENARIO, tree.name, "anchor", "cloc", "s", [], note="not installed (apt-get install cloc)")
     if shutil.which("rg"):
         argv = ["rg", "--count", "--no-messages", *(arg for p in RG_PATTERNS for arg in ("-e", p)), str(tree.path)]
-        seconds = timed_tool(argv)
+        timed = timed_tool(argv)
         add(SCENARIO, tree.name, "anchor", "ripgrep (TODO + credential patterns)", "s",
-            [seconds] if seconds is not None else [], note="" if seconds is not None else "failed")
+            [timed.wall] if timed else [], note=f"CPU {timed.cpu:.1f} s" if timed else "failed")
     else:
         add(SCENARIO, tree.name, "anchor", "ripgrep", "s", [], note="not installed (apt-get install ripgrep)")
 
@@ -394,6 +419,7 @@ def _job_rows(add: Callable[..., Any], tree: str, config: str, runs: Sequence[Jo
         note += f"; {failed[0][:120]}"
     add(SCENARIO, tree, config, "job time (Running -> Completed)", "s", [r.job_seconds for r in runs], note=note)
     add(SCENARIO, tree, config, "orchestrator run wall time", "s", [r.wall_seconds for r in runs])
+    add(SCENARIO, tree, config, "CPU, process tree with start-up", "s", [r.cpu_seconds for r in runs])
     add(SCENARIO, tree, config, "peak RSS (process tree)", "MiB", [r.peak_rss_mib for r in runs])
     for module in MODULES:
         durations = [r.modules[module]["duration_ms"] / 1000 for r in runs if module in r.modules]
