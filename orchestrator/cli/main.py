@@ -282,7 +282,7 @@ def _note_lost_telemetry(telemetry: Telemetry) -> None:
     where = _otlp_target() if telemetry.mode == "otlp" else str(telemetry.telemetry_dir or "the telemetry files")
     parts = [f"{n} {kind} batch{'es' if n > 1 else ''} failed" for kind, n in sorted(failed.items())]
     if pending:
-        parts.append("export still unfinished at exit")
+        parts.append("some still being sent at exit")
     print(
         f"orchestrator: note: telemetry could not be delivered to {where} ({', '.join(parts)}); jobs are not affected",
         file=sys.stderr,
