@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli import render
@@ -129,9 +130,9 @@ def _write_large(root: Path, rng: random.Random, *, files: int) -> None:
 async def demo(ctx: Context) -> int:
     data_dir = ctx.settings.data_dir
     _claim(data_dir, keep=ctx.args.keep)
-    render.console.print(f"[bold]orchestrator demo[/] - in its own directory {data_dir.resolve()}")
+    render.console.print(f"[bold]orchestrator demo[/] - in its own directory {escape(str(data_dir.resolve()))}")
     for note in _ignored(ctx):
-        render.console.print(f"[dim]{note}[/]")
+        render.console.print(f"[dim]{escape(note)}[/]")
     started = time.monotonic()
     samples = await anyio.to_thread.run_sync(write_sample_projects, data_dir / "demo-projects")
 

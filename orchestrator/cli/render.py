@@ -95,6 +95,11 @@ def job_panel(job: Job) -> None:
         console.print(Text(f"  reason: {job.reason}", style=style))
     if job.error_category:
         console.print(f"  error: {job.error_category} (phase {job.error_phase})")
+    if job.cancel_requested and not job.status.terminal:
+        by = f" by {job.cancel_requested_by}" if job.cancel_requested_by else ""
+        console.print(Text(f"  cancel requested{by}: {job.cancel_requested}", style="yellow"))
+    if job.damaged:
+        console.print(Text(f"  damaged: {job.damaged} could not be read back; the rest is as stored", style="yellow"))
     console.print(f"  trace: {job.trace.trace_id}  attempt: {job.attempt}")
     if job.results:
         console.print(modules_table(job), style="", crop=False)
@@ -145,7 +150,8 @@ def _rich_table(columns: Sequence[Column], rows: list[list[Cell]]) -> Table:
         else:
             table.add_column(column.header, justify=column.justify, overflow="ellipsis", no_wrap=True)
     for row in rows:
-        table.add_row(*row)
+        # Text, not str: a reason or path holding "[...]" is shown as is, not read as markup.
+        table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
     return table
 
 
@@ -169,7 +175,7 @@ def jobs_rows(jobs: Sequence[Job]) -> list[list[Cell]]:
             str(job.attempt),
             _ts(job.created_ns),
             str(job.error_category or ""),
-            job.reason or "",
+            f"[damaged: {job.damaged}] {job.reason or ''}" if job.damaged else job.reason or "",
         ]
         for job in jobs
     ]

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from rich.markup import escape
 from rich.text import Text
 
 from orchestrator.cli import render
@@ -387,7 +388,7 @@ def print_report(report: dict[str, Any]) -> None:
     statuses = ", ".join(f"{n} {s}" for s, n in report["by_status"].items())
     c.print(f"[bold]report[/] - {report['jobs']} finished jobs: {statuses}")
     if report.get("where"):
-        c.print(f"[dim]from {report['where']}[/]")
+        c.print(f"[dim]from {escape(report['where'])}[/]")
     c.print("\n[bold]1. Which phase fails most often?[/]")
     for row in sorted(report["failures_by_phase"], key=lambda r: -r["failures"]):
         c.print(f"   {row['phase']:<10} {row['failures']} failed job(s)", style="" if row["failures"] else "dim")

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
+from rich.markup import escape
 
 from orchestrator.bootstrap import build_store
 from orchestrator.cli import render, report
@@ -152,9 +153,9 @@ def print_trace(
     roots = [s for s in spans if s.name == SpanName.JOB]
     trace_id = job.trace.trace_id if job else (roots[0].trace_id if roots else spans[0].trace_id)
     shown_id = job.id if job else (roots[0].attributes.get(Attr.JOB_ID, job_id) if roots else job_id)
-    render.console.print(f"[bold]trace {trace_id}[/]  job {shown_id}")
+    render.console.print(f"[bold]trace {trace_id}[/]  job {escape(str(shown_id))}")
     if not roots:
-        render.console.print(f"[yellow]{_missing_root(job, telemetry_dir)}[/]")
+        render.console.print(f"[yellow]{escape(_missing_root(job, telemetry_dir))}[/]")
     for line in render_waterfall(spans):
         render.console.print(line, crop=False, overflow="ignore")
 
