@@ -61,7 +61,7 @@ from otel.vocabulary import (
     SpanName,
 )
 
-__all__ = ["JobTelemetry", "parse_traceparent"]
+__all__ = ["JobTelemetry", "as_current", "parse_traceparent"]
 
 log = logging.getLogger("orchestrator.lifecycle")
 module_log = logging.getLogger("orchestrator.modules")
@@ -241,7 +241,7 @@ class JobTelemetry:
         logs.event(
             log,
             logging.WARNING,
-            "job.transition.refused",
+            OperationEvent.TRANSITION_REFUSED,
             error.message,
             job_id=job.id,
             project_id=job.project_id,
@@ -295,7 +295,7 @@ class JobTelemetry:
                 attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, **attributes},
             )
         started = now_ns()
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        with as_current(span):
             try:
                 yield span
             except BaseException as exc:
@@ -368,13 +368,13 @@ class JobTelemetry:
                 },
             )
         span.add_event(ModuleEvent.SPAWN, {Attr.JOB_ID: job.id, Attr.MODULE: module})
-        with _current(span):
+        with as_current(span):
             logs.event(module_log, logging.INFO, ModuleEvent.SPAWN, f"module {module} spawned", module=module)
         return span
 
     def module_finished(self, job: Job, span: trace.Span, result: ModuleResult, exc: BaseException | None) -> None:
         # The module's span is current while its records are written: they carry its ids.
-        with _current(span):
+        with as_current(span):
             self._module_finished(job, span, result, exc)
 
     def _module_finished(self, job: Job, span: trace.Span, result: ModuleResult, exc: BaseException | None) -> None:
@@ -385,10 +385,10 @@ class JobTelemetry:
             Attr.OUTCOME: str(result.outcome),
         }
         fields: dict[str, Any] = {
-            "module": result.module,
-            "duration_ms": round(result.duration_ms, 3),
-            "outcome": str(result.outcome),
-            "expected_ms": result.expected_ms,
+            Attr.MODULE: result.module,
+            Attr.DURATION_MS: round(result.duration_ms, 3),
+            Attr.OUTCOME: str(result.outcome),
+            Attr.EXPECTED_MS: result.expected_ms,
         }
         span.set_attribute(Attr.OUTCOME, str(result.outcome))
         outcome = result.outcome
@@ -401,7 +401,7 @@ class JobTelemetry:
                 module_log,
                 logging.DEBUG,
                 ModuleEvent.COMPLETE,
-                f"module {result.module} completed in {fields['duration_ms']} ms",
+                f"module {result.module} completed in {fields[Attr.DURATION_MS]} ms",
                 **fields,
             )
         elif outcome is ModuleOutcome.CANCELLED:
@@ -443,7 +443,7 @@ class JobTelemetry:
                 module_log,
                 logging.WARNING,
                 ModuleEvent.OVERRUN,
-                f"module {result.module} ran {fields['duration_ms']} ms, over its expected {result.expected_ms} ms",
+                f"module {result.module} ran {fields[Attr.DURATION_MS]} ms, over its expected {result.expected_ms} ms",
                 **fields,
             )
         span.end()
@@ -488,8 +488,9 @@ class JobTelemetry:
             self._add(Metric.FAILURES, 1, phase=str(Phase.NOTIFY), error_category=str(ErrorCategory.WEBHOOK))
 
 
-def _current(span: trace.Span) -> contextlib.AbstractContextManager[trace.Span]:
-    """Make ``span`` current (without ending it or recording exceptions on it)."""
+def as_current(span: trace.Span) -> contextlib.AbstractContextManager[trace.Span]:
+    """Make ``span`` current without ending it, recording an exception on it or setting
+    its status: whoever owns the span reports its outcome, once."""
     return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
 
 

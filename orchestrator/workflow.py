@@ -30,6 +30,7 @@ from orchestrator.domain import (
 from orchestrator.stores import JobStore
 from orchestrator.telemetry import JobTelemetry
 from otel.instrument import instrument
+from otel.vocabulary import Attr
 
 __all__ = ["JobWorkflow"]
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def _job_fields(self: object, job: Job, target: JobStatus | None = None, **_: Any) -> dict[str, Any]:
-    return {"job_id": job.id, "project_id": job.project_id, "status_to": target and str(target)}
+    return {Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, Attr.STATUS_TO: target and str(target)}
 
 
 class JobWorkflow:
@@ -194,7 +195,7 @@ class JobWorkflow:
         claimed = await self.claim_batch(worker_id, lease_seconds=lease_seconds, limit=1)
         return claimed[0] if claimed else None
 
-    @instrument("workflow.claim", fields=lambda self, worker_id, **_: {"worker_id": worker_id}, level=logging.DEBUG)
+    @instrument("workflow.claim", fields=lambda self, worker_id, **_: {Attr.WORKER_ID: worker_id}, level=logging.DEBUG)
     async def claim_batch(self, worker_id: str, *, lease_seconds: float, limit: int) -> list[Job]:
         """Claim up to ``limit`` of the oldest Queued jobs for ``worker_id`` (Queued ->
         Running, leased), in one statement."""
@@ -250,7 +251,7 @@ class JobWorkflow:
 
     @instrument(
         "workflow.cancel",
-        fields=lambda self, job_id, **_: {"job_id": job_id},
+        fields=lambda self, job_id, **_: {Attr.JOB_ID: job_id},
         level=logging.DEBUG,
     )
     async def cancel(self, job_id: str, *, reason: str = "cancelled by user", requested_by: str | None = None) -> Job:

@@ -22,6 +22,7 @@ __all__ = [
     "SECONDS_BUCKETS",
     "Attr",
     "LifecycleEvent",
+    "LinkKind",
     "Metric",
     "MetricKind",
     "ModuleEvent",
@@ -55,6 +56,11 @@ class OperationEvent(enum.StrEnum):
     FINISH = "operation.finish"
     ERROR = "operation.error"
     CANCEL_REQUESTED = "job.cancel_requested"
+    #: A transition the workflow did not apply: illegal, lost to another process, or
+    #: turned into Cancelled by a pending cancellation (warning, with the error's category).
+    TRANSITION_REFUSED = "job.transition.refused"
+    #: A malformed ``traceparent`` given at creation: the job is created, unlinked.
+    TRACEPARENT_IGNORED = "job.traceparent.ignored"
     WORKER_START = "worker.start"
     WORKER_STOP = "worker.stop"
     LEASE_LOST = "worker.lease_lost"
@@ -113,8 +119,20 @@ class Attr:
     TIMEOUT_MS: Final = "timeout_ms"
     TRACE_ID: Final = "trace_id"
     SPAN_ID: Final = "span_id"
+    #: On a span link: what the linked span is to this one (:class:`LinkKind`).
+    LINK_KIND: Final = "link.kind"
     #: True on a span rebuilt from the store after its live export was lost.
     RECONSTRUCTED: Final = "reconstructed"
+
+
+class LinkKind(enum.StrEnum):
+    """Values of :attr:`Attr.LINK_KIND`: each job is a trace root, so traces that lead
+    to it are linked, not parents."""
+
+    #: On a job's root span: the trace of whoever created the job (a request, a CLI run).
+    CALLER = "caller"
+    #: On a request's span: the root span of the job it created.
+    JOB = "job"
 
 
 class SpanName:

@@ -50,7 +50,7 @@ from orchestrator.webhooks.models import Subscription
 from orchestrator.webhooks.store import WebhookStore, webhook_store
 from orchestrator.webhooks.targets import check_subscription_url
 from otel import logs
-from otel.vocabulary import OperationEvent
+from otel.vocabulary import Attr, LinkKind, OperationEvent
 
 __all__ = ["TRACE_HEADER", "ApiConfig", "create_api"]
 
@@ -188,8 +188,8 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
         job = await app.create.execute({**body.model_dump(), "traceparent": caller}, sources=sources)
         root = parse_traceparent(job.trace.traceparent)
         if root is not None and request_span.is_recording():
-            request_span.add_link(root, {"link.kind": "job"})
-            request_span.set_attribute("job_id", job.id)
+            request_span.add_link(root, {Attr.LINK_KIND: LinkKind.JOB})
+            request_span.set_attribute(Attr.JOB_ID, job.id)
         response.headers[TRACE_HEADER] = job.trace.trace_id
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobOut.of(job)

@@ -29,7 +29,7 @@ from orchestrator.usecases.sources import SourcePolicy
 from orchestrator.workflow import JobWorkflow
 from otel import logs
 from otel.instrument import instrument
-from otel.vocabulary import SpanName
+from otel.vocabulary import OperationEvent, SpanName
 
 __all__ = [
     "LIMITS",
@@ -184,7 +184,7 @@ class CreateAnalysisJobUseCase:
             logs.event(
                 log,
                 logging.WARNING,
-                "job.traceparent.ignored",
+                OperationEvent.TRACEPARENT_IGNORED,
                 "malformed traceparent ignored",
                 project_id=request.project_id,
             )

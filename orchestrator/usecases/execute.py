@@ -46,7 +46,7 @@ from orchestrator.modules.job_run import JobAnalysis
 from orchestrator.modules.progress import ProgressListener
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.modules.runners import BatchRunner
-from orchestrator.telemetry import JobTelemetry
+from orchestrator.telemetry import JobTelemetry, as_current
 from orchestrator.workflow import JobWorkflow
 from otel import context, logs
 from otel.instrument import instrument
@@ -222,7 +222,7 @@ class ExecuteAnalysisJobUseCase:
                     # A deadline, not fail_after: a TimeoutError the module's own code raises
                     # (a network call) is a panic, not the hard timeout. The budget moves the
                     # deadline once the tree's size is known.
-                    with _active(span), anyio.CancelScope() as deadline:
+                    with as_current(span), anyio.CancelScope() as deadline:
                         analysis.start(module, deadline, ctx)
                         summary = _json_summary(await module.run(ctx))
                     if deadline.cancelled_caught:
@@ -271,7 +271,7 @@ class ExecuteAnalysisJobUseCase:
             return job
         target, reason, category = _verdict(results, control)
         with self._telemetry.phase(job, SpanName.FINALIZE) as span:
-            span.set_attribute("status_to", str(target))
+            span.set_attribute(Attr.STATUS_TO, str(target))
             retry = _Retry(self._finalize_retry_seconds)
             failure: OrchestratorError
             while True:
@@ -402,11 +402,6 @@ def _json_summary(value: object) -> dict[str, Any]:
     if len(encoded) > _MAX_SUMMARY_BYTES:
         raise ModuleError(f"returned a summary of {len(encoded)} bytes (limit {_MAX_SUMMARY_BYTES})")
     return summary
-
-
-def _active(span: trace.Span) -> Any:
-    """Make ``span`` current without letting use_span record the exception a second time."""
-    return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
 
 
 def _strip(result: ModuleResult) -> ModuleResult:
