@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -45,8 +45,35 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
-def records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, Any]]]:
-    return [(getattr(r, EVENT_KEY), record_fields(r)) for r in caplog.records if r.name == LOGGER]
+class Captured(logging.Handler):
+    """The records of LOGGER, caught on the logger itself (whatever other tests did to
+    propagation and the root logger's handlers)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def caught() -> Iterator[Captured]:
+    logger = logging.getLogger(LOGGER)
+    handler, level, disabled = Captured(), logger.level, logger.disabled
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False  # a dictConfig elsewhere disables the loggers that existed then
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.disabled = disabled
+
+
+def records(caught: Captured) -> list[tuple[str, dict[str, Any]]]:
+    return [(getattr(r, EVENT_KEY), record_fields(r)) for r in caught.records]
 
 
 CASES = [pytest.param(plain, "test.plain", id="plain"), pytest.param(coroutine, "test.coroutine", id="coroutine")]
@@ -54,12 +81,11 @@ CASES = [pytest.param(plain, "test.plain", id="plain"), pytest.param(coroutine, 
 
 @pytest.mark.parametrize(("fn", "operation"), CASES)
 def test_a_call_logs_start_and_finish_with_its_fields_bound(
-    caplog: pytest.LogCaptureFixture, fn: Callable[..., Any], operation: str
+    caught: Captured, fn: Callable[..., Any], operation: str
 ) -> None:
-    caplog.set_level(logging.DEBUG, LOGGER)
     assert call(fn, "j-1") == {"job_id": "j-1"}  # bound while it runs
     assert context.current_fields() == {}  # and only then
-    (start, started), (finish, finished) = records(caplog)
+    (start, started), (finish, finished) = records(caught)
     assert (start, finish) == ("operation.start", "operation.finish")
     assert started == {"operation": operation}
     assert set(finished) == {"operation", "elapsed_ms"}
@@ -69,25 +95,21 @@ def test_a_call_logs_start_and_finish_with_its_fields_bound(
 
 @pytest.mark.parametrize(("fn", "operation"), CASES)
 def test_an_error_is_logged_once_with_its_type_and_raised(
-    caplog: pytest.LogCaptureFixture, fn: Callable[..., Any], operation: str
+    caught: Captured, fn: Callable[..., Any], operation: str
 ) -> None:
-    caplog.set_level(logging.DEBUG, LOGGER)
     with pytest.raises(ValueError, match="bad value"):
         call(fn, "j-2", fail=ValueError("bad value"))
-    assert [event for event, _ in records(caplog)] == ["operation.start", "operation.error"]
-    _, error = records(caplog)[1]
+    assert [event for event, _ in records(caught)] == ["operation.start", "operation.error"]
+    _, error = records(caught)[1]
     assert (error["operation"], error["error"], error["error.type"]) == (operation, "bad value", "ValueError")
-    assert [r.levelno for r in caplog.records if getattr(r, EVENT_KEY, None) == "operation.error"] == [logging.ERROR]
+    assert [r.levelno for r in caught.records if getattr(r, EVENT_KEY, None) == "operation.error"] == [logging.ERROR]
 
 
 @pytest.mark.parametrize(("fn", "operation"), CASES)
-def test_a_base_exception_passes_through_unreported(
-    caplog: pytest.LogCaptureFixture, fn: Callable[..., Any], operation: str
-) -> None:
-    caplog.set_level(logging.DEBUG, LOGGER)
+def test_a_base_exception_passes_through_unreported(caught: Captured, fn: Callable[..., Any], operation: str) -> None:
     with pytest.raises(KeyboardInterrupt):
         call(fn, "j-3", fail=KeyboardInterrupt())
-    assert [event for event, _ in records(caplog)] == ["operation.start"]
+    assert [event for event, _ in records(caught)] == ["operation.start"]
 
 
 def test_the_wrappers_keep_what_the_function_is() -> None:
