@@ -118,6 +118,7 @@ SLOW_PATHS: dict[str, str] = {
     "tests/test_otlp_export.py": "the demo in subprocesses exporting over OTLP",
     "tests/test_security.py": "serve in subprocesses, slow peers held to their deadlines",
     "tests/test_api_fuzz.py": "schemathesis fuzzing of the API",
+    "tests/test_analysis_runtime.py": "analyzer worker processes started, killed and cancelled",
 }
 _ROOT = Path(__file__).resolve().parent.parent
 
