@@ -48,6 +48,7 @@ from orchestrator.tracing.records import lost_attempt_spans, root_span
 from otel import logs
 from otel.ids import SpanPlace, forced_ids, span_id_for
 from otel.instrument import mark_logged
+from otel.tallies import TALLIED, Tally
 from otel.vocabulary import (
     INSTRUMENTATION_SCOPE,
     METRICS,
@@ -115,7 +116,11 @@ class JobTelemetry:
         self.tracer_provider = tracer_provider
         self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(INSTRUMENTATION_SCOPE, meter_provider=meter_provider)
-        self._instruments: dict[str, Any] = {spec.name: _create(meter, spec) for spec in METRICS}
+        # Counters and gauges are tallied in process and observed at collection; the
+        # histograms (exemplars) go through the SDK's synchronous instruments.
+        self._instruments: dict[str, Any] = {
+            spec.name: Tally(meter, spec) if spec.kind in TALLIED else _create(meter, spec) for spec in METRICS
+        }
 
     # -- helpers ----------------------------------------------------------------------
 
