@@ -183,32 +183,58 @@ def _items(attributes: Mapping[str, Any]) -> Any:
     return (inner if isinstance(inner, dict) else attributes).items()
 
 
+#: Encoded KeyValue messages (length-prefixed) of attributes whose value is a plain str,
+#: int or bool, by (key, type, value): most attributes repeat from span to span
+#: (project, module, status, reason). Cleared when full, so ids cannot grow it.
+_PAIRS: dict[tuple[str, type, Any], bytes] = {}
+_MAX_PAIRS: Final = 8192
+#: Floats are left out: 0.0 and -0.0 are equal keys with different encodings.
+_CACHED_TYPES: Final = frozenset({str, int, bool})
+
+
+def _pair(key: str, value: Any, kind: type) -> bytes:
+    """A KeyValue message with its length prefix. The common value types are written
+    inline; anything else goes through :func:`_any`."""
+    encoded_key = _KEYS.get(key)
+    if encoded_key is None:
+        encoded_key = _key(key)
+    body: bytes
+    if kind is str:
+        text: bytes = value.encode()
+        n = len(text)
+        body = _ANY_STRING + (_VARINTS[n] if n < 16384 else _varint(n)) + text
+    elif kind is int and 0 <= value < 16384:
+        body = _ANY_INT + _VARINTS[value]
+    elif kind is float:
+        body = _ANY_DOUBLE + _DOUBLE(value)
+    else:
+        body = _any(value)
+    n = len(body)
+    pair = encoded_key + _KV_VALUE + (_VARINTS[n] if n < 16384 else _varint(n)) + body
+    n = len(pair)
+    return (_VARINTS[n] if n < 16384 else _varint(n)) + pair
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
-    """A repeated KeyValue field (nothing when there are no attributes). The common
-    value types are written inline; anything else goes through :func:`_any`."""
+    """A repeated KeyValue field (nothing when there are no attributes)."""
     if not attributes:
         return b""
     out = []
-    varints = _VARINTS
+    pairs = _PAIRS
     for key, value in _items(attributes):
-        encoded_key = _KEYS.get(key)
-        if encoded_key is None:
-            encoded_key = _key(key)
         kind = type(value)
-        if kind is str:
-            text = value.encode()
-            n = len(text)
-            body = _ANY_STRING + (varints[n] if n < 16384 else _varint(n)) + text
-        elif kind is int and 0 <= value < 16384:
-            body = _ANY_INT + varints[value]
-        elif kind is float:
-            body = _ANY_DOUBLE + _DOUBLE(value)
+        if kind in _CACHED_TYPES:
+            cache_key = (key, kind, value)
+            pair = pairs.get(cache_key)
+            if pair is None:
+                pair = _pair(key, value, kind)
+                if len(pairs) >= _MAX_PAIRS:
+                    pairs.clear()
+                pairs[cache_key] = pair
         else:
-            body = _any(value)
-        n = len(body)
-        pair = encoded_key + _KV_VALUE + (varints[n] if n < 16384 else _varint(n)) + body
-        n = len(pair)
-        out.append(tag + (varints[n] if n < 16384 else _varint(n)) + pair)
+            pair = _pair(key, value, kind)
+        out.append(tag)
+        out.append(pair)
     return b"".join(out)
 
 

@@ -626,3 +626,17 @@ def test_http_protobuf_uses_these_exporters_and_grpc_the_official_ones() -> None
     finally:
         for exporter in (*http, *grpc):
             exporter.shutdown()
+
+
+def test_values_that_compare_equal_but_encode_differently_are_never_confused() -> None:
+    # 0.0 == -0.0, True == 1 == 1.0: the encoder remembers encoded attributes between
+    # spans and batches, and must not hand one of them out for another.
+    provider, exporter = tracing()
+    tracer = provider.get_tracer("cache")
+    for value in (0.0, -0.0, 1, True, 1.0, False, 0, "1", "", 2**14, 2**14 + 1):
+        tracer.start_span("s", attributes={"x": value, "y": [value] if not isinstance(value, str) else value}).end()
+    spans = spans_of(provider, exporter)
+    for span in spans:
+        assert_same_spans([span])
+    assert_same_spans(spans)
+    assert_same_spans(list(reversed(spans)))
