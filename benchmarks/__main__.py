@@ -414,36 +414,49 @@ def _sample_at(samples: list[tuple[float, int]], at: float) -> int:
 
 
 def scenario_peers(env: Env) -> None:
-    args = env.args
+    """Each peer and ours with the same number of worker processes (``--peer-processes``),
+    each at the same concurrency, on their own fresh databases of one server; the rounds
+    of the three are interleaved in every repetition."""
     env.report.extra["peer_versions"] = peers.versions()
+    for processes in env.args.peer_processes:
+        _peers_cell(env, processes)
+
+
+def _peers_cell(env: Env, processes: int) -> None:
+    args = env.args
     with postgres_target() as target, fresh_database() as proc_url, fresh_database() as pgq_url:
         urls = {"procrastinate": proc_url, "pgqueuer": pgq_url}
         for name, url in urls.items():
             asyncio.run(peers.install(name, url))
-        ours = env.workers(target, 1, args.concurrency, "otlp", "peers-ours")
+        ours = env.workers(target, processes, args.concurrency, "otlp", f"peers{processes}-ours")
         peer_procs = {
-            name: Proc(f"peers-{name}", python_m("benchmarks.peers", "worker", name, url, str(args.concurrency)),
-                       clean_env(), env.log_dir)
+            name: [
+                Proc(f"peers{processes}-{name}{i}",
+                     python_m("benchmarks.peers", "worker", name, url, str(args.concurrency)), clean_env(), env.log_dir)
+                for i in range(processes)
+            ]
             for name, url in urls.items()
         }
-        with running(ours), running(list(peer_procs.values())):
-            for proc in peer_procs.values():
+        everyone = [proc for procs in peer_procs.values() for proc in procs]
+        with running(ours), running(everyone):
+            for proc in everyone:
                 proc.wait_line("ready")
             env.warm_up(target, "otlp", ours)
             for name, url in urls.items():
                 peers.peer_round(name, url, jobs=max(20, args.jobs // 10), producers=args.producers, tag="warmup",
-                                 check=harness.alive_check([peer_procs[name]]))
+                                 check=harness.alive_check(peer_procs[name]))
             values: dict[str, list[float]] = {"ours": [], **{name: [] for name in urls}}
             for rep in range(args.repeats):
                 values["ours"].append(env.round(target, "otlp", env.spec(args.jobs), ours).throughput)
                 for name, url in urls.items():
-                    check = harness.alive_check([peer_procs[name]])
+                    check = harness.alive_check(peer_procs[name])
                     seconds, _, failed = peers.peer_round(name, url, jobs=args.jobs, producers=args.producers,
                                                           tag=f"rep{rep}", check=check)
                     if failed:
                         raise RuntimeError(f"{name}: {failed} jobs failed")
                     values[name].append(args.jobs / seconds)
-    config = f"1 worker process x concurrency {args.concurrency}, no-op job"
+    plural = "es" if processes > 1 else ""
+    config = f"{processes} worker process{plural} x concurrency {args.concurrency}, no-op job"
     versions = env.report.extra["peer_versions"]
     env.report.add("peers", "PostgreSQL", config, "jobs/s, ours (full telemetry, OTLP)", "jobs/s", values["ours"])
     for name in urls:
@@ -521,6 +534,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--producers", type=int, default=4, help="concurrent creating tasks in this process")
     parser.add_argument("--pgbench-seconds", type=float, default=3.0)
     parser.add_argument("--notify-seconds", type=float, default=1.5)
+    parser.add_argument("--peer-processes", type=int, nargs="+", default=[1, 4], metavar="N",
+                        help="worker processes of ours and of each peer in the peers scenario (default: 1 4)")
     parser.add_argument("--worker-env", nargs="+", default=[], metavar="NAME=VALUE",
                         help="ORCHESTRATOR_* settings for every worker (e.g. ORCHESTRATOR_ANALYSIS_PROCESSES=0)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="JSON results file")
