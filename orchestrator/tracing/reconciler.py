@@ -54,8 +54,10 @@ class TraceConfig:
     grace_seconds: float = 60.0
     #: Seconds between reconciler passes.
     reconcile_seconds: float = 15.0
-    #: Jobs one pass rebuilds at most.
-    batch: int = 50
+    #: Jobs claimed at once; a pass claims again (up to ``rounds`` times) while full
+    #: batches come back (a backlog after a long collector outage).
+    batch: int = 100
+    rounds: int = 5
 
     @property
     def flush_seconds(self) -> float:
@@ -122,6 +124,20 @@ class TraceKeeper:
 
     async def reconcile(self) -> int:
         """One pass; returns how many traces it rebuilt and emitted."""
+        rebuilt = 0
+        for _ in range(self.config.rounds):
+            claimed, count = await self._round()
+            rebuilt += count
+            if claimed < self.config.batch:
+                break
+        if time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            retention = max(_EMITTER_RETENTION_S, 10 * self.config.grace_seconds)
+            await self.store.trace_prune_emitters(before_ns=self._clock() - int(retention * 1e9))
+        return rebuilt
+
+    async def _round(self) -> tuple[int, int]:
+        """Claim one batch and rebuild it: (claimed, rebuilt)."""
         now = self._clock()
         claimed = await self.store.trace_claim(
             owner=self.owner,
@@ -142,11 +158,7 @@ class TraceKeeper:
                 self.telemetry.trace_reconstructed(job, spans=len(spans), reason=reason)
                 rebuilt += 1
         self.rebuilt += rebuilt
-        if time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
-            self._pruned_at = time.monotonic()
-            retention = max(_EMITTER_RETENTION_S, 10 * self.config.grace_seconds)
-            await self.store.trace_prune_emitters(before_ns=now - int(retention * 1e9))
-        return rebuilt
+        return len(claimed), rebuilt
 
 
 async def settle(ledger: DeliveryLedger, store: JobStore, *, timeout_s: float = 5.0) -> None:
