@@ -11,7 +11,7 @@ PY312 ?= $(shell .ci/find-python 3.12)
 VENV313 ?= .venv-py313
 STAMP313 := $(VENV313)/.installed
 
-.PHONY: install demo test test-fast test-py313 lint typecheck pytest check-wheel bench constraints clean
+.PHONY: install demo test test-fast test-py313 lint typecheck pytest check-wheel bench constraints clean mutation
 
 install: $(STAMP)
 
@@ -57,6 +57,13 @@ $(STAMP313): pyproject.toml constraints.txt
 test-py313: $(STAMP313)
 	$(VENV313)/bin/pytest
 
+# Mutation testing of the core ([tool.mutmut] in pyproject.toml: domain/, workflow.py and
+# stores/core.py against the fast tests that reach them; needs PostgreSQL like the suite).
+# Work and cache in mutants/; `.venv/bin/mutmut results` lists the survivors. Long: README.
+mutation: install
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
 bench: install
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python -m benchmarks
@@ -77,4 +84,4 @@ constraints:
 	rm -rf $(VENV)-constraints
 
 clean:
-	rm -rf $(VENV) $(VENV313) .orchestrator .orchestrator-demo .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) $(VENV313) .orchestrator .orchestrator-demo .pytest_cache .mypy_cache .ruff_cache build dist mutants
