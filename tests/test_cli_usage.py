@@ -311,7 +311,7 @@ def test_run_says_once_at_exit_that_telemetry_could_not_be_delivered(env: Env, p
     done = env.run("run", "--source", str(project), "--modules", "echo", "--json", env=refused)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "completed"
-    notes = [line for line in done.stderr.splitlines() if line.startswith("orchestrator: note:")]
+    notes = [line for line in done.stderr.splitlines() if line.startswith("orchestrator: note: telemetry")]
     assert len(notes) == 1, done.stderr
     assert notes[0].startswith(
         "orchestrator: note: telemetry could not be delivered to the OTLP endpoint 127.0.0.1:9 ("
