@@ -477,6 +477,12 @@ def test_a_rebuilt_trace_is_done_only_when_every_span_is_confirmed() -> None:
     assert ledger.writes().done == (job_id,)
 
 
+def test_a_trace_with_nothing_to_rebuild_is_done_at_once() -> None:
+    ledger = DeliveryLedger("e", clock=Clock())
+    ledger.expect("job-pruned-history", ROOTS[0][0], [])
+    assert ledger.writes().done == ("job-pruned-history",)
+
+
 # -- the store and the reconciler ------------------------------------------------------------
 
 

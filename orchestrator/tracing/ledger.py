@@ -237,7 +237,10 @@ class DeliveryLedger:
         ``span_ids`` are confirmed."""
         with self._lock:
             pending = {int(s, 16) for s in span_ids}
-            self._rebuilds[int(trace_id, 16)] = _Rebuild(job_id, pending, self._clock())
+            if pending:
+                self._rebuilds[int(trace_id, 16)] = _Rebuild(job_id, pending, self._clock())
+            else:
+                self._done.add(job_id)
 
     # -- time ---------------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ class TraceKeeper:
         self._clock = clock
         self.rebuilt = 0
         self._outage = logs.RateLimitedLog(30.0)
+        self._failure = logs.RateLimitedLog(30.0)
         self._pruned_at = time.monotonic()
 
     async def run(self) -> None:
@@ -117,6 +118,18 @@ class TraceKeeper:
                         operation=f"traces.{what}",
                         error_category=str(exc.category),
                         suppressed=self._outage.take_suppressed(),
+                    )
+            except Exception as exc:  # noqa: BLE001 - traces must never take the worker down
+                if self._failure.ready():
+                    logs.event(
+                        log,
+                        logging.ERROR,
+                        OperationEvent.ERROR,
+                        f"trace {what} failed unexpectedly; retrying: {exc}",
+                        exc_info=exc,
+                        operation=f"traces.{what}",
+                        error_category="internal",
+                        suppressed=self._failure.take_suppressed(),
                     )
 
     async def flush(self) -> None:
@@ -151,12 +164,12 @@ class TraceKeeper:
             histories = await self.store.history_many([job.id for job, _ in claimed])
             for job, reason in claimed:
                 spans = spans_from_store(job, histories.get(job.id, []))
-                if not spans:
-                    continue
+                # (No history left, nothing to rebuild: expecting nothing records it done.)
                 self.ledger.expect(job.id, job.trace.trace_id, [s.span_id for s in spans])
-                emit_spans(self.telemetry.tracer, spans)
-                self.telemetry.trace_reconstructed(job, spans=len(spans), reason=reason)
-                rebuilt += 1
+                if spans:
+                    emit_spans(self.telemetry.tracer, spans)
+                    self.telemetry.trace_reconstructed(job, spans=len(spans), reason=reason)
+                    rebuilt += 1
         self.rebuilt += rebuilt
         return len(claimed), rebuilt
 
