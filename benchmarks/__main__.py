@@ -12,6 +12,9 @@ Scenarios (``--only`` picks some):
 * ``telemetry``: the same (PostgreSQL 1 worker process, SQLite 1 worker process, both at
   concurrency 4, jobs of 1 module) with telemetry off (``OTEL_SDK_DISABLED=true``), over
   OTLP/HTTP to the sink, and to the embedded files; ``noop`` and ``work10`` modules.
+* ``telemetry_cpu``: one no-op job's telemetry calls replayed in this process without a
+  database (``benchmarks.telemetry_cpu``): CPU per job over telemetry off, as built and
+  with what each optimisation replaced put back.
 * ``latency``: enqueue -> Running (queued_ns -> started_ns as stored) on PostgreSQL, idle
   worker and under load.
 * ``memory``: one worker's RSS over a long run, collector reachable and unreachable.
@@ -41,7 +44,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks import analysis, ceiling, harness, notify_cost, peers
+from benchmarks import analysis, ceiling, harness, notify_cost, peers, telemetry_cpu
 from benchmarks.harness import (
     MODES,
     Mode,
@@ -67,7 +70,7 @@ from orchestrator import __version__
 from orchestrator.bootstrap import open_app
 from otel.logs import configure_logging
 
-SCENARIOS = ("throughput", "telemetry", "latency", "memory", "peers", "ceiling", "notify", "analysis")
+SCENARIOS = ("throughput", "telemetry", "telemetry_cpu", "latency", "memory", "peers", "ceiling", "notify", "analysis")
 #: Run when --only is not given (analysis takes tens of minutes: ask for it).
 DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name != "analysis")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -273,6 +276,26 @@ def scenario_telemetry(env: Env) -> None:
                     env.report.add("telemetry", label, config, f"{names[mode]} / off", "ratio", ratios)
                 for mode in MODES:
                     _cpu_rows(env, "telemetry", label, config, rounds[mode], names[mode])
+
+
+def scenario_telemetry_cpu(env: Env) -> None:
+    """``benchmarks.telemetry_cpu``: one no-op job's telemetry calls replayed in this
+    process without a database; CPU per job over telemetry off, with what each
+    optimisation replaced put back (the SDK's encoder, its synchronous counters)."""
+    variants = {
+        "as built": {},
+        "with the SDK's protobuf encoder": {"official_encoder": True},
+        "with the SDK's synchronous counters and gauges": {"sync_metrics": True},
+        "with both (as before issue 18, less the debug module record)": {"official_encoder": True,
+                                                                        "sync_metrics": True},
+    }
+    jobs = max(200, env.args.jobs * 2)
+    for mode, endpoint in (("otlp", env.endpoint), ("files", None)):
+        for label, flags in variants.items():
+            result = telemetry_cpu.measure(mode, endpoint, jobs=jobs, repeats=env.args.repeats, **flags)
+            name = "OTLP/HTTP to sink" if mode == "otlp" else "embedded files"
+            env.report.add("telemetry_cpu", "-", f"one no-op job's telemetry calls, {name}", f"CPU per job, {label}",
+                           "ms", result["ms_per_job"])
 
 
 # -- 3. pickup latency --------------------------------------------------------------------
@@ -507,6 +530,7 @@ def scenario_notify(env: Env) -> None:
 RUNNERS: dict[str, Callable[[Env], None]] = {
     "throughput": scenario_throughput,
     "telemetry": scenario_telemetry,
+    "telemetry_cpu": scenario_telemetry_cpu,
     "latency": scenario_latency,
     "memory": scenario_memory,
     "peers": scenario_peers,
