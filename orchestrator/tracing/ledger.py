@@ -49,12 +49,16 @@ def new_emitter_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
+_JOB_PREFIX = f"{SpanName.JOB}."
+
+
 def _job_span(span: ReadableSpan) -> tuple[int, int, str] | None:
     """(trace id, span id, job id) of a job's span (``job`` and ``job.*``), else None."""
     name, ctx = span.name, span.context
-    if ctx is None or not (name == SpanName.JOB or name.startswith(f"{SpanName.JOB}.")):
+    if ctx is None or not (name == SpanName.JOB or name.startswith(_JOB_PREFIX)):
         return None
-    job_id = (span.attributes or {}).get(Attr.JOB_ID)
+    attributes = span.attributes  # (no truth test: that takes the attributes' lock)
+    job_id = attributes.get(Attr.JOB_ID) if attributes is not None else None
     return (ctx.trace_id, ctx.span_id, job_id) if isinstance(job_id, str) else None
 
 
