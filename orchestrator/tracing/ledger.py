@@ -133,6 +133,8 @@ class DeliveryLedger:
         self._written_seq = 0
         self._written_at: float | None = None
         self._flushing = False
+        #: The last export failed: the collector is down or refusing.
+        self.failing = False
 
     def configure(self, *, give_up_s: float) -> None:
         self.give_up_s = give_up_s
@@ -179,6 +181,7 @@ class DeliveryLedger:
                 root.seen = True
 
     def spans_exported(self, spans: Sequence[ReadableSpan], ok: bool) -> None:
+        self.failing = not ok
         with self._lock:
             touched = set()
             for span in spans:

@@ -174,7 +174,7 @@ class TraceKeeper:
         return len(claimed), rebuilt
 
 
-async def settle(ledger: DeliveryLedger, store: JobStore, *, timeout_s: float = 5.0) -> None:
+async def settle(ledger: DeliveryLedger, store: JobStore, *, timeout_s: float = 2.0) -> None:
     """On the way out: export what the pipeline holds and write the confirmations, so a
     process that stops cleanly leaves nothing to rebuild. Bounded by ``timeout_s``; what
     does not make it is rebuilt by a reconciler after the grace period."""
@@ -182,7 +182,9 @@ async def settle(ledger: DeliveryLedger, store: JobStore, *, timeout_s: float = 
         return
     observer = ledger.observer
     with anyio.move_on_after(timeout_s, shield=True):
-        if observer is not None:
+        # Waiting for a collector that is down would only delay the exit: what it did not
+        # take is flagged lost (or left to the watermark) and rebuilt later.
+        if observer is not None and not ledger.failing:
             await anyio.to_thread.run_sync(observer.force_flush, int(timeout_s * 1000), abandon_on_cancel=True)
         # A store error is logged where it happened; a reconciler covers what was not written.
         with contextlib.suppress(OrchestratorError):
