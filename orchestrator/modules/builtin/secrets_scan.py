@@ -95,8 +95,14 @@ _GENERIC: Final = "generic_assignment"
 _GENERIC_KEYWORDS: Final = (b"passwd", b"passwor", b"secret", b"token", b"apikey", b"api_key", b"api-key")
 
 
+#: Cheap first test: nearly every file has none of these, and then nothing else is searched.
+_GENERIC_STEMS: Final = (b"passw", b"secret", b"token", b"api")
+
+
 def _generic_matches(data: bytes) -> list[re.Match[bytes]]:
     lowered = data.lower()
+    if not any(stem in lowered for stem in _GENERIC_STEMS):
+        return []
     starts = set()
     for keyword in _GENERIC_KEYWORDS:
         position = lowered.find(keyword)
