@@ -143,11 +143,12 @@ class SQLJobStore:
         """One transition, alone. ``after_group``: it was in a group whose write failed
         without saying whether it was stored; finding it stored is then a success."""
         stamp = self._stamp(t, with_history)
-        calls: list[tuple[str, Params]] = [("apply_transition", self._params(t, stamp))]
-        if with_history:
-            calls.append(("history", {"job_id": t.job_id}))
+        params = self._params(t, stamp)
         try:
-            results = await self.connector.batch(calls)
+            if with_history:
+                results = await self.connector.batch([("apply_transition", params), ("history", {"job_id": t.job_id})])
+            else:  # one statement: its own transaction (no BEGIN/COMMIT around it on PostgreSQL)
+                results = [await self.connector.fetchall("apply_transition", params)]
         except TransitionRefused as refused:
             _void(stamp)
             raise IllegalTransition(t.job_id, t.status_from, t.status_to) from refused
