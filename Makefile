@@ -57,10 +57,12 @@ $(STAMP313): pyproject.toml constraints.txt
 test-py313: $(STAMP313)
 	$(VENV313)/bin/pytest
 
-# Mutation testing of the core ([tool.mutmut] in pyproject.toml: domain/, workflow.py and
+# Mutation testing of the core: the status machine's tables (tests/table_mutations.py), then
+# mutmut ([tool.mutmut] in pyproject.toml: domain/, workflow.py and
 # stores/core.py against the fast tests that reach them; needs PostgreSQL like the suite).
 # Work and cache in mutants/; `.venv/bin/mutmut results` lists the survivors. Long: README.
 mutation: install
+	$(BIN)/python tests/table_mutations.py
 	$(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results
 
