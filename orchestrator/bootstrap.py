@@ -4,6 +4,7 @@ workflow, use cases, worker."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from orchestrator.stores import JobStore
 from orchestrator.stores.sqlite import SQLiteJobStore
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.tracing.ledger import DeliveryLedger, ledger_for
-from orchestrator.tracing.reconciler import TraceConfig, TraceKeeper, settle
+from orchestrator.tracing.reconciler import TraceConfig, TraceKeeper, export_window_seconds, settle
 from orchestrator.usecases import CreateAnalysisJobUseCase, ExecuteAnalysisJobUseCase
 from orchestrator.webhooks.dispatcher import DispatcherConfig, WebhookDispatcher
 from orchestrator.webhooks.store import webhook_store
@@ -64,7 +65,11 @@ class App:
 
 
 def trace_config(settings: Settings) -> TraceConfig:
-    return TraceConfig(grace_seconds=settings.trace_grace_seconds, reconcile_seconds=settings.reconcile_seconds)
+    return TraceConfig(
+        grace_seconds=settings.trace_grace_seconds,
+        reconcile_seconds=settings.reconcile_seconds,
+        export_seconds=export_window_seconds(os.environ),
+    )
 
 
 def build_store(settings: Settings) -> JobStore:

@@ -54,7 +54,7 @@ from orchestrator.telemetry import JobTelemetry
 from orchestrator.tracing import SpanRecord, spans_from_store
 from orchestrator.tracing.emit import emit_spans
 from orchestrator.tracing.ledger import DeliveryLedger, ledger_for
-from orchestrator.tracing.reconciler import TraceConfig, TraceKeeper
+from orchestrator.tracing.reconciler import TraceConfig, TraceKeeper, export_window_seconds
 from otel.files import SIGNAL_FILES, FileSpanExporter, JsonlWriter
 from otel.ids import JobIdGenerator, SpanPlace, span_id_for
 from otel.setup import SpanExportObserver, observed_span_pipeline
@@ -481,6 +481,26 @@ def test_a_trace_with_nothing_to_rebuild_is_done_at_once() -> None:
     ledger = DeliveryLedger("e", clock=Clock())
     ledger.expect("job-pruned-history", ROOTS[0][0], [])
     assert ledger.writes().done == ("job-pruned-history",)
+
+
+@pytest.mark.parametrize(
+    ("env", "window", "give_up"),
+    [
+        ({}, 15.0, 30.0),  # the SDK's defaults: 5 s batch delay, 10 s export timeout
+        ({"OTEL_BSP_SCHEDULE_DELAY": "300", "OTEL_EXPORTER_OTLP_TIMEOUT": "2"}, 2.3, 30.0),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "2", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "40"}, 45.0, 46.0),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "soon"}, 15.0, 30.0),
+    ],
+)
+def test_a_span_is_given_up_on_only_after_a_healthy_export_could_answer(
+    env: dict[str, str], window: float, give_up: float
+) -> None:
+    assert export_window_seconds(env) == pytest.approx(window)
+    config = TraceConfig(grace_seconds=GRACE_S, export_seconds=export_window_seconds(env))
+    assert config.give_up_seconds == pytest.approx(give_up)
+    assert config.claim_seconds >= config.give_up_seconds + config.flush_seconds
+    short = TraceConfig(grace_seconds=2.0, export_seconds=export_window_seconds({}))
+    assert short.give_up_seconds == 16.0, "a short grace never gives up on a span still in the 5 s batch delay"
 
 
 # -- the store and the reconciler ------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -38,7 +38,7 @@ from orchestrator.tracing.records import spans_from_store
 from otel import logs
 from otel.vocabulary import OperationEvent
 
-__all__ = ["TraceConfig", "TraceKeeper", "settle"]
+__all__ = ["TraceConfig", "TraceKeeper", "export_window_seconds", "settle"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class TraceConfig:
     #: batches come back (a backlog after a long collector outage).
     batch: int = 100
     rounds: int = 5
+    #: How long a span may take from its end to the exporter's answer when all is well:
+    #: the batch processor's delay plus the exporter's timeout (from OTEL_BSP_SCHEDULE_DELAY
+    #: and OTEL_EXPORTER_OTLP_TIMEOUT; see :func:`export_window_seconds`).
+    export_seconds: float = 15.0
 
     @property
     def flush_seconds(self) -> float:
@@ -66,13 +70,32 @@ class TraceConfig:
 
     @property
     def give_up_seconds(self) -> float:
-        """A span neither confirmed nor failed after this long was dropped."""
-        return self.grace_seconds / 2
+        """A span neither confirmed nor failed after this long was dropped (never before
+        a healthy export could have answered)."""
+        return max(self.grace_seconds / 2, self.export_seconds + 1)
 
     @property
     def claim_seconds(self) -> float:
-        """How long a reconciler holds the jobs it rebuilds before others may."""
-        return max(self.grace_seconds, 3 * self.reconcile_seconds)
+        """How long a reconciler holds the jobs it rebuilds before others may (long
+        enough for its own export to be confirmed and recorded)."""
+        return max(self.grace_seconds, 3 * self.reconcile_seconds, self.give_up_seconds + self.flush_seconds)
+
+
+def export_window_seconds(env: Mapping[str, str]) -> float:
+    """The batch span processor's delay plus the span exporter's timeout, as the
+    standard variables set them (the SDK's defaults: 5 s and 10 s)."""
+
+    def number(names: tuple[str, ...], default: float) -> float:
+        for name in names:
+            try:
+                return float(env[name])
+            except (KeyError, ValueError):
+                continue
+        return default
+
+    delay_ms = number(("OTEL_BSP_SCHEDULE_DELAY",), 5000.0)
+    timeout_s = number(("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), 10.0)
+    return delay_ms / 1000 + timeout_s
 
 
 class TraceKeeper:
