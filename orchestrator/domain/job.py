@@ -176,7 +176,9 @@ class ModuleResult:
 
     @property
     def overran(self) -> bool:
-        return self.duration_ms > self.expected_ms
+        """It ran longer than expected (a timed-out run did too). A cancelled run was
+        stopped from outside: its time says nothing about the module."""
+        return self.outcome is not ModuleOutcome.CANCELLED and self.duration_ms > self.expected_ms
 
     def to_json(self) -> dict[str, JSON]:
         return {
