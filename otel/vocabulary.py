@@ -66,6 +66,7 @@ class OperationEvent(enum.StrEnum):
     LEASE_LOST = "worker.lease_lost"
     STORE_RETRY = "store.retry"
     PRUNED = "store.pruned"
+    FORCED_EXIT = "worker.forced_exit"
     TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
     #: A job's trace was rebuilt from the store and exported again (its live export was lost).
     TRACE_RECONSTRUCTED = "job.trace.reconstructed"

@@ -25,6 +25,7 @@ from orchestrator.api.security import is_loopback_bind, is_wildcard_bind
 from orchestrator.bootstrap import open_app
 from orchestrator.domain import InvalidRequest
 from orchestrator.job_queue import Worker
+from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.usecases.sources import is_pseudo_filesystem
@@ -142,7 +143,8 @@ async def serve(settings: Settings, telemetry: Telemetry, options: ServeOptions 
             operation="serve",
         )
         async with anyio.create_task_group() as services:
-            services.start_soon(_stop_on_signal, server, workers)
+            watchdog = ExitWatchdog(settings.shutdown_grace_seconds + EXIT_MARGIN_SECONDS, flush=telemetry.flush)
+            services.start_soon(_stop_on_signal, server, workers, watchdog)
             if settings.webhooks:
                 services.start_soon(app.dispatcher().run)
             async with anyio.create_task_group() as running:
@@ -155,10 +157,11 @@ async def serve(settings: Settings, telemetry: Telemetry, options: ServeOptions 
     return 0
 
 
-async def _stop_on_signal(server: uvicorn.Server, workers: list[Worker]) -> None:
+async def _stop_on_signal(server: uvicorn.Server, workers: list[Worker], watchdog: ExitWatchdog) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             server.should_exit = True
             for worker in workers:
                 worker.stop()
+            watchdog.arm()  # whatever a module does, serve stops within the grace (and a margin)
             return

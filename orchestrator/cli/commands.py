@@ -28,6 +28,7 @@ from orchestrator.domain import (
     now_ns,
 )
 from orchestrator.job_queue import Worker
+from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog
 from orchestrator.serialization import entry_json, job_json, timestamp
 
 if TYPE_CHECKING:
@@ -70,8 +71,9 @@ async def worker(ctx: Context) -> int:
             "Ctrl-C or SIGTERM to stop",
             style="dim",
         )
+        watchdog = ExitWatchdog(w.config.shutdown_grace_seconds + EXIT_MARGIN_SECONDS, flush=ctx.telemetry.flush)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, w)
+            tg.start_soon(_stop_on_signal, w, watchdog)
             if app.settings.webhooks:
                 tg.start_soon(app.dispatcher().run)
             await w.run()
@@ -81,7 +83,7 @@ async def worker(ctx: Context) -> int:
     return await with_app(ctx, go)
 
 
-async def _stop_on_signal(w: Worker) -> None:
+async def _stop_on_signal(w: Worker, watchdog: ExitWatchdog) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             render.err_console.print(
@@ -90,6 +92,7 @@ async def _stop_on_signal(w: Worker) -> None:
                 style="yellow",
             )
             w.stop()
+            watchdog.arm()  # whatever a module does, the worker stops within the grace (and a margin)
             return
 
 
