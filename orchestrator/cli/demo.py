@@ -51,6 +51,13 @@ class Sample:
     project_id: str
     path: Path
     cancel_while_running: bool = False
+    #: Per-job module budgets (the create request's ``options.module_budgets``).
+    budgets: dict[str, dict[str, float]] | None = None
+
+
+#: The large sample expects its secrets and todos scans to take a millisecond, so that an
+#: overrun shows on any machine (a fast one scans 160 files in a few milliseconds).
+TIGHT = {"secrets": {"expected_s": 0.001}, "todos": {"expected_s": 0.001}}
 
 
 def write_sample_projects(root: Path, *, large_files: int = 160) -> list[Sample]:
@@ -78,7 +85,7 @@ def write_sample_projects(root: Path, *, large_files: int = 160) -> list[Sample]
     return [
         Sample("clean-service", clean),
         Sample("broken-manifest", broken),
-        Sample("large-monorepo", large),
+        Sample("large-monorepo", large, budgets=TIGHT),
         Sample("nightly-batch", to_cancel, cancel_while_running=True),
     ]
 
@@ -142,7 +149,12 @@ async def demo(ctx: Context) -> int:
             jobs.append(
                 await app.create.execute(
                     # The built-in modules only: a plugin installed here must not change the demo.
-                    {"project_id": sample.project_id, "source": str(sample.path), "modules": BUILTIN_NAMES}
+                    {
+                        "project_id": sample.project_id,
+                        "source": str(sample.path),
+                        "modules": BUILTIN_NAMES,
+                        "options": {"module_budgets": sample.budgets or {}},
+                    }
                 )
             )
         cancel_ids = {j.id for j, s in zip(jobs, samples, strict=True) if s.cancel_while_running}
