@@ -121,6 +121,8 @@ class JobTelemetry:
         self._instruments: dict[str, Any] = {
             spec.name: Tally(meter, spec) if spec.kind in TALLIED else _create(meter, spec) for spec in METRICS
         }
+        #: Phase spans that end at a time of their own (see end_phase_at), by span id.
+        self._phase_ends: dict[int, int] = {}
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -307,9 +309,17 @@ class JobTelemetry:
                 _mark_error(span, exc)
                 raise
             finally:
-                span.end()
+                end = self._phase_ends.pop(id(span), None)
+                span.end(end_time=end)
                 phase_name = name.removeprefix("job.")
-                self._record(Metric.PHASE_DURATION, (now_ns() - (start_ns or started)) / 1e9, phase=phase_name)
+                elapsed_ns = (end or now_ns()) - (start_ns or started)
+                self._record(Metric.PHASE_DURATION, max(0, elapsed_ns) / 1e9, phase=phase_name)
+
+    def end_phase_at(self, span: trace.Span, end_ns: int) -> None:
+        """End the phase span ``span`` at ``end_ns`` rather than when its block exits: the
+        finalize span ends at the terminal transition, as the job's root span does (the
+        time to read the write's answer back is not the job's)."""
+        self._phase_ends[id(span)] = end_ns
 
     def _queued_span(self, job: Job, *, start_ns: int, end_ns: int) -> None:
         with forced_ids(int(job.trace.trace_id, 16), span_id_for(job.trace.trace_id, SpanPlace.QUEUED, job.attempt)):

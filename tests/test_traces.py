@@ -106,6 +106,11 @@ async def test_completed_job_has_the_exact_span_tree(tmp_path: Path, harness: Te
         assert root.start_time is not None
         assert phase.start_time is not None
         assert phase.start_time >= root.start_time
+        assert phase.end_time is not None
+        assert root.end_time is not None
+        assert phase.end_time <= root.end_time, f"{phase.name} ends after the root"
+    # finalize ends at the terminal transition, where the root ends (as a rebuilt trace does)
+    assert one_span(phases, SpanName.FINALIZE).end_time == root.end_time == history[-1].at_ns
     execute = one_span(phases, SpanName.EXECUTE)
     assert execute.context is not None
     module_spans = tree[execute.context.span_id]
