@@ -23,7 +23,7 @@ from orchestrator.domain import (
 )
 from orchestrator.tracing.attempts import LEASE_EXPIRED, Attempt, attempts_of
 from otel.ids import SpanPlace, span_id_for
-from otel.vocabulary import Attr, ModuleEvent, SpanName
+from otel.vocabulary import Attr, LinkKind, ModuleEvent, SpanName
 
 __all__ = [
     "STATUS_ERROR",
@@ -123,7 +123,7 @@ def root_span(job: Job, history: Sequence[LifecycleEntry], *, reconstructed: boo
         events=tuple(_lifecycle_event(job, entry) for entry in history),
         status_code=status,
         status_message=message,
-        links=((job.trace.link, {"link.kind": "caller"}),) if job.trace.link else (),
+        links=((job.trace.link, {Attr.LINK_KIND: str(LinkKind.CALLER)}),) if job.trace.link else (),
     )
 
 
