@@ -121,8 +121,8 @@ class JobTelemetry:
         self._instruments: dict[str, Any] = {
             spec.name: Tally(meter, spec) if spec.kind in TALLIED else _create(meter, spec) for spec in METRICS
         }
-        #: Phase spans that end at a time of their own (see end_phase_at), by span id.
-        self._phase_ends: dict[int, int] = {}
+        #: Phase spans still open, by id(span): (phase name, start in ns) (see _close_phase).
+        self._open_phases: dict[int, tuple[str, int]] = {}
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -264,6 +264,12 @@ class JobTelemetry:
         its recovery). Both are built as a trace rebuilt from the store would be."""
         if not job.trace.sampled or not job.status.terminal:
             return
+        # The finalize span (current while the terminal transition is written) ends where
+        # the root does, and is handed to the exporter first: a root confirmed exported
+        # then never leaves its finalize span behind in a queue.
+        current = trace.get_current_span()
+        if id(current) in self._open_phases and getattr(current, "name", None) == SpanName.FINALIZE:
+            self._close_phase(current, job.finished_ns)
         emit_spans(self.tracer, [*lost_attempt_spans(job, history), root_span(job, history)])
 
     def trace_reconstructed(self, job: Job, *, spans: int, reason: str) -> None:
@@ -301,7 +307,7 @@ class JobTelemetry:
                 start_time=start_ns,
                 attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, **attributes},
             )
-        started = now_ns()
+        self._open_phases[id(span)] = (name.removeprefix("job."), start_ns or now_ns())
         with as_current(span):
             try:
                 yield span
@@ -309,17 +315,16 @@ class JobTelemetry:
                 _mark_error(span, exc)
                 raise
             finally:
-                end = self._phase_ends.pop(id(span), None)
-                span.end(end_time=end)
-                phase_name = name.removeprefix("job.")
-                elapsed_ns = (end or now_ns()) - (start_ns or started)
-                self._record(Metric.PHASE_DURATION, max(0, elapsed_ns) / 1e9, phase=phase_name)
+                self._close_phase(span)
 
-    def end_phase_at(self, span: trace.Span, end_ns: int) -> None:
-        """End the phase span ``span`` at ``end_ns`` rather than when its block exits: the
-        finalize span ends at the terminal transition, as the job's root span does (the
-        time to read the write's answer back is not the job's)."""
-        self._phase_ends[id(span)] = end_ns
+    def _close_phase(self, span: trace.Span, end_ns: int | None = None) -> None:
+        """End a phase span (once) and record its duration."""
+        opened = self._open_phases.pop(id(span), None)
+        if opened is None:
+            return  # already ended (the finalize span, by the root's emission)
+        name, start = opened
+        span.end(end_time=end_ns)
+        self._record(Metric.PHASE_DURATION, max(0, (end_ns or now_ns()) - start) / 1e9, phase=name)
 
     def _queued_span(self, job: Job, *, start_ns: int, end_ns: int) -> None:
         with forced_ids(int(job.trace.trace_id, 16), span_id_for(job.trace.trace_id, SpanPlace.QUEUED, job.attempt)):

@@ -286,7 +286,6 @@ class ExecuteAnalysisJobUseCase:
                             results=results,
                             worker_id=worker_id,
                         )
-                    self._telemetry.end_phase_at(span, final.finished_ns or final.status_ns)
                     return final
                 except TransitionConflict:
                     raise  # someone else moved it (a reaper after our lease expired): theirs stands
@@ -304,7 +303,6 @@ class ExecuteAnalysisJobUseCase:
                     break
             with anyio.CancelScope(shield=True):
                 final = await self._fail_finalize(job, failure, results, worker_id)
-            self._telemetry.end_phase_at(span, final.finished_ns or final.status_ns)
         return final
 
     async def _fail_finalize(
