@@ -250,8 +250,13 @@ TERMINAL_NAMES = frozenset(str(s) for s in TERMINAL)
 def path_problems(history: Sequence[Mapping[str, Any]]) -> list[str]:
     """Why a job's history rows are not a legal path through TRANSITIONS (empty: legal).
 
-    Rows are dicts with status_from, status_to (strings or None), in order."""
+    Rows are dicts with status_from, status_to (strings or None), in order. A cancel
+    request (running -> running, event job.lifecycle.cancel_requested) is recorded beside
+    the path: it must be of a running job, and is not a step of the path."""
     problems = []
+    requests = [r for r in history if r["status_from"] is not None and r["status_from"] == r["status_to"]]
+    problems += [f"a request on a {r['status_to']} job" for r in requests if r["status_to"] != "running"]
+    history = [r for r in history if r not in requests]
     if not history:
         return ["no history"]
     first = history[0]
