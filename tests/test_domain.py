@@ -1,0 +1,116 @@
+"""The domain's small pieces, against literal expectations: typed errors carry their job,
+target and message; stored text escapes exactly NUL and lone surrogates; stored results
+and options read back with their documented defaults; a job's log fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.domain import (
+    CancelPending,
+    ErrorCategory,
+    IllegalTransition,
+    Job,
+    JobNotFound,
+    JobOptions,
+    JobStatus,
+    ModuleOutcome,
+    ModuleResult,
+    PersistenceError,
+    TraceContext,
+    TransitionConflict,
+)
+from orchestrator.domain.errors import new_error_id
+from orchestrator.domain.job import ModuleBudget
+from orchestrator.domain.values import canonical_text, storable
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def test_job_not_found_names_the_job() -> None:
+    error = JobNotFound("j-404")
+    assert (error.job_id, error.message, error.category) == ("j-404", "no job with id 'j-404'", "validation")
+    assert error.context() == {"error_category": "validation", "error": "no job with id 'j-404'", "job_id": "j-404"}
+
+
+def test_a_pending_cancel_is_a_conflict_from_running_naming_the_target_and_the_reason() -> None:
+    error = CancelPending("j-1", JobStatus.COMPLETED, "stop, please", project_id="p-1")
+    assert isinstance(error, TransitionConflict)
+    assert isinstance(error, IllegalTransition)
+    assert (error.job_id, error.project_id, error.reason) == ("j-1", "p-1", "stop, please")
+    assert (error.current, error.expected, error.target) == (JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.COMPLETED)
+    message = "job j-1 cannot go to completed: its cancellation was requested (stop, please)"
+    assert (error.message, str(error)) == (message, message)
+    assert error.context()["error_category"] == str(ErrorCategory.TRANSITION)
+
+
+def test_a_persistence_error_keeps_its_id_transience_and_context() -> None:
+    error = PersistenceError("the store failed", error_id="abcd1234", transient=True, job_id="j-2", project_id="p")
+    assert (error.error_id, error.transient, error.job_id, error.project_id) == ("abcd1234", True, "j-2", "p")
+    assert PersistenceError().transient is False
+    assert PersistenceError().message == "The job store could not be read or written."
+
+
+def test_an_error_id_is_eight_hex_digits() -> None:
+    ids = {new_error_id() for _ in range(50)}
+    assert all(len(i) == 8 and int(i, 16) >= 0 for i in ids)
+    assert len(ids) > 1
+
+
+# -- stored text ------------------------------------------------------------------------
+
+CANONICAL = [
+    ("plain", "plain"),
+    ("a\x00b", "a\\x00b"),
+    ("\x01", "\x01"),  # a control character other than NUL is stored as it is
+    ("\udc80", "\\x80"),  # an undecodable byte (surrogateescape) is written as that byte
+    ("\udcff", "\\xff"),
+    ("\udc7f", "\\udc7f"),  # a lone surrogate outside that range is written as a code point
+    ("\ud800", "\\ud800"),
+    ("\udd00", "\\udd00"),
+    ("caf\xe9 \U0001f680", "caf\xe9 \U0001f680"),
+]
+
+
+@pytest.mark.parametrize(("raw", "stored"), CANONICAL, ids=[repr(r) for r, _ in CANONICAL])
+def test_stored_text_escapes_exactly_nul_and_lone_surrogates(raw: str, stored: str) -> None:
+    assert canonical_text(raw) == stored
+    assert storable(stored)
+    assert storable(raw) is (raw == stored)
+
+
+# -- stored results and options ---------------------------------------------------------
+
+
+def test_a_stored_result_without_an_attempt_is_the_first_attempt() -> None:
+    data = {
+        "module": "todos",
+        "version": "1.1.0",
+        "outcome": "ok",
+        "started_ns": 1,
+        "duration_ms": 2.0,
+        "expected_ms": 3.0,
+        "timeout_ms": 4.0,
+    }
+    result = ModuleResult.from_json(data)
+    assert (result.attempt, result.summary, result.error, result.error_type) == (1, {}, None, None)
+    assert result.outcome is ModuleOutcome.OK
+    assert ModuleResult.from_json({**data, "attempt": 3}).attempt == 3
+
+
+def test_options_with_module_budgets_round_trip() -> None:
+    options = JobOptions(module_budgets={"todos": ModuleBudget(timeout_s=9.5, expected_s=1.5), "x": ModuleBudget()})
+    stored = options.to_json()
+    assert stored["module_budgets"] == {
+        "todos": {"timeout_s": 9.5, "expected_s": 1.5},
+        "x": {"timeout_s": None, "expected_s": None},
+    }
+    assert JobOptions.from_json(stored) == options
+    assert JobOptions.from_json({"module_budgets": {"m": {"timeout_s": 2}}}).module_budgets == {
+        "m": ModuleBudget(timeout_s=2, expected_s=None)
+    }
+
+
+def test_a_jobs_log_fields_are_its_id_and_project() -> None:
+    job = Job.new(project_id="p-9", source="/src", modules=("todos",), options=JobOptions(), trace=TraceContext.new())
+    assert job.log_fields() == {"job_id": job.id, "project_id": "p-9"}
