@@ -223,8 +223,11 @@ class WebhookDispatcher:
         return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
 
     async def _claim(self, limit: int) -> list[Delivery]:
+        # Subscriptions with every slot taken are left out: their deliveries stay unleased
+        # (not claimed to sit out a lease) until a slot frees.
+        busy = [s for s, n in self._busy.items() if n >= self.config.per_subscription]
         return await self.store.claim_deliveries(
-            owner=self.owner, now_ns=now_ns(), lease_ns=self.config.lease_ns, limit=limit
+            owner=self.owner, now_ns=now_ns(), lease_ns=self.config.lease_ns, limit=limit, busy=busy
         )
 
     async def dispatch_once(self, client: httpx.AsyncClient) -> int:

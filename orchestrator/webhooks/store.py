@@ -8,6 +8,7 @@ both databases.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from orchestrator.domain import JobNotFound
@@ -38,8 +39,12 @@ class WebhookStore(Protocol):
 
     async def delete_subscription(self, subscription_id: str) -> None: ...
 
-    async def claim_deliveries(self, *, owner: str, now_ns: int, lease_ns: int, limit: int) -> list[Delivery]:
-        """Lease due deliveries, each the oldest pending one of its (subscription, job)."""
+    async def claim_deliveries(
+        self, *, owner: str, now_ns: int, lease_ns: int, limit: int, busy: Sequence[str] = ()
+    ) -> list[Delivery]:
+        """Lease due deliveries, each the oldest pending one of its (subscription, job),
+        none of the ``busy`` subscriptions (those whose receivers have all the attempts
+        they may have in flight)."""
 
     async def finish_attempt(
         self, delivery: Delivery, attempt: Attempt, *, owner: str, status: str, next_attempt_ns: int
@@ -160,8 +165,16 @@ class SQLWebhookStore:
         if not storable(subscription_id) or await self._db.fetchone("webhook_delete_subscription", params) is None:
             raise WebhookNotFound(subscription_id)
 
-    async def claim_deliveries(self, *, owner: str, now_ns: int, lease_ns: int, limit: int) -> list[Delivery]:
-        params = {"owner": owner, "now_ns": now_ns, "expires_ns": now_ns + lease_ns, "limit": limit}
+    async def claim_deliveries(
+        self, *, owner: str, now_ns: int, lease_ns: int, limit: int, busy: Sequence[str] = ()
+    ) -> list[Delivery]:
+        params = {
+            "owner": owner,
+            "now_ns": now_ns,
+            "expires_ns": now_ns + lease_ns,
+            "limit": limit,
+            "busy": [s for s in busy if storable(s)],
+        }
         found = await self._db.fetchall("webhook_claim", params)
         return sorted((_delivery(r) for r in found), key=lambda d: d.seq)
 

@@ -75,6 +75,7 @@ WHERE seq IN (
     SELECT d.seq FROM webhook_deliveries d
     WHERE d.status = 'pending' AND d.next_attempt_ns <= :now_ns
       AND (d.lease_expires_ns IS NULL OR d.lease_expires_ns < :now_ns)
+      AND d.subscription_id <> ALL(:busy)
       AND NOT EXISTS (
           SELECT 1 FROM webhook_deliveries e
           WHERE e.subscription_id = d.subscription_id AND e.job_id = d.job_id
