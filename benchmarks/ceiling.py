@@ -6,7 +6,8 @@ follows the product): ``insert_job`` (the job inserted Queued; the schema's trig
 write its two history rows, the outbox and the NOTIFY), ``claim`` (``LIMIT 1``, as a
 worker with one free slot), and the terminal ``apply_transition`` with a one-module
 result followed by ``history`` (a sampled job's root span is built from it), the two in
-one transaction and one pipeline, as the store batches them. Values are bound client side
+one transaction and one pipeline, as the store batches them (with the root span's emitter
+stamp of durable traces). Values are bound client side
 (psycopg's ``ClientCursor.mogrify``); only the job id varies, as a pgbench parameter, and
 pgbench runs with prepared statements, as psycopg does for statements a connection
 repeats. (pgbench takes any ``:word`` for a variable, so JSON literals get a space after
@@ -78,7 +79,9 @@ def job_script(url: str) -> str:
             _sql(cur, "claim", claim) + r" \aset c_",
             r"\startpipeline",
             "BEGIN;",
-            _sql(cur, "apply_transition", rows.transition_params(terminal)) + ";",
+            # A sampled job's terminal transition carries its root span's emitter stamp.
+            _sql(cur, "apply_transition", {**rows.transition_params(terminal), "trace_emitter": "pgbench-emitter",
+                                           "trace_seq": 12345}) + ";",
             _sql(cur, "history", {"job_id": _CLAIMED}) + ";",
             "COMMIT;",
             r"\endpipeline",
