@@ -554,7 +554,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of each round")
     parser.add_argument("--long-jobs", type=int, default=5000, help="jobs of each memory run")
     parser.add_argument("--probes", type=int, default=200, help="jobs submitted one at a time for pickup latency")
-    parser.add_argument("--probe-gap-ms", type=float, default=20.0, help="pause between two latency probes")
+    parser.add_argument("--probe-gap-ms", type=float, default=100.0,
+                        help="pause between two latency probes (long enough that the worker is idle when one arrives)")
     parser.add_argument("--load-rate", type=float, help="jobs/s of the background load (default: half of the "
                         "measured PostgreSQL throughput, or 100)")
     parser.add_argument("--concurrency", type=int, default=4, help="jobs each worker process runs at once")
