@@ -50,6 +50,10 @@ async def _run(settings: Settings, telemetry: Telemetry) -> None:
             print(f"ready {os.getpid()} {telemetry.mode}", flush=True)
             await worker.run()
             tg.cancel_scope.cancel()
+        # How the terminal transitions were grouped (stderr: the run's worker log).
+        writes = getattr(app.store, "_terminal_writes", None)
+        if writes is not None:
+            print(f"terminal transitions: {writes.items} in {writes.groups} writes", file=sys.stderr, flush=True)
 
 
 def main() -> int:
