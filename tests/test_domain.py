@@ -9,18 +9,23 @@ import pytest
 from orchestrator.domain import (
     CancelPending,
     ErrorCategory,
+    FailurePolicy,
     IllegalTransition,
     Job,
     JobNotFound,
     JobOptions,
     JobStatus,
+    LifecycleEntry,
     ModuleOutcome,
     ModuleResult,
+    OrchestratorError,
     PersistenceError,
+    Phase,
     TraceContext,
     TransitionConflict,
 )
 from orchestrator.domain.errors import new_error_id
+from orchestrator.domain.events import LifecycleEvent
 from orchestrator.domain.job import ModuleBudget
 from orchestrator.domain.values import canonical_text, storable
 
@@ -114,3 +119,95 @@ def test_options_with_module_budgets_round_trip() -> None:
 def test_a_jobs_log_fields_are_its_id_and_project() -> None:
     job = Job.new(project_id="p-9", source="/src", modules=("todos",), options=JobOptions(), trace=TraceContext.new())
     assert job.log_fields() == {"job_id": job.id, "project_id": "p-9"}
+
+
+def test_an_errors_context_has_every_field_it_was_given() -> None:
+    error = OrchestratorError("it broke", job_id="j", project_id="p", module="todos", phase=Phase.EXECUTE)
+    assert (error.module, error.phase) == ("todos", Phase.EXECUTE)
+    assert error.context() == {
+        "error_category": "internal",
+        "error": "it broke",
+        "job_id": "j",
+        "project_id": "p",
+        "module": "todos",
+        "phase": "execute",
+    }
+    assert OrchestratorError().context() == {"error_category": "internal", "error": "The orchestrator failed."}
+
+
+def test_an_error_class_without_a_docstring_is_named_by_its_class() -> None:
+    class Undocumented(OrchestratorError):
+        pass
+
+    Undocumented.__doc__ = None
+    assert Undocumented().message == "Undocumented"
+
+
+def test_a_result_as_stored_names_every_field() -> None:
+    result = ModuleResult(
+        module="m",
+        version="1",
+        outcome=ModuleOutcome.OK,
+        started_ns=5,
+        duration_ms=30.0,
+        expected_ms=20.0,
+        timeout_ms=60.0,
+        attempt=2,
+        summary={"n": 1},
+    )
+    assert result.to_json() == {
+        "module": "m",
+        "version": "1",
+        "outcome": "ok",
+        "started_ns": 5,
+        "duration_ms": 30.0,
+        "expected_ms": 20.0,
+        "timeout_ms": 60.0,
+        "attempt": 2,
+        "overran": True,
+        "summary": {"n": 1},
+        "error": None,
+        "error_type": None,
+    }
+
+
+def test_options_read_back_with_their_defaults_and_every_field() -> None:
+    assert JobOptions.from_json({}) == JobOptions()
+    options = JobOptions(
+        failure_policy=FailurePolicy.FAIL_FAST,
+        concurrency=3,
+        module_options={"todos": {"x": 1}},
+        module_budgets={"todos": ModuleBudget(timeout_s=5.0)},
+        ignore=("*.log", "!keep.log"),
+        default_ignores=False,
+        gitignore=True,
+    )
+    stored = options.to_json()
+    assert stored == {
+        "failure_policy": "fail_fast",
+        "concurrency": 3,
+        "module_options": {"todos": {"x": 1}},
+        "module_budgets": {"todos": {"timeout_s": 5.0, "expected_s": None}},
+        "ignore": ["*.log", "!keep.log"],
+        "default_ignores": False,
+        "gitignore": True,
+    }
+    assert JobOptions.from_json(stored) == options
+
+
+@pytest.mark.parametrize(
+    ("status_from", "status_to", "event"),
+    [
+        (None, JobStatus.PENDING, "job.lifecycle.create"),
+        (JobStatus.PENDING, JobStatus.QUEUED, "job.lifecycle.enqueue"),
+        (JobStatus.RUNNING, JobStatus.QUEUED, "job.lifecycle.recover"),
+        (JobStatus.RUNNING, JobStatus.RUNNING, "job.lifecycle.cancel_requested"),
+    ],
+)
+def test_a_history_entry_without_an_event_gets_its_transitions(
+    status_from: JobStatus | None, status_to: JobStatus, event: str
+) -> None:
+    entry = LifecycleEntry("j", 1, status_from, status_to, "why", 10, 1.0, 1)
+    assert str(entry.event) == event
+    given = LifecycleEntry("j", 1, status_from, status_to, "why", 10, 1.0, 1, event=LifecycleEvent.FAIL)
+    assert given.event is LifecycleEvent.FAIL
