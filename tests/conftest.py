@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -128,3 +129,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if any(item.path == p or p in item.path.parents for p in slow):
             item.add_marker(pytest.mark.slow)
+
+
+# -- logging state is each test's own ------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """Put the logging configuration back after each test: some libraries configure logging
+    when a test runs them in process (import-linter's ``lint_imports`` applies a dictConfig
+    that disables every existing logger), and later tests would silently capture nothing."""
+    root = logging.getLogger()
+    saved_root_level = root.level  # (handlers are pytest's own business, per test phase)
+    saved = {
+        name: (logger.disabled, logger.level, logger.propagate)
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    root.setLevel(saved_root_level)
+    for name, (disabled, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.disabled, logger.propagate = disabled, propagate
+        logger.setLevel(level)
