@@ -4,6 +4,9 @@ and options read back with their documented defaults; a job's log fields."""
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
 
 from orchestrator.domain import (
@@ -26,7 +29,7 @@ from orchestrator.domain import (
 )
 from orchestrator.domain.errors import new_error_id
 from orchestrator.domain.events import LifecycleEvent
-from orchestrator.domain.job import ModuleBudget
+from orchestrator.domain.job import ModuleBudget, new_job_id
 from orchestrator.domain.values import canonical_text, storable
 
 # -- errors -----------------------------------------------------------------------------
@@ -211,3 +214,14 @@ def test_a_history_entry_without_an_event_gets_its_transitions(
     assert str(entry.event) == event
     given = LifecycleEntry("j", 1, status_from, status_to, "why", 10, 1.0, 1, event=LifecycleEvent.FAIL)
     assert given.event is LifecycleEvent.FAIL
+
+
+def test_a_job_id_is_a_version_7_uuid_of_the_current_millisecond() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_job_id() for _ in range(200)]
+    after = time.time_ns() // 1_000_000
+    values = [uuid.UUID(i) for i in ids]
+    assert all(v.version == 7 and v.variant == uuid.RFC_4122 for v in values)
+    assert all(before <= v.int >> 80 <= after for v in values)  # the leading 48 bits: Unix ms
+    assert len(set(ids)) == 200
+    assert all(str(v) == i for v, i in zip(values, ids, strict=True))

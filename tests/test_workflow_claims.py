@@ -158,3 +158,21 @@ async def test_a_transition_reports_the_time_spent_in_the_status_it_leaves(store
         logger.disabled = disabled
     fields = [record_fields(r) for r in records.records if getattr(r, EVENT_KEY, None) == "job.lifecycle.cancel"]
     assert [(f["status_from"], f["status_to"], f["duration_ms"]) for f in fields] == [("queued", "cancelled", 7.0)]
+
+
+async def test_a_transition_in_the_same_instant_spent_no_time(store: JobStore) -> None:
+    workflow = JobWorkflow(store, JobTelemetry(), clock=lambda: START_NS)
+    queued = await workflow.create(new_job(), enqueue=True)
+    logger = logging.getLogger("orchestrator.lifecycle")
+    records, level, disabled = Records(), logger.level, logger.disabled
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False
+    try:
+        await workflow.transition(queued, JobStatus.CANCELLED, reason="not needed")
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+        logger.disabled = disabled
+    fields = [record_fields(r) for r in records.records if getattr(r, EVENT_KEY, None) == "job.lifecycle.cancel"]
+    assert [f["duration_ms"] for f in fields] == [0.0]
