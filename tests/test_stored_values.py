@@ -11,6 +11,7 @@ The canonical form is written out below as an independent statement of the READM
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -456,7 +457,7 @@ def damage(app: App, job_id: str, tmp_path: Path, request: pytest.FixtureRequest
     if app.store.backend == "sqlite":
         import sqlite3
 
-        with sqlite3.connect(tmp_path / "data" / "orchestrator.db") as conn:
+        with contextlib.closing(sqlite3.connect(tmp_path / "data" / "orchestrator.db")) as conn, conn:
             conn.execute("UPDATE jobs SET results = ? WHERE id = ?", ('{"not": "a list"}', job_id))
         return
     url, schema = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_schema")

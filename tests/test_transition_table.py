@@ -10,6 +10,7 @@ side asks (a bug there cannot store an illegal transition).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 from dataclasses import replace
@@ -108,7 +109,7 @@ def test_creation_and_a_cancel_request_have_events_of_their_own() -> None:
 def _database_table(store: JobStore, request: pytest.FixtureRequest) -> dict[tuple[str, str], str]:
     query = "SELECT status_from, status_to, event FROM job_transitions"
     if isinstance(store, SQLiteJobStore):
-        with sqlite3.connect(store.path) as conn:
+        with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
             rows = conn.execute(query).fetchall()
     else:
         assert isinstance(store, PostgresJobStore)
@@ -210,13 +211,6 @@ async def test_the_database_creates_a_job_only_pending_queued_or_running(store: 
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="the schema's triggers fire only when the status changes: an UPDATE that keeps it "
-    "(a terminal job 'completed -> completed') rewrites reason, timestamps and results with no "
-    "history row; reported to the integrator (a trigger refusing OLD.status = NEW.status in "
-    "apply_transition's UPDATE would close it)",
-)
 async def test_the_database_refuses_a_status_change_to_the_same_status(store: JobStore) -> None:
     job = await _job_in(store, "completed")
     with pytest.raises(IllegalTransition):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -180,7 +181,7 @@ def test_the_cli_rejects_or_survives_bad_input_without_a_traceback(tmp_path: Pat
             label,
             r.stderr[-2000:],
         )
-    with sqlite3.connect(tmp_path / "data" / "orchestrator.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "orchestrator.db")) as db, db:
         links = {
             label: db.execute("SELECT trace_link FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
             for label, job_id in malformed.items()
@@ -264,7 +265,7 @@ def test_a_module_result_is_stored_canonical_or_fails_the_module_and_the_worker_
         assert done.returncode == 0, done.stderr
         ids[kind] = json.loads(done.stdout)["id"]
     # module options are not a CLI flag: set them in the database before the worker starts
-    with sqlite3.connect(data_dir / "orchestrator.db") as db:
+    with contextlib.closing(sqlite3.connect(data_dir / "orchestrator.db")) as db, db:
         for kind, job_id in ids.items():
             options = {"failure_policy": "complete_all", "module_options": {"unserialisable": {"kind": kind}}}
             db.execute("UPDATE jobs SET options = ? WHERE id = ?", (json.dumps(options), job_id))
@@ -283,7 +284,7 @@ def test_a_module_result_is_stored_canonical_or_fails_the_module_and_the_worker_
     try:
         deadline = time.monotonic() + 60
         while True:
-            with sqlite3.connect(data_dir / "orchestrator.db") as db:
+            with contextlib.closing(sqlite3.connect(data_dir / "orchestrator.db")) as db, db:
                 rows = {r[0]: r[1:] for r in db.execute("SELECT id, status, error_category, reason FROM jobs")}
             db.close()
             if all(rows[i][0] in ("completed", "failed", "cancelled") for i in ids.values()):
