@@ -338,7 +338,7 @@ def _prometheus_reader(env: Mapping[str, str]) -> MetricReader:
     host = _env("OTEL_EXPORTER_PROMETHEUS_HOST", env) or "localhost"
     port = int(_env("OTEL_EXPORTER_PROMETHEUS_PORT", env) or 9464)
     start_http_server(port=port, addr=host)
-    logs.event(log, logging.INFO, "telemetry.prometheus", f"metrics exposed on http://{host}:{port}/metrics")
+    logs.event(log, logging.INFO, OperationEvent.TELEMETRY_PROMETHEUS, f"metrics exposed on http://{host}:{port}/metrics")
     return PrometheusMetricReader()
 
 

@@ -68,6 +68,8 @@ class OperationEvent(enum.StrEnum):
     PRUNED = "store.pruned"
     FORCED_EXIT = "worker.forced_exit"
     TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
+    #: The Prometheus scrape endpoint a process started (OTEL_METRICS_EXPORTER=prometheus).
+    TELEMETRY_PROMETHEUS = "telemetry.prometheus"
     #: A job's trace was rebuilt from the store and exported again (its live export was lost).
     TRACE_RECONSTRUCTED = "job.trace.reconstructed"
     WEBHOOK_DELIVERY = "webhook.delivery"
@@ -120,6 +122,11 @@ class Attr:
     TIMEOUT_MS: Final = "timeout_ms"
     TRACE_ID: Final = "trace_id"
     SPAN_ID: Final = "span_id"
+    #: The webhook delivery span: our ids, and OpenTelemetry's semantic-convention keys.
+    WEBHOOK_DELIVERY_ID: Final = "webhook.delivery_id"
+    WEBHOOK_SUBSCRIPTION_ID: Final = "webhook.subscription_id"
+    SERVER_ADDRESS: Final = "server.address"
+    HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
     #: On a span link: what the linked span is to this one (:class:`LinkKind`).
     LINK_KIND: Final = "link.kind"
     #: True on a span rebuilt from the store after its live export was lost.

@@ -17,16 +17,7 @@ PACKAGES = ("orchestrator", "otel")
 _ATTRIBUTE_CALLS = {"Link", "add_event", "add_link", "start_span", "start_as_current_span", "record_exception"}
 
 #: (file, literal) pairs left as they are, and why.
-KNOWN = {
-    # OpenTelemetry semantic-convention keys on the webhook delivery span, and the
-    # dispatcher's own ids: outside this change (the dispatcher is another module's).
-    ("orchestrator/webhooks/dispatcher.py", "webhook.delivery_id"),
-    ("orchestrator/webhooks/dispatcher.py", "webhook.subscription_id"),
-    ("orchestrator/webhooks/dispatcher.py", "server.address"),
-    ("orchestrator/webhooks/dispatcher.py", "http.response.status_code"),
-    # otel/setup.py's own record about the Prometheus endpoint it starts.
-    ("otel/setup.py", "telemetry.prometheus"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _literals(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> set[tuple[str, str]]:

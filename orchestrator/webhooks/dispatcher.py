@@ -290,10 +290,10 @@ class WebhookDispatcher:
                 Attr.JOB_ID: delivery.job_id,
                 Attr.PROJECT_ID: delivery.project_id,
                 Attr.EVENT: delivery.event,
-                "webhook.delivery_id": delivery.id,
-                "webhook.subscription_id": delivery.subscription_id,
+                Attr.WEBHOOK_DELIVERY_ID: delivery.id,
+                Attr.WEBHOOK_SUBSCRIPTION_ID: delivery.subscription_id,
                 Attr.ATTEMPT: number,
-                "server.address": urlsplit(subscription.url).hostname or "",
+                Attr.SERVER_ADDRESS: urlsplit(subscription.url).hostname or "",
             },
         )
         started, at = time.perf_counter(), now_ns()
@@ -386,7 +386,7 @@ class WebhookDispatcher:
     ) -> None:
         span.set_attribute(Attr.OUTCOME, attempt.outcome)
         if attempt.status_code is not None:
-            span.set_attribute("http.response.status_code", attempt.status_code)
+            span.set_attribute(Attr.HTTP_RESPONSE_STATUS_CODE, attempt.status_code)
         if attempt.outcome != Outcome.DELIVERED:
             span.set_status(Status(StatusCode.ERROR, attempt.error))
             span.set_attribute(Attr.ERROR_TYPE, str(attempt.status_code or ErrorCategory.WEBHOOK))
