@@ -216,8 +216,8 @@ SSRF = {
     "http://100.100.100.200/h": "url: refused: 100.100.100.200 is not a public address (not globally routable)",
     "http://0.0.0.0/h": "url: refused: 0.0.0.0 is not a public address (unspecified)",
     "http://[::1]/h": "url: refused: ::1 is not a public address (loopback)",
-    "http://[::ffff:127.0.0.1]/h": "url: refused: ::ffff:7f00:1 is an IPv4-mapped IPv6 address (of 127.0.0.1)",
-    "http://[::ffff:8.8.8.8]/h": "url: refused: ::ffff:808:808 is an IPv4-mapped IPv6 address (of 8.8.8.8)",
+    "http://[::ffff:127.0.0.1]/h": "url: refused: ::ffff:127.0.0.1 is an IPv4-mapped IPv6 address (of 127.0.0.1)",
+    "http://[::ffff:8.8.8.8]/h": "url: refused: ::ffff:8.8.8.8 is an IPv4-mapped IPv6 address (of 8.8.8.8)",
     "http://[::127.0.0.1]/h": "url: refused: ::7f00:1 is an IPv4-compatible IPv6 address (of 127.0.0.1)",
     "http://[64:ff9b::a9fe:a9fe]/h": "url: refused: 64:ff9b::a9fe:a9fe is a NAT64 form of 169.254.169.254, which is "
     "not public",

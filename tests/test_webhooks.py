@@ -440,7 +440,7 @@ async def test_non_public_targets_are_refused_at_subscription_and_at_delivery(
     assert errors == {
         "old-ip": "refused: 127.0.0.1 is not a public address (loopback)",
         "old-name": "refused: localhost resolves to a non-public address: 127.0.0.1 is not a public address (loopback)",
-        "old-mapped": "refused: ::ffff:7f00:1 is an IPv4-mapped IPv6 address (of 127.0.0.1)",
+        "old-mapped": "refused: ::ffff:127.0.0.1 is an IPv4-mapped IPv6 address (of 127.0.0.1)",
     }
 
 

@@ -146,24 +146,39 @@ def _kind(address: IPAddress) -> str:
     return "not globally routable"
 
 
+def _show(address: IPAddress) -> str:
+    """The address as messages show it, the same on every Python (3.13 prints IPv4-mapped
+    addresses with their dotted IPv4 part; 3.11 in hexadecimal groups)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
 def non_public_reason(address: IPAddress) -> str | None:
     """Why webhooks must not reach ``address``, or None when it is public."""
-    if address.is_loopback or address.is_unspecified:
-        return f"{address} is not a public address ({_kind(address)})"
+    shown = _show(address)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        # IPv6's own loopback and unspecified addresses (inside the IPv4-compatible range).
+        if address.is_loopback or address.is_unspecified:
+            return f"{shown} is not a public address ({_kind(address)})"
     if isinstance(address, ipaddress.IPv6Address):
+        # The embedded forms before the flags: Python 3.13 answers is_loopback & co. for
+        # an IPv4-mapped address from its IPv4 part, 3.11 does not.
         if address in _NAT64_LOCAL_USE:
-            return f"{address} is a local-use NAT64 address"
+            return f"{shown} is a local-use NAT64 address"
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             form, v4 = embedded
             if form in ("IPv4-mapped", "IPv4-compatible"):
-                return f"{address} is an {form} IPv6 address (of {v4})"
+                return f"{shown} is an {form} IPv6 address (of {v4})"
             inner = non_public_reason(v4)
             if inner is not None:
-                return f"{address} is a {form} form of {v4}, which is not public"
+                return f"{shown} is a {form} form of {v4}, which is not public"
             return None
+    if address.is_loopback or address.is_unspecified:
+        return f"{shown} is not a public address ({_kind(address)})"
     if not address.is_global or address.is_multicast:
-        return f"{address} is not a public address ({_kind(address)})"
+        return f"{shown} is not a public address ({_kind(address)})"
     return None
 
 
