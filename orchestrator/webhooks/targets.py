@@ -157,13 +157,12 @@ def _show(address: IPAddress) -> str:
 def non_public_reason(address: IPAddress) -> str | None:
     """Why webhooks must not reach ``address``, or None when it is public."""
     shown = _show(address)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
-        # IPv6's own loopback and unspecified addresses (inside the IPv4-compatible range).
-        if address.is_loopback or address.is_unspecified:
-            return f"{shown} is not a public address ({_kind(address)})"
     if isinstance(address, ipaddress.IPv6Address):
-        # The embedded forms before the flags: Python 3.13 answers is_loopback & co. for
-        # an IPv4-mapped address from its IPv4 part, 3.11 does not.
+        # IPv6's own loopback and unspecified addresses (inside the IPv4-compatible range),
+        # then the embedded forms before the flags: Python 3.13 answers is_loopback & co.
+        # for an IPv4-mapped address from its IPv4 part, 3.11 does not.
+        if address.ipv4_mapped is None and (address.is_loopback or address.is_unspecified):
+            return f"{shown} is not a public address ({_kind(address)})"
         if address in _NAT64_LOCAL_USE:
             return f"{shown} is a local-use NAT64 address"
         embedded = _embedded_ipv4(address)
