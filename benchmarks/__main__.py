@@ -308,7 +308,9 @@ def scenario_latency(env: Env) -> None:
     capacity = args.load_rate
     if capacity is None:
         row = env.report.find("throughput", "PostgreSQL", f"1 worker process x concurrency {args.concurrency}, "
-                              "1 module", "jobs/s")
+                              "1 module", "jobs/s") or env.report.find(
+            "telemetry", "PostgreSQL", f"1 worker process x concurrency {args.concurrency}, 1 noop module",
+            "jobs/s, OTLP/HTTP to sink")
         capacity = 0.5 * row.stats["median"] if row else 100.0
     cells: list[tuple[Mode, str, float]] = [
         ("disabled", "idle worker, telemetry off", 0.0),
@@ -557,7 +559,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-gap-ms", type=float, default=100.0,
                         help="pause between two latency probes (long enough that the worker is idle when one arrives)")
     parser.add_argument("--load-rate", type=float, help="jobs/s of the background load (default: half of the "
-                        "measured PostgreSQL throughput, or 100)")
+                        "PostgreSQL throughput measured in this run, or 100)")
     parser.add_argument("--concurrency", type=int, default=4, help="jobs each worker process runs at once")
     parser.add_argument("--producers", type=int, default=4, help="concurrent creating tasks in this process")
     parser.add_argument("--pgbench-seconds", type=float, default=3.0)
