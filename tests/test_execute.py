@@ -212,12 +212,20 @@ CASES: dict[str, Expect] = {
         ModuleOutcome.TIMEOUT, "TimeoutError", "0.2 s timeout", JobStatus.FAILED, ErrorCategory.MODULE_TIMEOUT
     ),
     "panicky": Expect(
-        ModuleOutcome.PANIC, "RuntimeError", "RuntimeError (a panic; error id", JobStatus.FAILED, ErrorCategory.MODULE_PANIC
+        ModuleOutcome.PANIC,
+        "RuntimeError",
+        "RuntimeError (a panic; error id",
+        JobStatus.FAILED,
+        ErrorCategory.MODULE_PANIC,
     ),
     "exiting": Expect(ModuleOutcome.PANIC, "SystemExit", "SystemExit", JobStatus.FAILED, ErrorCategory.MODULE_PANIC),
     "overrun": Expect(ModuleOutcome.OK, None, None, JobStatus.COMPLETED, None),
     "owntimeout": Expect(
-        ModuleOutcome.PANIC, "TimeoutError", "TimeoutError (a panic; error id", JobStatus.FAILED, ErrorCategory.MODULE_PANIC
+        ModuleOutcome.PANIC,
+        "TimeoutError",
+        "TimeoutError (a panic; error id",
+        JobStatus.FAILED,
+        ErrorCategory.MODULE_PANIC,
     ),
     "notjson": Expect(
         ModuleOutcome.ERROR, "ModuleError", "not JSON-serialisable", JobStatus.FAILED, ErrorCategory.MODULE
@@ -424,9 +432,7 @@ async def test_a_shutdown_cancel_sends_the_job_back_to_the_queue_with_the_next_a
     assert (again.id, again.attempt) == (final.id, 2)
 
 
-async def test_a_lost_lease_discards_the_results_and_writes_nothing(
-    app: App, tmp_path: Path, slow: SlowModule
-) -> None:
+async def test_a_lost_lease_discards_the_results_and_writes_nothing(app: App, tmp_path: Path, slow: SlowModule) -> None:
     running = await claim(app, await create(app, tmp_path, ["slow"]))
     history_before = await app.store.history(running.id)
 

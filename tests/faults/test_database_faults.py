@@ -210,7 +210,9 @@ def test_postgres_outage_mid_run_fails_typed_logs_once_ish_and_recovers(
     assert not unleased
     assert not illegal, illegal
     assert statuses == {"completed": len(ids)}, {
-        i: (rows[i]["status"], rows[i]["reason"], rows[i]["error_phase"]) for i in ids if rows[i]["status"] != "completed"
+        i: (rows[i]["status"], rows[i]["reason"], rows[i]["error_phase"])
+        for i in ids
+        if rows[i]["status"] != "completed"
     }
     # Logged with context, a few times, not once per poll or per failed call.
     assert outage, "the outage was not logged"
