@@ -5,9 +5,8 @@ the store, generated from the store's own named queries and parameters (so the s
 follows the product): ``insert_job`` (the job inserted Queued; the schema's triggers
 write its two history rows, the outbox and the NOTIFY), ``claim`` (``LIMIT 1``, as a
 worker with one free slot), and the terminal ``apply_transition`` with a one-module
-result followed by ``history`` (a sampled job's root span is built from it), the two in
-one transaction and one pipeline, as the store batches them (with the root span's emitter
-stamp of durable traces). Values are bound client side
+result, returning the job's history (a sampled job's root span is built from it) in the
+same statement, with the root span's emitter stamp of durable traces. Values are bound client side
 (psycopg's ``ClientCursor.mogrify``); only the job id varies, as a pgbench parameter, and
 pgbench runs with prepared statements, as psycopg does for statements a connection
 repeats. (pgbench takes any ``:word`` for a variable, so JSON literals get a space after
@@ -77,14 +76,10 @@ def job_script(url: str) -> str:
             r"\set n random(100000000000, 999999999999)",
             _sql(cur, "insert_job", rows.job_params(_queued_job(at))) + ";",
             _sql(cur, "claim", claim) + r" \aset c_",
-            r"\startpipeline",
-            "BEGIN;",
-            # A sampled job's terminal transition carries its root span's emitter stamp.
+            # A sampled job's terminal transition carries its root span's emitter stamp and
+            # returns the job's history (the root span is built from it), in one statement.
             _sql(cur, "apply_transition", {**rows.transition_params(terminal), "trace_emitter": "pgbench-emitter",
-                                           "trace_seq": 12345}) + ";",
-            _sql(cur, "history", {"job_id": _CLAIMED}) + ";",
-            "COMMIT;",
-            r"\endpipeline",
+                                           "trace_seq": 12345, "with_history": True}) + ";",
         ]
     script = "\n".join(statements) + "\n"
     # The job id: a uuid-shaped text whose last group is the pgbench variable n; the

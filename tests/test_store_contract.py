@@ -421,6 +421,35 @@ async def test_request_cancel_round_trip_recorded_and_cleared_on_terminal_transi
     assert (await store.history(running.id))[-1].duration_ms == pytest.approx((t0 + 20 - running.status_ns) / 1e6)
 
 
+async def test_apply_with_history_returns_the_history_as_stored(store: JobStore) -> None:
+    """The history a terminal transition hands back (one statement) is the one the store
+    then reads: same rows, same seq, same durations, a cancel request included."""
+    t0 = now_ns()
+    plain = await running_job(store, at_ns=t0)
+    flagged = await running_job(store, at_ns=t0 + 10)
+    await store.request_cancel(flagged.id, "stop", requested_by="api", at_ns=t0 + 15)
+
+    done, done_history = await store.apply_with_history(
+        transition(plain, JobStatus.COMPLETED, at_ns=t0 + 30, worker_id="w1", reason="all modules ok")
+    )
+    cancelled, cancelled_history = await store.apply_with_history(
+        transition(flagged, JobStatus.CANCELLED, at_ns=t0 + 40, error_category=ErrorCategory.CANCELLED)
+    )
+
+    assert done_history == await store.history(plain.id)
+    assert cancelled_history == await store.history(flagged.id)
+    assert [e.status_to for e in done_history] == [
+        JobStatus.PENDING,
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        JobStatus.COMPLETED,
+    ]
+    assert done_history[-1].duration_ms == pytest.approx((t0 + 30 - plain.status_ns) / 1e6)
+    assert [e.event for e in cancelled_history][-2:] == ["job.lifecycle.cancel_requested", "job.lifecycle.cancel"]
+    assert cancelled_history[-1].duration_ms == pytest.approx((t0 + 40 - flagged.status_ns) / 1e6)
+    assert (done.status, cancelled.status) == (JobStatus.COMPLETED, JobStatus.CANCELLED)
+
+
 async def test_a_flagged_job_can_only_end_cancelled(store: JobStore) -> None:
     t0 = now_ns()
     running = await running_job(store, at_ns=t0)

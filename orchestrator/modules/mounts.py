@@ -14,6 +14,7 @@ the well-known paths are refused by name instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable
@@ -100,11 +101,13 @@ class PseudoFilesystems:
 
     @classmethod
     def current(cls) -> PseudoFilesystems:
+        """This process's pseudo-filesystems, from the mount table as it is now (read each
+        time; parsed again only when it changed: every job's walk asks)."""
         try:
             text = MOUNTINFO.read_text(encoding="utf-8", errors="surrogateescape")
         except OSError:
             return cls((), by_path=True)
-        return cls.from_mounts(parse_mountinfo(text))
+        return _parsed(text)
 
     @classmethod
     def from_mounts(cls, mounts: Iterable[Mount]) -> PseudoFilesystems:
@@ -118,3 +121,8 @@ class PseudoFilesystems:
             absolute = Path(path).absolute()
             return any(absolute == root or root in absolute.parents for root in PSEUDO_PATHS)
         return False
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(mountinfo: str) -> PseudoFilesystems:
+    return PseudoFilesystems.from_mounts(parse_mountinfo(mountinfo))

@@ -130,11 +130,12 @@ class SQLJobStore:
         return _Stamp(stamps, stamps.begin(t.job_id)) if stamps is not None else None
 
     @staticmethod
-    def _params(t: Transition, stamp: _Stamp | None) -> Params:
+    def _params(t: Transition, stamp: _Stamp | None, with_history: bool) -> Params:
         return {
             **rows.transition_params(t),
             "trace_emitter": stamp.stamps.emitter_id if stamp is not None else None,
             "trace_seq": stamp.seq if stamp is not None else None,
+            "with_history": with_history,
         }
 
     async def _apply_one(
@@ -143,12 +144,10 @@ class SQLJobStore:
         """One transition, alone. ``after_group``: it was in a group whose write failed
         without saying whether it was stored; finding it stored is then a success."""
         stamp = self._stamp(t, with_history)
-        params = self._params(t, stamp)
+        params = self._params(t, stamp, with_history)
         try:
-            if with_history:
-                results = await self.connector.batch([("apply_transition", params), ("history", {"job_id": t.job_id})])
-            else:  # one statement: its own transaction (no BEGIN/COMMIT around it on PostgreSQL)
-                results = [await self.connector.fetchall("apply_transition", params)]
+            # One statement, its own transaction, with the history when it is asked for.
+            results = [await self.connector.fetchall("apply_transition", params)]
         except TransitionRefused as refused:
             _void(stamp)
             raise IllegalTransition(t.job_id, t.status_from, t.status_to) from refused
@@ -162,13 +161,13 @@ class SQLJobStore:
             if after_group and current is not None and _shows(current, t):
                 return rows.job_from_row(current), await self.history(t.job_id) if with_history else []
             raise self._conflict(t, current)
-        job = rows.job_from_row(results[0][0])
+        row = results[0][0]
+        job = rows.job_from_row(row)
         if stamp is not None:
             stamp.stamps.committed(stamp.seq, job.trace.trace_id, job.trace.span_id)
         if job.status is JobStatus.QUEUED:
             self.connector.wake_local()
-        history = [rows.entry_from_row(r) for r in results[1]] if with_history else []
-        return job, history
+        return job, rows.history_after(row, job, t) if with_history else []
 
     async def _apply_group(self, group: Sequence[tuple[Transition, bool]]) -> list[_Applied | BaseException]:
         """Several transitions (of distinct jobs) in one transaction: each its own
@@ -183,10 +182,9 @@ class SQLJobStore:
                 return [exc]
         order = sorted(range(len(group)), key=lambda i: group[i][0].job_id)
         stamps = {i: self._stamp(*group[i]) for i in order}
-        calls: list[tuple[str, Params]] = [("apply_transition", self._params(group[i][0], stamps[i])) for i in order]
-        wanted = [group[i][0].job_id for i in order if group[i][1]]
-        if wanted:
-            calls.append(("history_many", {"ids": wanted}))
+        calls: list[tuple[str, Params]] = [
+            ("apply_transition", self._params(group[i][0], stamps[i], group[i][1])) for i in order
+        ]
         try:
             results = await self.connector.batch(calls)
         except Exception as exc:  # noqa: BLE001 - each alone, below
@@ -195,11 +193,8 @@ class SQLJobStore:
                 if stamp is not None:
                     (stamp.stamps.void if refused else stamp.stamps.unknown)(stamp.seq)
             return [await self._outcome(t, with_history, after_group=not refused) for t, with_history in group]
-        histories: dict[str, list[LifecycleEntry]] = defaultdict(list)
-        for row in results[-1] if wanted else []:
-            histories[row["job_id"]].append(rows.entry_from_row(row))
         outcomes: dict[int, _Applied | BaseException] = {}
-        for i, found in zip(order, results, strict=False):
+        for i, found in zip(order, results, strict=True):
             t, with_history = group[i]
             stamp = stamps[i]
             if not found:
@@ -212,7 +207,7 @@ class SQLJobStore:
             job = rows.job_from_row(found[0])
             if stamp is not None:
                 stamp.stamps.committed(stamp.seq, job.trace.trace_id, job.trace.span_id)
-            outcomes[i] = (job, histories.get(t.job_id, []) if with_history else [])
+            outcomes[i] = (job, rows.history_after(found[0], job, t) if with_history else [])
         return [outcomes[i] for i in range(len(group))]
 
     async def _outcome(self, t: Transition, with_history: bool, *, after_group: bool) -> _Applied | BaseException:

@@ -235,6 +235,9 @@ class PostgresConnector:
 
     async def batch(self, calls: Sequence[tuple[str, Params]]) -> list[list[Row]]:
         operation = "+".join(name for name, _ in calls)
+        # An explicit transaction, although the statements before a Sync form an implicit
+        # one: after an error in an implicit one, psycopg takes statements it prepared in it
+        # for still prepared ("prepared statement ... does not exist" on their next use).
         async with self._connection(operation) as conn, conn.transaction(), conn.pipeline() as pipeline:
             cursors = [await conn.execute(_Q[name], params) for name, params in calls]
             await pipeline.sync()

@@ -24,6 +24,7 @@ from orchestrator.domain import (
     Phase,
     TraceContext,
     Transition,
+    lifecycle_event,
 )
 from orchestrator.domain.events import LifecycleEvent
 from orchestrator.domain.values import canonical_json, canonical_reason, canonical_text
@@ -166,6 +167,31 @@ def job_from_row(row: Row) -> Job:
 
 def _damaged(job: Job, fields: list[str]) -> Job:
     return replace(job, damaged=f"unreadable stored fields: {', '.join(fields)}")
+
+
+def history_after(row: Row, job: Job, t: Transition) -> list[LifecycleEntry]:
+    """The job's history after ``t``: the rows an ``apply_transition`` returned (as they
+    stood before it: its own row is written by a trigger after the statement's reads), and
+    the row of ``t`` itself, as that trigger writes it."""
+    before = [entry_from_row(r) for r in json_value(row["history"]) or ()]
+    # The time spent in status_from, as the trigger computes it: from when that status was
+    # entered (the last transition's row; a cancel request is not one).
+    entered = next((e.at_ns for e in reversed(before) if e.is_transition), job.status_ns)
+    return [
+        *before,
+        LifecycleEntry(
+            job_id=job.id,
+            seq=(before[-1].seq if before else 0) + 1,
+            status_from=t.status_from,
+            status_to=job.status,
+            reason=job.reason or "",
+            at_ns=job.status_ns,
+            duration_ms=max(0.0, (job.status_ns - entered) / 1e6),
+            attempt=job.attempt,
+            worker_id=job.worker_id,
+            event=lifecycle_event(t.status_from, job.status),
+        ),
+    ]
 
 
 def entry_from_row(row: Row) -> LifecycleEntry:

@@ -21,22 +21,29 @@ __all__ = ["DIALECTS", "Migration", "SchemaOutdated", "dialect_names", "migratio
 
 DIALECTS: Final = ("sqlite", "postgres")
 
-_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_NAME = re.compile(r"^--\s*(name|fragment):\s*(\w+)\s*$", re.MULTILINE)
+#: Where a common query takes a dialect's fragment: ``{{name}}``.
+_FRAGMENT = re.compile(r"\{\{(\w+)\}\}")
 #: ``:name`` but not a ``::type`` cast.
 _PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
-def _blocks(filename: str) -> dict[str, str]:
+def _parts(filename: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The named queries and the fragments of one file."""
     text = resources.files("orchestrator.stores").joinpath("queries", filename).read_text("utf-8")
     parts = _NAME.split(text)
-    blocks: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in blocks:
-            raise ValueError(f"{filename}: query {name!r} defined twice")
+    found: dict[str, dict[str, str]] = {"name": {}, "fragment": {}}
+    for kind, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
+        if name in found[kind]:
+            raise ValueError(f"{filename}: {kind} {name!r} defined twice")
         # Comment lines are documentation; they would only get in the way of the driver.
         lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
-        blocks[name] = "\n".join(lines).strip()
-    return blocks
+        found[kind][name] = "\n".join(lines).strip().rstrip(";")
+    return found["name"], found["fragment"]
+
+
+def _blocks(filename: str) -> dict[str, str]:
+    return _parts(filename)[0]
 
 
 def _psycopg(query: str) -> str:
@@ -53,11 +60,12 @@ def dialect_names(dialect: str) -> frozenset[str]:
 def queries(dialect: str) -> dict[str, str]:
     """Every named query of ``dialect``: the common ones and the dialect's own, in the
     dialect's placeholder style."""
-    common, own = _blocks("common.sql"), _blocks(f"{dialect}.sql")
+    common, (own, fragments) = _blocks("common.sql"), _parts(f"{dialect}.sql")
     twice = sorted(set(common) & set(own))
     if twice:
         raise ValueError(f"{dialect}.sql redefines common queries: {', '.join(twice)}")
-    merged = {**common, **own}
+    # A common query may take a piece only a dialect can write (a JSON aggregate).
+    merged = {name: _FRAGMENT.sub(lambda m: fragments[m[1]], query) for name, query in {**common, **own}.items()}
     if dialect == "postgres":
         return {name: _psycopg(query) for name, query in merged.items()}
     return merged

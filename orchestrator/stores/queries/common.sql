@@ -4,7 +4,8 @@
 -- (TEXT on SQLite, jsonb on PostgreSQL). An optional filter is written
 -- "CAST(:x AS TEXT) IS NULL OR column = :x", which both dialects plan from the value.
 -- Dialect files (sqlite.sql, postgres.sql) hold the queries that differ; together each
--- dialect has the same names (tests/test_store_structure.py checks it).
+-- dialect has the same names (tests/test_store_structure.py checks it). A common query may
+-- take a dialect's fragment ("-- fragment: x" in the dialect file) where it says {{x}}.
 
 -- name: ping
 SELECT 1 AS ok;
@@ -40,7 +41,10 @@ SELECT * FROM jobs WHERE id = :id;
 -- Compare-and-set on (status, attempt): the attempt fences off a worker whose lease was
 -- taken over. A Running job whose cancellation was asked can only end Cancelled. The
 -- timestamp of each status is set when it is entered. The database checks the
--- transition, appends the history row and writes the outbox rows.
+-- transition, appends the history row and writes the outbox rows. With :with_history it
+-- also returns the job's history as it stood before (the row of this transition is
+-- written by a trigger after the statement's reads): one statement, one round trip for
+-- the terminal transition of a job whose root span is emitted from it.
 UPDATE jobs SET
     status = :status_to,
     status_ns = :at_ns,
@@ -65,7 +69,7 @@ UPDATE jobs SET
                          THEN COALESCE(trace_lost_ns, :at_ns) ELSE trace_lost_ns END
 WHERE id = :job_id AND status = :status_from AND attempt = :attempt
   AND (cancel_requested IS NULL OR status <> 'running' OR :status_to = 'cancelled')
-RETURNING *;
+RETURNING *, CASE WHEN :with_history THEN {{history_json}} END AS history;
 
 -- name: request_cancel
 -- Flag a Running job (once): its worker ends it Cancelled. Recorded in the history.

@@ -21,6 +21,10 @@ SET orchestrator.notify = 'off';
 -- name: _current_schema
 SELECT current_schema() AS schema;
 
+-- fragment: history_json
+-- A job's history rows as a JSON array, oldest first (inside apply_transition's RETURNING).
+(SELECT json_agg(h ORDER BY h.seq) FROM job_history h WHERE h.job_id = jobs.id)
+
 -- name: migration_lock
 -- Serialises the migrations of workers that start at once (released at commit).
 SELECT pg_advisory_xact_lock(8030590385584829554);

@@ -1,6 +1,14 @@
 -- Named queries of the SQLite store that differ from PostgreSQL's (see common.sql).
 -- A list of values is bound as a JSON array and read with json_each.
 
+-- fragment: history_json
+-- A job's history rows as a JSON array, oldest first (inside apply_transition's RETURNING).
+(SELECT json_group_array(json_object('job_id', h.job_id, 'seq', h.seq, 'event', h.event,
+                                     'status_from', h.status_from, 'status_to', h.status_to,
+                                     'reason', h.reason, 'at_ns', h.at_ns, 'duration_ms', h.duration_ms,
+                                     'attempt', h.attempt, 'worker_id', h.worker_id))
+ FROM (SELECT * FROM job_history WHERE job_id = jobs.id ORDER BY seq) h)
+
 -- name: migration_lock
 -- Migrations run in a BEGIN IMMEDIATE transaction, which already holds the write lock.
 SELECT 1 AS locked;
