@@ -76,7 +76,8 @@ def test_report_answers_the_four_questions(demo: Demo, source: str) -> None:
         for span in spans
         if span["name"] == SpanName.MODULE and any(e["name"] == ModuleEvent.OVERRUN for e in span["events"])
     }
-    assert overran_in_large, "the large project makes at least one module overrun"
+    # the demo asks it to expect 1 ms of every module: each of them overruns, on any machine
+    assert overran_in_large == {"dependencies", "inventory", "python_syntax", "secrets", "todos"}
     assert overran_in_large <= overrunning
     cancelled_job = jobs_by_project(demo)["nightly-batch"]
     cancelled_runs = {r["module"] for r in cancelled_job["results"] if r["outcome"] == "cancelled"}
