@@ -400,6 +400,37 @@ def rebuild_latency_s(db_url: str) -> float:
     return int(row["gap"] or 0) / 1e9
 
 
+def rebuilds_per_job(workers: Workers) -> dict[str, list[tuple[float, bool]]]:
+    """Each job's trace rebuilds, by any worker (from their logs), in time order: when, and
+    whether the worker that rebuilt it was killed afterwards."""
+    found: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    for i in workers.incarnations:
+        for rec in json_lines(i.proc.output()):
+            if rec.get("event") == "job.trace.reconstructed":
+                found[rec["job_id"]].append((datetime.fromisoformat(rec["ts"]).timestamp(), i.killed_ns is not None))
+    return {job_id: sorted(times) for job_id, times in found.items()}
+
+
+def late_rebuilds(db_url: str, workers: Workers, allowed_s: float) -> dict[str, str]:
+    """Rebuilt jobs whose trace was confirmed later than ``allowed_s`` per rebuild after
+    their end. A rebuild can itself be lost (its worker killed before its exporter
+    confirmed it); the next one comes a grace and a reconciler cycle later, so each
+    rebuild a job needed adds one budget."""
+    rebuilds = rebuilds_per_job(workers)
+    rows = query(db_url, "SELECT id, finished_ns, trace_done_ns FROM jobs WHERE trace_done_ns IS NOT NULL")
+    late = {}
+    for r in rows:
+        took_s = (r["trace_done_ns"] - r["finished_ns"]) / 1e9
+        done = rebuilds.get(r["id"], [])
+        # A rebuild followed by another must have been lost with its worker.
+        unexplained = [round(at - r["finished_ns"] / 1e9, 1) for at, killed in done[:-1] if not killed]
+        if unexplained:
+            late[r["id"]] = f"rebuilt again although the worker that rebuilt it at {unexplained} s lived on"
+        elif took_s > allowed_s * max(1, len(done)):
+            late[r["id"]] = f"{took_s:.1f} s after its end, {len(done)} rebuild(s), {allowed_s:.1f} s each"
+    return late
+
+
 def slowest_rebuilds(db_url: str, workers: Workers, count: int = 3) -> list[str]:
     """The slowest rebuilt jobs, with who ended them and when each worker rebuilt them."""
     rows = query(
@@ -581,9 +612,9 @@ def test_every_job_has_one_complete_trace_after_worker_kills(
     assert workers.kills["right after a terminal commit"] >= 3
     assert sum(workers.kills.values()) >= 5
     assert rebuilt_reasons(fault_db_url), "the kills lost some roots, rebuilt from the store"
-    # Per rebuilt job: within the budget, plus the time no worker at all was running (all
-    # killed or restarting) to rebuild anything.
-    assert rebuild_latency_s(fault_db_url) <= GRACE_S + RECONCILE_S + SLACK_S + gap
+    # Per rebuild a job needed: within the budget, plus the time no worker at all was running
+    # (all killed or restarting) to rebuild anything.
+    assert not late_rebuilds(fault_db_url, workers, GRACE_S + RECONCILE_S + SLACK_S + gap)
 
 
 @pytest.mark.postgres
