@@ -266,6 +266,30 @@ async def test_malformed_and_wrongly_typed_bodies_are_422(app: App) -> None:
         assert_error(wrong_type, 422, "validation_error")
 
 
+async def test_a_body_nested_too_deeply_is_a_documented_422(app: App, source: Path) -> None:
+    # Well under the body limit, but deeper than the JSON parser recurses (it was an
+    # undocumented 400 "There was an error parsing the body").
+    depth = 100_000
+    nested = "[" * depth + "]" * depth
+    options = f'{{"module_options": {{"quick": {{"x": {nested}}}}}}}'
+    content = f'{{"project_id": "acme", "source": "{source}", "options": {options}}}'
+    async with api_client(create_api(app)) as client:
+        response = await client.post("/v1/jobs", content=content, headers={"content-type": "application/json"})
+        listed = await client.get("/v1/jobs")
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "error": {
+                "status": 422,
+                "code": "validation_error",
+                "message": "request body is not valid JSON: nested too deeply",
+                "field": None,
+            }
+        },
+    )
+    assert listed.json()["items"] == []
+
+
 async def test_unknown_ids_are_404(app: App) -> None:
     async with api_client(create_api(app)) as client:
         for method, path in [

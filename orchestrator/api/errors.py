@@ -104,6 +104,9 @@ def install_error_handlers(api: FastAPI) -> None:
             # FastAPI's "error parsing the body" (a body that is not UTF-8, say): malformed
             # JSON like any other, so the documented 422 rather than an undocumented 400.
             return error_response(422, "validation_error", f"request body is not valid JSON: {exc.__cause__}")
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # Brackets nested deeper than the parser recurses, well within the body limit.
+            return error_response(422, "validation_error", "request body is not valid JSON: nested too deeply")
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     @on(Exception)
