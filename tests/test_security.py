@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import socket
 import string
 import time
@@ -225,6 +226,11 @@ SSRF = {
     "http://[64:ff9b:1::a00:1]/h": "url: refused: 64:ff9b:1::a00:1 is a local-use NAT64 address",
     "http://[2002:7f00:1::1]/h": "url: refused: 2002:7f00:1::1 is a 6to4 form of 127.0.0.1, which is not public",
     "http://[fd00:ec2::254]/h": "url: refused: fd00:ec2::254 is not a public address (private)",
+    # IPv4-translated (SIIT), site-local, and other space outside IPv6 global unicast 2000::/3
+    "http://[::ffff:0:7f00:1]/h": "url: refused: ::ffff:0:7f00:1 is an IPv4-translated IPv6 address (of 127.0.0.1)",
+    "http://[fec0::1]/h": "url: refused: fec0::1 is not a public address (outside global unicast 2000::/3)",
+    "http://[5f00::1]/h": "url: refused: 5f00::1 is not a public address (outside global unicast 2000::/3)",
+    "http://[3fff::1]/h": "url: refused: 3fff::1 is not a public address (documentation)",
     "http://[fe80::1]/h": "url: refused: fe80::1 is not a public address (link-local)",
     "http://user:pw@hooks.example.com/h": "url: must not contain credentials (use the signing secret)",
     "http://hooks.example.com@127.0.0.1/h": "url: must not contain credentials (use the signing secret)",
@@ -623,6 +629,50 @@ def test_a_module_blocked_in_a_read_does_not_stop_shutdown(tmp_path: Path) -> No
     assert code == 0, served.output()[-2000:]
     assert took < grace + 8, f"serve took {took:.1f} s to stop with a {grace} s grace"
     assert "a module does not honour cancellation" in served.output()
+
+
+# -- a source swapped for a symlink while its job waited in the queue ----------------------
+
+
+def test_a_source_swapped_for_a_symlink_after_creation_is_not_analysed(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    swap = root / "swap"
+    swap.mkdir()
+    (swap / "a.py").write_text("x = 1\n")
+    (tmp_path / "outside" / "leaked.py").write_text("password = 'leaked-value-123'  # TODO leaked-marker\n")
+    data = tmp_path / "data"
+    # Created by an API-only server: the source was inside the roots then.
+    queued = start_serve(data, "--workers-in-process", "0", source_roots=root)
+    try:
+        with queued.client() as client:
+            created = client.post(
+                "/v1/jobs", json={"project_id": "acme", "source": str(swap), "modules": ["todos", "inventory"]}
+            )
+    finally:
+        queued.stop()
+    assert created.status_code == 201, created.text
+    job_id = body(created)["id"]
+    # Someone who may write inside the root swaps the folder for a link out of it.
+    shutil.rmtree(swap)
+    swap.symlink_to(tmp_path / "outside", target_is_directory=True)
+    running = start_serve(data, "--workers-in-process", "1", source_roots=root)
+    try:
+        with running.client() as client:
+            deadline = time.monotonic() + 20
+            while (job := body(client.get(f"/v1/jobs/{job_id}")))["status"] not in ("completed", "failed"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.05)
+            shown = client.get(f"/v1/jobs/{job_id}").text
+    finally:
+        running.stop()
+    changed = f"source {swap} changed since the job was created (a symbolic link now stands in its path): not analysed"
+    assert job["status"] == "failed"
+    assert {r["module"]: (r["outcome"], r["error"]) for r in job["results"]} == {
+        "inventory": ("error", changed),
+        "todos": ("error", changed),
+    }
+    for leaked in ("leaked", "secret.txt", "outside"):
+        assert leaked not in shown
 
 
 # -- who is trusted with which path (the use case's two policies) ---------------------------

@@ -199,12 +199,21 @@ def build_index(
     *,
     cancelled: Callable[[], bool] = lambda: False,
     pseudo: PseudoFilesystems | None = None,
+    resolved: bool = False,
 ) -> FileIndex:
     """Walk ``source`` once. Blocking: run it in a thread. ``cancelled()`` is polled
-    once per directory and raises :class:`WalkCancelled` when it turns true."""
+    once per directory and raises :class:`WalkCancelled` when it turns true. With
+    ``resolved``, ``source`` was a realpath when its job was created: a symlink in its
+    path now means it was swapped since, and it is refused."""
     config = config or IndexConfig()
     pseudo = pseudo or PseudoFilesystems.current()
     root = _check_root(source, pseudo)
+    if resolved and root[0] != Path(os.path.abspath(source)):
+        # Not where it pointed: the job was confined to (or checked at) the old place.
+        # The message names the job's own path only, never where the link leads.
+        raise UnusableSource(
+            f"source {source} changed since the job was created (a symbolic link now stands in its path): not analysed"
+        )
     stats = WalkStats()
     if stat.S_ISREG(root[1].st_mode):
         path = root[0]

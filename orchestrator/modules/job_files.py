@@ -109,8 +109,11 @@ class JobFiles:
         batch_files: int = BATCH_FILES,
         batch_bytes: int = BATCH_BYTES,
         inline_bytes: int = 0,
+        resolved: bool = False,
     ) -> None:
         self.source = source
+        #: ``source`` is a job's, stored as a realpath: refuse it if it now leads elsewhere.
+        self._resolved = resolved
         self.config = config or IndexConfig()
         self.runner: BatchRunner = runner or ThreadRunner()
         #: A tree of at most this many bytes (and INLINE_FILES files) is scanned in a daemon
@@ -183,7 +186,7 @@ class JobFiles:
     async def _walk(self) -> None:
         try:
             self._index = await run_in_daemon_thread(
-                functools.partial(build_index, cancelled=self._walk_stop.is_set),
+                functools.partial(build_index, cancelled=self._walk_stop.is_set, resolved=self._resolved),
                 self.source,
                 self.config,
                 name="job-files-walk",

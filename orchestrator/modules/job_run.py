@@ -51,8 +51,14 @@ class JobAnalysis:
         self._job = job
         self._telemetry = telemetry
         self._listeners = listeners
+        # A job's source was resolved when it was created (and, for API jobs, checked
+        # against the source roots then): the walk refuses it if it now leads elsewhere.
         self.files = JobFiles(
-            Path(job.source), config.index_config(job.options), runner, inline_bytes=config.inline_bytes
+            Path(job.source),
+            config.index_config(job.options),
+            runner,
+            inline_bytes=config.inline_bytes,
+            resolved=True,
         )
         self.budgets = JobBudgets(config.budgets, job.options.module_budgets)
         self._execute_span = trace.get_current_span()

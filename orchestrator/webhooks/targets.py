@@ -6,10 +6,11 @@ sends it (so the check and the request cannot disagree on the host); a numeric h
 in canonical form (``127.1``, ``2130706433``, ``0x7f.0.0.1`` and ``0177.0.0.1`` are
 refused: resolvers read them differently); and every address the host resolves to
 public: not loopback, private, link-local (cloud metadata), shared, multicast, reserved
-or unspecified, IPv6 included, where the IPv4-mapped (``::ffff:a.b.c.d``), IPv4-compatible
-(``::a.b.c.d``) and local-use NAT64 (``64:ff9b:1::/48``) forms are never public and the
-well-known NAT64 (``64:ff9b::/96``) and 6to4 (``2002::/16``) forms are judged by the IPv4
-address they carry.
+or unspecified, IPv6 included, where the IPv4-mapped (``::ffff:a.b.c.d``), IPv4-translated
+(``::ffff:0:a.b.c.d``), IPv4-compatible (``::a.b.c.d``) and local-use NAT64
+(``64:ff9b:1::/48``) forms are never public, the well-known NAT64 (``64:ff9b::/96``) and
+6to4 (``2002::/16``) forms are judged by the IPv4 address they carry, and any other
+address outside global unicast (``2000::/3``) is not public.
 
 The dispatcher resolves the host once per attempt, checks every address, and connects to
 the checked one (:func:`pin`), with the ``Host`` header and the TLS server name (SNI, and
@@ -52,6 +53,13 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 _NAT64_WELL_KNOWN: Final = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL_USE: Final = ipaddress.IPv6Network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
+#: SIIT's IPv4-translated form (``::ffff:0:a.b.c.d``): Python reads it as global.
+_IPV4_TRANSLATED: Final = ipaddress.IPv6Network("::ffff:0:0:0/96")
+#: All public IPv6 unicast lies here; Python calls much outside it global (``fec0::/10``
+#: site-local, ``5f00::/8``, the rest of ``::/8``).
+_GLOBAL_UNICAST: Final = ipaddress.IPv6Network("2000::/3")
+#: The IPv6 documentation prefix of RFC 9637, newer than Python's tables.
+_DOCUMENTATION_V6: Final = ipaddress.IPv6Network("3fff::/20")
 
 
 class RefusedTarget(Exception):
@@ -123,6 +131,8 @@ def _non_canonical_ipv4(host: str) -> bool:
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
     if address.ipv4_mapped is not None:
         return "IPv4-mapped", address.ipv4_mapped
+    if address in _IPV4_TRANSLATED:
+        return "IPv4-translated", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address in _IPV4_COMPATIBLE:
         return "IPv4-compatible", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address in _NAT64_WELL_KNOWN:
@@ -168,7 +178,7 @@ def non_public_reason(address: IPAddress) -> str | None:
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             form, v4 = embedded
-            if form in ("IPv4-mapped", "IPv4-compatible"):
+            if form in ("IPv4-mapped", "IPv4-translated", "IPv4-compatible"):
                 return f"{shown} is an {form} IPv6 address (of {v4})"
             inner = non_public_reason(v4)
             if inner is not None:
@@ -178,6 +188,11 @@ def non_public_reason(address: IPAddress) -> str | None:
         return f"{shown} is not a public address ({_kind(address)})"
     if not address.is_global or address.is_multicast:
         return f"{shown} is not a public address ({_kind(address)})"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address not in _GLOBAL_UNICAST:
+            return f"{shown} is not a public address (outside global unicast 2000::/3)"
+        if address in _DOCUMENTATION_V6:
+            return f"{shown} is not a public address (documentation)"
     return None
 
 
