@@ -186,6 +186,23 @@ def test_a_broken_plugin_is_one_line_naming_it_and_only_where_modules_are_loaded
     assert "DoesNotExist" in debug.stderr
 
 
+def test_listing_modules_neither_needs_nor_creates_a_store(env: Env) -> None:
+    # `orchestrator modules` in any folder (right after `pipx install`): no database is
+    # created where it runs, and a configured database that is down does not matter.
+    unreachable = env.run("modules", env={"ORCHESTRATOR_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"})
+    assert unreachable.returncode == 0, unreachable.stderr
+    assert unreachable.stderr == ""
+    listed = [line.split()[0] for line in unreachable.stdout.splitlines()[1:]]
+    assert listed == [
+        *("boom", "dependencies", "echo", "hang", "inventory", "panic"),
+        *("python_syntax", "secrets", "slow", "stubborn", "todos"),
+    ]
+
+    rows = env.json("modules")
+    assert [row["name"] for row in rows] == listed
+    assert not env.data_dir.exists(), sorted(env.data_dir.rglob("*"))
+
+
 # -- cancel tells the truth ---------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from orchestrator.domain import (
 )
 from orchestrator.job_queue import Worker
 from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog
+from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.serialization import entry_json, job_json, timestamp
 
 if TYPE_CHECKING:
@@ -203,36 +204,36 @@ async def _cancel_running(app: App, job: Job) -> str:
 
 
 async def modules(ctx: Context) -> int:
-    async def go(app: App) -> int:
-        rows: list[dict[str, Any]] = [
-            {
-                "name": m.name,
-                "version": m.version,
-                "expected_runtime_s": m.expected_runtime,
-                "timeout_s": m.timeout,
-                "description": m.description,
-            }
-            for m in app.registry
-        ]
-        if ctx.args.json:
-            print_json(rows)
-            return 0
-        render.print_table(
-            (
-                Column("module"),
-                Column("version"),
-                Column("expected", "right"),
-                Column("timeout", "right"),
-                Column("description"),
-            ),
-            (
-                [r["name"], r["version"], f"{r['expected_runtime_s']:g} s", f"{r['timeout_s']:g} s", r["description"]]
-                for r in rows
-            ),
-        )
+    # The registry alone, the one the worker builds: listing modules opens no store (none is
+    # created in the folder it runs in, and a database that is down does not matter).
+    registry = ModuleRegistry.default(entry_points=ctx.settings.load_entry_points)
+    rows: list[dict[str, Any]] = [
+        {
+            "name": m.name,
+            "version": m.version,
+            "expected_runtime_s": m.expected_runtime,
+            "timeout_s": m.timeout,
+            "description": m.description,
+        }
+        for m in registry
+    ]
+    if ctx.args.json:
+        print_json(rows)
         return 0
-
-    return await with_app(ctx, go)
+    render.print_table(
+        (
+            Column("module"),
+            Column("version"),
+            Column("expected", "right"),
+            Column("timeout", "right"),
+            Column("description"),
+        ),
+        (
+            [r["name"], r["version"], f"{r['expected_runtime_s']:g} s", f"{r['timeout_s']:g} s", r["description"]]
+            for r in rows
+        ),
+    )
+    return 0
 
 
 async def db_upgrade(ctx: Context) -> int:
