@@ -203,6 +203,56 @@ def test_the_host_header_must_be_one_the_server_answers_to(locked: tuple[Served,
             assert client.get("/v1/jobs", headers={"Host": host}).status_code == 200, host
 
 
+CROSS_SITE = {
+    "error": {
+        "status": 403,
+        "code": "cross_site_request",
+        "message": "a browser sent this request for another site (Origin / Sec-Fetch-Site); state-changing requests "
+        "are accepted from this server's own origin or from clients that are not browsers",
+        "field": None,
+    }
+}
+
+
+def test_without_a_token_a_page_of_another_site_cannot_create_cancel_or_delete(tmp_path: Path) -> None:
+    """A loopback API without a token, and a web page of another site POSTing to it (a
+    form, or fetch in no-cors mode: no preflight): refused, and nothing is written."""
+    root = make_tree(tmp_path)
+    served = start_serve(tmp_path / "data", "--workers-in-process", "0", source_roots=root)
+    create = {"project_id": "acme", "source": str(root / "project")}
+    try:
+        with served.client() as client:
+            job_id = body(client.post("/v1/jobs", json=create))["id"]  # no Origin: not a browser
+            for headers in (
+                {"Origin": "http://evil.example"},
+                {"Origin": f"http://evil.example:{served.port}"},
+                {"Origin": "null"},  # a sandboxed frame, a file: page
+                {"Origin": "http://localhost.evil.example"},
+                {"Sec-Fetch-Site": "cross-site"},
+                {"Origin": f"http://localhost:{served.port}", "Sec-Fetch-Site": "cross-site"},
+            ):
+                for method, path, payload in (
+                    ("POST", "/v1/jobs", create),
+                    ("POST", f"/v1/jobs/{job_id}/cancel", None),
+                    ("DELETE", f"/v1/jobs/{job_id}", None),
+                ):
+                    response = client.request(method, path, json=payload, headers=headers)
+                    assert (response.status_code, body(response)) == (403, CROSS_SITE), (method, path, headers)
+                # reading is not state-changing (and a page cannot read the answer without CORS)
+                assert client.get(f"/v1/jobs/{job_id}", headers=headers).status_code == 200
+            listed = body(client.get("/v1/jobs"))
+            same_origin = client.post(
+                f"/v1/jobs/{job_id}/cancel",
+                headers={"Origin": f"http://localhost:{served.port}", "Sec-Fetch-Site": "same-origin"},
+            )
+    finally:
+        served.stop()
+    assert [job["id"] for job in listed["items"]] == [job_id]  # no job created by the refused requests
+    assert listed["items"][0]["status"] == "queued"  # neither cancelled nor deleted by them
+    # the API's own origin may (a queued job is cancelled at once)
+    assert (same_origin.status_code, body(same_origin)["status"]) == (200, "cancelled")
+
+
 SSRF = {
     "http://127.0.0.1/h": "url: refused: 127.0.0.1 is not a public address (loopback)",
     "http://localhost:8000/h": "url: refused: localhost resolves to a non-public address: 127.0.0.1 is not a public "

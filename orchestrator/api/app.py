@@ -2,10 +2,11 @@
 
 Errors share one JSON body, ``{"error": {"status", "code", "message", "field"}}``:
 400 a Host header the server does not answer to, 401 a missing or wrong bearer token,
-404 an unknown job or subscription, 408 a request body not received in time, 409 an
-illegal transition, 413 a body over the limit, 422 an invalid field (named), 429 a
-client over its creation rate, 503 a full queue or a store that cannot be reached (429
-and 503 with ``Retry-After``). A client error is never a 500.
+403 a state-changing request a browser sent on behalf of another site, 404 an unknown
+job or subscription, 408 a request body not received in time, 409 an illegal
+transition, 413 a body over the limit, 422 an invalid field (named), 429 a client over
+its creation rate, 503 a full queue or a store that cannot be reached (429 and 503 with
+``Retry-After``). A client error is never a 500.
 
 What a client may reach is decided here (see README: Security): sources only inside
 the configured roots, webhook targets only public addresses, subscription URLs never
@@ -40,9 +41,10 @@ from orchestrator.api.schemas import (
     WebhookCreate,
     WebhookOut,
 )
-from orchestrator.api.security import AccessPolicy, BearerAuth, HostCheck, default_allowed_hosts
+from orchestrator.api.security import AccessPolicy, BearerAuth, CrossSiteCheck, HostCheck, default_allowed_hosts
 from orchestrator.bootstrap import App
 from orchestrator.domain import JobStatus, now_ns
+from orchestrator.domain.values import check_client_text
 from orchestrator.settings import Settings
 from orchestrator.telemetry import parse_traceparent
 from orchestrator.usecases.sources import SourcePolicy
@@ -61,7 +63,7 @@ TRACE_HEADER = "X-Trace-Id"
 _ID_PATTERN = r"^[0-9a-f-]{1,64}$"
 _PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 408, 409, 413, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 409, 413, 422, 503)
 }
 
 
@@ -117,6 +119,7 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
     # Outermost last: Host check, then the token, then the body limits, then the routes.
     api.add_middleware(BodyLimit, limit=config.max_body_bytes, timeout=config.body_timeout_seconds)
     api.add_middleware(BearerAuth, policy=config.access)
+    api.add_middleware(CrossSiteCheck, allowed=config.allowed_hosts)
     api.add_middleware(HostCheck, allowed=config.allowed_hosts)
     install_error_handlers(api)
     install_docs(api)
@@ -224,6 +227,7 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
     ) -> JobOut:
         """Cancel a job: at once when pending or queued (200), or ask its worker to stop it
         (202: it ends Cancelled within a bounded time). 409 when it already finished."""
+        check_client_text(reason, "reason")
         job = await app.workflow.cancel(job_id, reason=reason, requested_by=_requester(request))
         response.status_code = 202 if job.status is JobStatus.RUNNING else 200
         response.headers[TRACE_HEADER] = job.trace.trace_id

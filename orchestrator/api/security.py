@@ -138,6 +138,46 @@ class HostCheck:
         await refused(scope, receive, send)
 
 
+#: Methods a browser may send across sites without a CORS preflight of ours answering.
+UNSAFE_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class CrossSiteCheck:
+    """403 for a state-changing request a browser sent on behalf of another site: a web
+    page may POST to a loopback API (a form or ``fetch`` in ``no-cors`` mode needs no
+    preflight), and without a token nothing else would stop it cancelling or deleting a
+    job. Browsers name the page's origin (``Origin``, ``Sec-Fetch-Site``); clients that
+    are not browsers (curl, httpx, the CLI) send neither and are not affected."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.allowed = tuple(h.strip().strip("[]").lower().rstrip(".") for h in allowed)
+        self.any = "*" in self.allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method", "GET") not in UNSAFE_METHODS or self._same_site(scope):
+            await self.app(scope, receive, send)
+            return
+        refused = error_response(
+            403,
+            "cross_site_request",
+            "a browser sent this request for another site (Origin / Sec-Fetch-Site); "
+            "state-changing requests are accepted from this server's own origin or from clients that are not browsers",
+        )
+        await refused(scope, receive, send)
+
+    def _same_site(self, scope: Scope) -> bool:
+        if (_header(scope, b"sec-fetch-site") or "").strip().lower() == "cross-site":
+            return False
+        origin = _header(scope, b"origin")
+        if origin is None:
+            return True
+        scheme, sep, rest = origin.strip().partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or "/" in rest:
+            return False  # "null" (a sandboxed frame, a file: page) and anything malformed
+        return self.any or host_allowed(rest, self.allowed)
+
+
 class BearerAuth:
     """401 unless ``Authorization: Bearer <token>`` (compared in constant time)."""
 
