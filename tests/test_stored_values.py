@@ -582,3 +582,108 @@ def test_the_cli_json_shows_the_canonical_form(tmp_path: Path) -> None:
     again = json.loads(status.stdout)
     assert [e["path"] for e in again["results"][0]["summary"]["errors"]] == ["odd\\xfe.py"]
     assert again["results"] == job["results"]
+
+
+# -- found in the audit of issue 12 -------------------------------------------------------
+
+
+def test_text_sqlite_holds_that_is_not_utf8_marks_the_job_damaged_and_never_breaks_a_read(
+    backend_app: Driven, tmp_path: Path
+) -> None:
+    """Another tool (or a damaged file) wrote bytes that are not UTF-8 into text columns:
+    the listing, the job, its history and the API still answer, the job is reported
+    damaged with the columns named, and it can be deleted."""
+    portal, app = backend_app
+    if app.store.backend != "sqlite":
+        pytest.skip("PostgreSQL text is always valid UTF-8")
+    RETURNS["utf8"] = {"ok": True}
+    final = portal.call(run_echo, app, "utf8", tmp_path / "src")
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "orchestrator.db")) as conn, conn:
+        conn.execute(
+            "UPDATE jobs SET reason = CAST(x'6f6bff' AS TEXT), source = CAST(x'2fff' AS TEXT) WHERE id = ?", (final.id,)
+        )
+        conn.execute("UPDATE job_history SET reason = CAST(x'6f6bff' AS TEXT) WHERE job_id = ?", (final.id,))
+
+    [listed] = portal.call(lambda: app.store.list_jobs(project_id="utf8"))
+    assert (listed.id, listed.damaged) == (final.id, "unreadable stored fields: source, reason")
+    assert (listed.reason, listed.source) == ("ok\ufffd", "/\ufffd")
+    assert {e.reason for e in portal.call(app.store.history, final.id)} == {"ok\ufffd"}
+    for path in ("/v1/jobs?project_id=utf8", f"/v1/jobs/{final.id}", f"/v1/jobs/{final.id}/events"):
+        response = portal.call(read_via_api, app, path)
+        assert response.status_code == 200, (path, response.text)
+
+    async def delete() -> httpx.Response:
+        async with api_client(create_api(app)) as client:
+            return await client.delete(f"/v1/jobs/{final.id}")
+
+    assert portal.call(delete).status_code == 204
+    assert portal.call(lambda: app.store.list_jobs(project_id="utf8")) == []
+
+
+def test_a_cancel_reason_with_a_nul_is_a_422_naming_the_field_and_records_nothing(
+    backend_app: Driven, tmp_path: Path
+) -> None:
+    portal, app = backend_app
+    job = portal.call(
+        lambda: app.create.execute({"project_id": "nulreason", "source": str(tmp_path / "src"), "modules": ["quick"]})
+    )
+
+    async def cancel() -> httpx.Response:
+        async with api_client(create_api(app)) as client:
+            return await client.post(f"/v1/jobs/{job.id}/cancel?reason=a%00b")
+
+    response = portal.call(cancel)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "reason"
+    assert response.json()["error"]["message"] == "reason: contains a NUL character"
+    assert portal.call(app.store.get, job.id).status is JobStatus.QUEUED
+
+
+@pytest.mark.parametrize("secret", ["s" * 20 + "\x00", "\x00" + "s" * 20])
+def test_a_webhook_secret_that_cannot_be_stored_is_a_422_naming_the_field(backend_app: Driven, secret: str) -> None:
+    """A NUL in the signing secret: SQLite would keep it, PostgreSQL refuses it (it was a
+    503 "store unavailable" there). Both refuse it as bad input, and store nothing."""
+    portal, app = backend_app
+
+    async def subscribe() -> httpx.Response:
+        body = {"project_id": "hooked", "url": "http://127.0.0.1:9/hook", "secret": secret}
+        async with api_client(create_api(app, webhook_allow_private=True)) as client:
+            return await client.post("/v1/webhooks", json=body)
+
+    response = portal.call(subscribe)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "secret"
+    assert "NUL" in response.json()["error"]["message"]
+    assert secret.strip("\x00") not in response.text
+
+    async def stored() -> list[Any]:
+        from orchestrator.webhooks.store import webhook_store
+
+        return await webhook_store(app.store).list_subscriptions(project_id="hooked")
+
+    assert portal.call(stored) == []
+
+
+def test_a_cli_webhook_secret_that_is_not_utf8_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_DATA_DIR": str(tmp_path / "data"),
+        "OTEL_SDK_DISABLED": "true",
+        "ORCHESTRATOR_WEBHOOK_ALLOW_PRIVATE": "true",
+    }
+    env.pop("ORCHESTRATOR_DATABASE_URL", None)
+    secret = b"s" * 20 + b"\xff"
+    add = ["webhooks", "add", "--project-id", "p", "--url", "http://127.0.0.1:9/h", "--secret", os.fsdecode(secret)]
+    run = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *add],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert run.stderr.decode(errors="replace").strip().splitlines() == [
+        "orchestrator: error: secret: contains a lone surrogate (not valid Unicode)"
+    ]

@@ -13,17 +13,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from orchestrator.domain import ErrorCategory, PersistenceError
 from orchestrator.domain.errors import new_error_id
 
-__all__ = ["Connector", "JSONText", "Params", "Row", "Transaction", "TransitionRefused", "new_error_id"]
+__all__ = [
+    "UNDECODABLE",
+    "Connector",
+    "JSONText",
+    "Params",
+    "Row",
+    "Transaction",
+    "TransitionRefused",
+    "new_error_id",
+]
 
 log = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
 Params = Mapping[str, Any]
+#: The row key under which a connector names the columns whose stored text was not valid
+#: UTF-8 (written by something else than this program): read with U+FFFD in their place.
+UNDECODABLE: Final = "_undecodable"
 
 
 class JSONText(str):

@@ -28,7 +28,7 @@ from orchestrator.domain import (
 )
 from orchestrator.domain.events import LifecycleEvent
 from orchestrator.domain.values import canonical_json, canonical_reason, canonical_text
-from orchestrator.stores.connector import JSONText, Row
+from orchestrator.stores.connector import UNDECODABLE, JSONText, Row
 
 __all__ = ["entry_from_row", "job_from_row", "job_params", "json_text", "json_value", "transition_params"]
 
@@ -160,8 +160,9 @@ def job_from_row(row: Row) -> Job:
         cancel_requested_ns=row["cancel_requested_ns"],
         worker_id=row["worker_id"],
     )
-    if read.damaged:
-        return _damaged(job, read.damaged)
+    damaged = [*row.get(UNDECODABLE, ()), *read.damaged]
+    if damaged:
+        return _damaged(job, list(dict.fromkeys(damaged)))
     return job
 
 

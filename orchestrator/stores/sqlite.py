@@ -24,7 +24,7 @@ import anyio.to_thread
 
 from orchestrator.domain import PersistenceError
 from orchestrator.stores import sql
-from orchestrator.stores.connector import Params, Row, TransitionRefused, new_error_id
+from orchestrator.stores.connector import UNDECODABLE, Params, Row, TransitionRefused, new_error_id
 from orchestrator.stores.core import SQLJobStore
 from otel import logs
 from otel.instrument import mark_logged
@@ -39,8 +39,25 @@ _Q: Final = sql.queries("sqlite")
 _LOCKED_MESSAGES: Final = ("database is locked", "database is busy", "database table is locked")
 
 
+class _Undecodable(str):
+    """Stored text that is not valid UTF-8, with U+FFFD for each bad sequence."""
+
+
+def _text(data: bytes) -> str:
+    """SQLite hands text over as bytes it never checked; text another tool wrote need not
+    be UTF-8, and the default decoding would fail the whole query (a listing broken for
+    good by one row). Such text reads with replacement characters, and the row says so."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return _Undecodable(data.decode(errors="replace"))
+
+
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
-    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+    found = {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+    if any(type(value) is _Undecodable for value in row):
+        found[UNDECODABLE] = tuple(k for k, v in found.items() if type(v) is _Undecodable)
+    return found
 
 
 def _bind(params: Params | None) -> dict[str, Any]:
@@ -80,6 +97,7 @@ class SQLiteConnector:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
         try:
             conn.row_factory = _dict_row
+            conn.text_factory = _text
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from orchestrator.domain import JobNotFound
-from orchestrator.domain.values import canonical_reason, storable
+from orchestrator.domain.values import canonical_reason, check_client_text, storable
 from orchestrator.serialization import timestamp
 from orchestrator.stores import JobStore, rows
 from orchestrator.stores.connector import Connector, Row
@@ -136,6 +136,10 @@ class SQLWebhookStore:
         self._db = connector
 
     async def add_subscription(self, subscription: Subscription) -> None:
+        # Kept as given (a secret must sign as typed), so refused when no store can hold
+        # it: a NUL (PostgreSQL) or a lone surrogate (either), never a store error.
+        check_client_text(subscription.secret, "secret")
+        check_client_text(subscription.url, "url")
         params = {
             "id": subscription.id,
             "project_id": subscription.project_id,
