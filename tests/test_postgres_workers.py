@@ -258,7 +258,7 @@ def test_a_job_of_a_killed_worker_is_recovered_and_completed_by_another(
         ("queued", "running", "claimed", 1),
         ("running", "queued", "lease_expired", 2),
         ("queued", "running", "claimed", 2),
-        ("running", "completed", "all 1 modules completed", 2),
+        ("running", "completed", "its module completed", 2),
     ]
     assert a.owns(history[2]["worker_id"])
     assert all(b.owns(h["worker_id"]) for h in history[3:]), "B reaps, claims and completes"

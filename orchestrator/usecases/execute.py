@@ -353,7 +353,7 @@ def _verdict(results: tuple[ModuleResult, ...], control: JobControl) -> tuple[Jo
         detail = "; ".join(f"{r.module} ({r.outcome.category}): {r.error}" for r in failed)
         category = failed[0].outcome.category
         return JobStatus.FAILED, f"{len(failed)} of {len(results)} modules failed: {detail}", category
-    reason = f"all {len(results)} modules completed"
+    reason = f"all {len(results)} modules completed" if len(results) != 1 else "its module completed"
     if overruns:
         reason += f"; {', '.join(overruns)} exceeded expected runtime"
     return JobStatus.COMPLETED, reason, None
