@@ -687,3 +687,59 @@ def test_a_cli_webhook_secret_that_is_not_utf8_is_one_line_naming_the_flag(tmp_p
     assert run.stderr.decode(errors="replace").strip().splitlines() == [
         "orchestrator: error: secret: contains a lone surrogate (not valid Unicode)"
     ]
+
+
+# -- retention ----------------------------------------------------------------------------
+
+
+def test_prune_deletes_finished_jobs_before_the_cutoff_with_everything_of_theirs_and_nothing_else(
+    backend_app: Driven, tmp_path: Path
+) -> None:
+    from orchestrator.usecases.prune import PruneReport, PruneUseCase
+    from orchestrator.webhooks.models import Subscription
+    from orchestrator.webhooks.store import webhook_store
+
+    portal, app = backend_app
+    hooks = webhook_store(app.store)
+    subscription = Subscription("h1", "old", "https://hooks.example.com/x", "s" * 20, ("job.lifecycle.complete",), 1)
+    portal.call(hooks.add_subscription, subscription)
+    RETURNS["old"] = {"ok": True}
+    finished = portal.call(run_echo, app, "old", tmp_path / "src")
+    waiting = portal.call(
+        lambda: app.create.execute({"project_id": "old", "source": str(tmp_path / "src"), "modules": ["quick"]})
+    )
+    assert finished.finished_ns is not None
+    telemetry = tmp_path / "telemetry"
+    telemetry.mkdir()
+    for name in ("traces.jsonl", "traces.jsonl.1", "logs.jsonl.2"):
+        (telemetry / name).write_text("{}\n")
+        os.utime(telemetry / name, (1, 1))  # written long ago
+    prune = PruneUseCase(app.store, telemetry_dir=telemetry)
+
+    assert portal.call(lambda: prune.execute(before_ns=finished.finished_ns)) == PruneReport(0, 2, 6, False)
+    (telemetry / "traces.jsonl.1").write_text("{}\n")
+    os.utime(telemetry / "traces.jsonl.1", (1, 1))
+    cutoff = finished.finished_ns + 1
+    assert portal.call(lambda: prune.execute(before_ns=cutoff, dry_run=True)) == PruneReport(1, 1, 3, True)
+    assert len(portal.call(lambda: app.store.list_jobs(project_id="old"))) == 2
+    assert portal.call(lambda: prune.execute(before_ns=cutoff)) == PruneReport(1, 1, 3, False)
+
+    assert [j.id for j in portal.call(lambda: app.store.list_jobs(project_id="old"))] == [waiting.id]
+    assert portal.call(app.store.history, finished.id) == []
+    assert portal.call(lambda: hooks.list_deliveries(job_id=finished.id)) == []
+    assert sorted(p.name for p in telemetry.iterdir()) == ["traces.jsonl"]  # the active file stays
+
+
+@pytest.mark.parametrize("age", ["99999999999d", "1" + "0" * 400 + "d"])
+def test_prune_with_an_age_older_than_the_epoch_deletes_nothing_and_says_so(tmp_path: Path, age: str) -> None:
+    env = {**os.environ, "ORCHESTRATOR_DATA_DIR": str(tmp_path / "data"), "OTEL_SDK_DISABLED": "true"}
+    env.pop("ORCHESTRATOR_DATABASE_URL", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "prune", "--older-than", age],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout.decode().startswith(f"deleted 0 finished jobs older than {age} "), run.stdout.decode()

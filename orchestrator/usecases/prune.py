@@ -88,5 +88,7 @@ class PruneUseCase:
 
 
 def before(age_seconds: float, *, now_s: float | None = None) -> int:
-    """The cutoff, in nanoseconds, for things older than ``age_seconds``."""
-    return int(((now_s if now_s is not None else time.time()) - age_seconds) * 1e9)
+    """The cutoff, in nanoseconds, for things older than ``age_seconds``: never before the
+    epoch (an age older than that matches nothing, and no database holds such a number)."""
+    cutoff = ((now_s if now_s is not None else time.time()) - age_seconds) * 1e9
+    return int(cutoff) if cutoff > 0 else 0
