@@ -210,3 +210,19 @@ def test_trace_right_after_a_worker_finished_a_job_tells_the_truth(tmp_path: Pat
     job = json.loads(env.run("status", job_id, "--json").stdout)
     assert finished.stdout.splitlines()[0] == f"trace {job['trace_id']}  job {job_id}"
     assert "job src [completed]" in finished.stdout
+
+
+@pytest.mark.parametrize("since", ["99999999d", "9" * 400 + "w", "0001-01-01"])
+def test_a_window_reaching_before_1970_takes_every_job(scenario: tuple[Env, dict[str, str]], since: str) -> None:
+    env, _ = scenario
+    everything = env.json("report")
+    report = env.json("report", "--since", since)
+    assert report["jobs"] == everything["jobs"] == 7
+    assert report["filters"]["since"] == "1970-01-01T00:00:00.000000Z"
+
+
+def test_a_window_starting_after_year_9999_takes_no_job(scenario: tuple[Env, dict[str, str]]) -> None:
+    env, _ = scenario
+    report = env.json("report", "--since", "9999-12-31T23:59:59-12:00")  # year 10000 in UTC
+    assert report["jobs"] == 0
+    assert report["filters"]["since"] == "9999-12-31T00:00:00.000000Z"

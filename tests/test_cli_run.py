@@ -11,6 +11,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,3 +209,110 @@ def test_run_keeps_its_job_when_a_fast_worker_serves_the_same_store(shared_store
             [runner] = runners
             assert f":{popen.pid}:" in runner  # run's own worker, never the other one
             assert f":{worker.pid}:" not in runner
+
+
+# -- readers that go away, interrupts at the edges ----------------------------------------
+
+
+def test_run_whose_stderr_reader_goes_away_still_finishes_its_job(env: Env) -> None:
+    # `orchestrator run ... 2>&1 | head -1`: the reader leaves after the first note on
+    # stderr; the job must not be abandoned Running (for a worker to run it again).
+    popen = subprocess.Popen(
+        [*ORCHESTRATOR, "run", "--source", str(env.cwd / "src"), "--modules", "slow", "--option", "slow.seconds=1"],
+        cwd=env.cwd,
+        env=env.environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _STARTED.append(popen)
+    assert popen.stderr is not None
+    popen.stderr.close()  # before the first note ("project id ...") is written
+    stdout, _ = popen.communicate(timeout=120)
+    first = stdout.splitlines()[0].split()
+    assert (first[0], first[1]) == ("src", "completed"), stdout
+    assert popen.returncode == 0, stdout
+    row = job_row(env.data_dir / "orchestrator.db", first[2])
+    assert row is not None
+    assert (row["status"], row["lease_owner"]) == ("completed", None)
+
+
+@pytest.mark.parametrize("command", [["status", "{job}"], ["trace", "{job}"], ["report"], ["run", "{source}"]])
+def test_rendered_output_into_a_closed_pipe_stops_quietly_with_141(env: Env, command: list[str]) -> None:
+    job = env.json("run", "--source", str(env.cwd / "src"), "--modules", "echo")["id"]
+    args = [a.format(job=job, source="--source") for a in command]
+    if command[0] == "run":
+        args += [str(env.cwd / "src"), "--modules", "echo"]
+    popen = subprocess.Popen(
+        [*ORCHESTRATOR, *args],
+        cwd=env.cwd,
+        env=env.environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _STARTED.append(popen)
+    assert popen.stdout is not None
+    popen.stdout.close()  # `| head -0`: the reader is gone before anything is written
+    _, stderr = popen.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    assert popen.returncode == 141, stderr  # 128 + SIGPIPE, not 1 (a failed job's status)
+
+
+def test_ctrl_c_as_the_job_finishes_is_not_a_failed_cancel(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    # SIGINT arriving between the job's terminal transition and the end of `run`: the
+    # command asks to cancel a job that has just completed.
+    import anyio
+
+    from orchestrator.bootstrap import open_app
+    from orchestrator.cli import render
+    from orchestrator.cli.run import cancel_here
+    from orchestrator.settings import Settings
+
+    job = env.json("run", "--source", str(env.cwd / "src"), "--modules", "echo")
+    assert job["status"] == "completed"
+
+    async def interrupt_late() -> str:
+        async with open_app(Settings(data_dir=env.data_dir)) as app:
+            worker = app.worker(concurrency=1)
+            with render.err_console.capture() as said:
+                await cancel_here(app, worker, job["id"], "interrupted (SIGINT) while running in `orchestrator run`")
+            return said.get()
+
+    said = anyio.run(interrupt_late)
+    assert said.strip() == f"job {job['id']} already completed at {job['finished_at']}: nothing to cancel", said
+    assert "cannot go from" not in caplog.text
+    row = job_row(env.data_dir / "orchestrator.db", job["id"])
+    assert row is not None
+    assert (row["status"], row["reason"]) == ("completed", job["reason"])
+
+
+STARTING_INTERRUPT = """\
+import os, signal, sys
+from orchestrator.cli import main as cli
+
+build_parser = cli.build_parser
+
+def interrupted_while_starting():
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the command line is being read
+    return build_parser()
+
+cli.build_parser = interrupted_while_starting
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(env: Env) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STARTING_INTERRUPT, "jobs"],
+        cwd=env.cwd,
+        env=env.environ(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (130, "orchestrator: error: interrupted\n", "")

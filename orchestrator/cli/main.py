@@ -188,9 +188,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while the command line is read and logging and telemetry are set up, or
+        # while telemetry is flushed at exit: no command of ours was interrupted.
+        code = _fail("interrupted", 130)
     # A module's thread blocked for good (a read of /proc/kmsg, a FIFO) must not keep the
     # process alive once the command is done: see leave_blocked_threads.
-    return leave_blocked_threads(_main(argv))
+    return leave_blocked_threads(code)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,10 +29,24 @@ __all__ = [
     "timestamp",
 ]
 
+
+class _Console(Console):
+    """A reader that goes away (``| head``). rich's own answer is ``SystemExit(1)``, the
+    status of a failed job, raised wherever the write was: on stderr that abandoned a job
+    ``run`` was running (left Running for a worker to run again)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more to this reader
+        if not self.stderr:
+            # The result's reader left: the command ends quietly, status 141 (see main).
+            raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+        # Notes on stderr are not the result: the command carries on without them.
+
+
 # soft_wrap: a long line (an id, a path, a reason) is never broken at 80 columns when
 # the output is a pipe or a file; tables lay themselves out (see print_table).
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = _Console(highlight=False, soft_wrap=True)
+err_console = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 _STATUS_STYLE = {
     JobStatus.PENDING: "dim",

@@ -205,6 +205,8 @@ def _module_run(s: Span) -> ModuleRun:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The latest --since that can be printed back (9999-12-31T23:59:59-12:00 is year 10000 in UTC).
+_LATEST_NS: Final = int(dt.datetime(9999, 12, 31, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
 
 
 def parse_since(text: str, now_ns: int) -> int:
@@ -212,7 +214,10 @@ def parse_since(text: str, now_ns: int) -> int:
     an ISO 8601 time (``2026-11-30``, ``2026-11-30T12:00:00Z``; UTC when no zone)."""
     match = _DURATION.match(text)
     if match:
-        return now_ns - int(float(match.group(1)) * _UNIT_SECONDS[match.group(2)] * 1e9)
+        # No job finished before 1970: a longer window (99999999d, or so many digits the
+        # number is infinite) is every job, not a date before year 1.
+        back_s = min(float(match.group(1)) * _UNIT_SECONDS[match.group(2)], now_ns / 1e9)
+        return max(0, now_ns - int(back_s * 1e9))
     try:
         when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -221,7 +226,7 @@ def parse_since(text: str, now_ns: int) -> int:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1e9)
+    return min(max(0, int(when.timestamp() * 1e9)), _LATEST_NS)
 
 
 def select(records: Iterable[JobRecord], *, since_ns: int | None, project_id: str | None) -> list[JobRecord]:

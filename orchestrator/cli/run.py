@@ -23,9 +23,9 @@ from rich.text import Text
 from orchestrator.cli import render
 from orchestrator.cli.inputs import flag_error, request_from_args
 from orchestrator.cli.main import Context, exit_code, print_json, with_app
-from orchestrator.domain import InvalidRequest, Job, JobStatus, OrchestratorError
+from orchestrator.domain import IllegalTransition, InvalidRequest, Job, JobStatus, OrchestratorError
 from orchestrator.modules.progress import ModuleProgress
-from orchestrator.serialization import job_json
+from orchestrator.serialization import job_json, timestamp
 from orchestrator.usecases.create import StartOn
 from orchestrator.usecases.execute import CancelKind
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from orchestrator.bootstrap import App
     from orchestrator.job_queue import Worker
 
-__all__ = ["Interrupts", "Progress", "create_job", "run"]
+__all__ = ["Interrupts", "Progress", "cancel_here", "create_job", "run"]
 
 
 class Interrupts:
@@ -130,7 +130,7 @@ async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
         if not ctx.args.json:
             render.err_console.print(f"job {job.id} running here (trace {job.trace.trace_id})", style="dim")
         await worker.adopt(job)
-        await interrupts.on_job(job.id, lambda reason: _cancel(app, worker, job.id, reason))
+        await interrupts.on_job(job.id, lambda reason: cancel_here(app, worker, job.id, reason))
         progress = Progress(job) if render.err_console.is_terminal else None
         remove = app.execute.add_progress_listener(progress.update) if progress else None
         try:
@@ -147,15 +147,25 @@ async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
     return job
 
 
-async def _cancel(app: App, worker: Worker, job_id: str, reason: str) -> None:
+async def cancel_here(app: App, worker: Worker, job_id: str, reason: str) -> None:
     """Record who cancelled (the history's cancellation request), then stop the modules
-    at once rather than at the worker's next poll."""
+    at once rather than at the worker's next poll. An interrupt that comes as the job
+    finishes finds nothing to cancel, and says so."""
     from orchestrator.cli.commands import requester
 
+    job: Job | None = None
     try:
-        await app.workflow.cancel(job_id, reason=reason, requested_by=requester())
-    except OrchestratorError as exc:
+        job = await app.store.get(job_id)
+        if not job.status.terminal:
+            await app.workflow.cancel(job_id, reason=reason, requested_by=requester())
+    except IllegalTransition:
+        job = await app.store.get(job_id)  # it finished meanwhile
+    except OrchestratorError as exc:  # not recorded; its modules are still stopped below
         render.err_console.print(f"could not cancel job {job_id}: {exc.message}", style="red")
+    if job is not None and job.status.terminal:
+        finished = f" at {timestamp(job.finished_ns)}" if job.finished_ns else ""
+        render.err_console.print(f"job {job_id} already {job.status}{finished}: nothing to cancel", style="yellow")
+        return
     control = worker.in_flight.get(job_id)
     if control is not None:
         control.cancel(CancelKind.USER, reason)
