@@ -211,6 +211,23 @@ def test_run_keeps_its_job_when_a_fast_worker_serves_the_same_store(shared_store
             assert f":{worker.pid}:" not in runner
 
 
+def test_a_refused_run_is_one_line_on_either_store(shared_store: Env) -> None:
+    """A source the use case refuses ends run before its worker starts: one line, and no
+    warning of a query cut short (PostgreSQL's driver logged two before)."""
+    env = shared_store
+    for source, message in (
+        (env.cwd / "missing", f"orchestrator: error: --source: {env.cwd / 'missing'} does not exist"),
+        (
+            Path("/proc"),
+            "orchestrator: error: --source: /proc is on a pseudo-filesystem (/proc, /sys, /dev): "
+            "not something to analyse",
+        ),
+    ):
+        done = env.run("run", "--source", str(source))
+        assert (done.returncode, done.stderr.splitlines()) == (2, [message]), done.stderr
+        assert done.stdout == ""
+
+
 # -- readers that go away, interrupts at the edges ----------------------------------------
 
 

@@ -124,9 +124,11 @@ async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
     """Create the job already claimed by a worker of this process and run it there;
     returns it terminal. It is never Queued, so no other worker can claim it."""
     worker = app.worker(concurrency=1)
+    # Created before the worker starts: a request the use case refuses (a bad source...)
+    # ends the command before anything runs, with nothing to cancel mid-query.
+    job = await create_job(app, ctx, start=StartOn(worker.worker_id, worker.config.lease_seconds))
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: worker.run(claim=False))
-        job = await create_job(app, ctx, start=StartOn(worker.worker_id, worker.config.lease_seconds))
         if not ctx.args.json:
             render.err_console.print(f"job {job.id} running here (trace {job.trace.trace_id})", style="dim")
         await worker.adopt(job)
