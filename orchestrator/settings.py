@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     #: Allow webhook URLs that resolve to loopback or private addresses.
     webhook_allow_private: bool = False
+    #: Host names (comma-separated, as webhook URLs name them) whose webhooks may resolve
+    #: to loopback or private addresses; every other target must be public.
+    webhook_private_hosts: Annotated[frozenset[str], NoDecode] = frozenset()
     #: Delivery attempts one dispatcher runs at once, and at most per subscription.
     webhook_concurrency: int = Field(default=32, ge=1, le=1024)
     webhook_concurrency_per_subscription: int = Field(default=4, ge=1, le=256)
@@ -145,6 +148,14 @@ class Settings(BaseSettings):
             if not hosts:
                 raise ValueError("must name at least one host (or *), or be unset")
             return hosts
+        return value
+
+    @field_validator("webhook_private_hosts", mode="before")
+    @classmethod
+    def _split_private_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            # As webhooks.targets.host_key compares them: lower case, no dot at the end.
+            return frozenset(h.strip().strip("[]").lower().rstrip(".") for h in value.split(",") if h.strip())
         return value
 
     @field_validator("api_token")

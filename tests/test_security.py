@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -613,6 +614,40 @@ def test_a_trickling_receiver_is_cut_at_the_deadline_and_delays_no_one(tmp_path:
         "timeout: no complete answer within the 3 s deadline",
     )
     assert 3000 <= attempt["duration_ms"] < 3000 + 2000  # cut at the deadline, not after the 100,000 bytes
+
+
+def test_private_targets_are_allowed_only_for_the_hosts_named(tmp_path: Path) -> None:
+    """ORCHESTRATOR_WEBHOOK_PRIVATE_HOSTS: a receiver on a private address named by its
+    host name (compose: the load generator's) gets its deliveries; every other non-public
+    target, the same address written otherwise included, is still refused."""
+    root = make_tree(tmp_path)
+    with receiver() as hook:
+        port = urlsplit(hook.url).port
+        served = start_serve(
+            tmp_path / "data",
+            "--workers-in-process",
+            "1",
+            source_roots=root,
+            webhook_private_hosts=" LOCALHOST. , receiver.internal",
+        )
+        try:
+            with served.client() as client:
+                subscribe = {"project_id": "acme", "secret": "s" * 20, "events": ["job.lifecycle.enqueue"]}
+                named = client.post("/v1/webhooks", json={**subscribe, "url": f"http://localhost:{port}/hook"})
+                assert named.status_code == 201, named.text
+                for url, message in (
+                    (f"http://127.0.0.1:{port}/hook", "url: refused: 127.0.0.1 is not a public address (loopback)"),
+                    ("http://10.0.0.1/hook", "url: refused: 10.0.0.1 is not a public address (private)"),
+                ):
+                    refused = client.post("/v1/webhooks", json={**subscribe, "url": url})
+                    assert (refused.status_code, body(refused)["error"]["message"]) == (422, message), url
+                created = client.post("/v1/jobs", json={"project_id": "acme", "source": str(root / "project")})
+                assert created.status_code == 201, created.text
+                [delivered] = hook.wait_for(1, timeout=15)
+        finally:
+            served.stop()
+    assert delivered.event == "job.lifecycle.enqueue"
+    assert body(created)["id"] in delivered.body.decode()
 
 
 def _settled_deliveries(client: httpx.Client, job_id: str, count: int) -> list[dict[str, Any]]:

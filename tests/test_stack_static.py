@@ -264,14 +264,17 @@ def test_api_jobs_are_confined_to_the_load_generators_samples(services: dict[str
 
 
 def test_private_webhook_targets_only_where_the_load_generator_needs_them(services: dict[str, dict[str, Any]]) -> None:
+    # No service may reach every private address; those that deliver or check the load
+    # generator's webhooks may reach its host, and only it.
+    assert not [n for n, s in services.items() if "ORCHESTRATOR_WEBHOOK_ALLOW_PRIVATE" in (s.get("environment") or {})]
     allowed = {
-        name for name, s in services.items() if (s.get("environment") or {}).get("ORCHESTRATOR_WEBHOOK_ALLOW_PRIVATE")
+        name: s["environment"]["ORCHESTRATOR_WEBHOOK_PRIVATE_HOSTS"]
+        for name, s in services.items()
+        if "ORCHESTRATOR_WEBHOOK_PRIVATE_HOSTS" in (s.get("environment") or {})
     }
-    assert allowed == ALLOW_PRIVATE_WEBHOOKS
-    for name in allowed:
-        assert services[name]["environment"]["ORCHESTRATOR_WEBHOOK_ALLOW_PRIVATE"] == "true"
     sink = urlsplit(services["loadgen"]["environment"]["LOADGEN_SINK_URL"]).hostname
     assert sink == "loadgen", "the private receiver is the load generator's own"
+    assert allowed == dict.fromkeys(ALLOW_PRIVATE_WEBHOOKS, sink)
 
 
 def test_the_api_answers_every_host_name_its_clients_use(services: dict[str, dict[str, Any]]) -> None:

@@ -80,6 +80,7 @@ class ApiConfig:
     max_queued_jobs: int = 10_000
     create_rate_per_minute: int = 0
     webhook_allow_private: bool = False
+    webhook_private_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, bind_host: str = "127.0.0.1") -> ApiConfig:
@@ -93,6 +94,7 @@ class ApiConfig:
             max_queued_jobs=settings.max_queued_jobs,
             create_rate_per_minute=settings.api_create_rate_per_minute,
             webhook_allow_private=settings.webhook_allow_private,
+            webhook_private_hosts=settings.webhook_private_hosts,
         )
 
     @property
@@ -260,7 +262,9 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
         """Subscribe a URL to a project's lifecycle events. The URL must lead to a public
         address. The secret is never returned, the URL only as ``scheme://host/…`` with a
         fingerprint (``url_sha256``: the first 16 hex digits of its SHA-256)."""
-        url = await check_subscription_url(body.url, allow_private=config.webhook_allow_private)
+        url = await check_subscription_url(
+            body.url, allow_private=config.webhook_allow_private, private_hosts=config.webhook_private_hosts
+        )
         subscription = Subscription(
             id=secrets.token_hex(8),
             project_id=body.project_id,

@@ -34,7 +34,11 @@ async def webhooks_add(ctx: Context) -> int:
         raise InvalidRequest(f"events: unknown {', '.join(unknown)} (known: {', '.join(SUBSCRIBABLE_EVENTS)})")
     project_id = validate_project_id(args.project_id)
     # The delivery rule, checked now: a non-public target would only ever be refused.
-    url = await check_subscription_url(args.url, allow_private=ctx.settings.webhook_allow_private)
+    url = await check_subscription_url(
+        args.url,
+        allow_private=ctx.settings.webhook_allow_private,
+        private_hosts=ctx.settings.webhook_private_hosts,
+    )
     subscription = Subscription(
         id=secrets.token_hex(8),
         project_id=project_id,

@@ -84,8 +84,10 @@ class DispatcherConfig:
     connect_timeout: float = 5.0
     #: Bytes of a response body read at most (the rest is discarded).
     max_response_bytes: int = 64 * 1024
-    #: Allow loopback and private addresses (tests, trusted networks).
+    #: Allow loopback and private addresses (tests, trusted networks): all, or those of
+    #: the host names in ``private_hosts``.
     allow_private: bool = False
+    private_hosts: frozenset[str] = frozenset()
     poll_seconds: float = 0.5
     #: Deliveries claimed at once by :meth:`WebhookDispatcher.dispatch_once`.
     batch: int = 16
@@ -104,6 +106,7 @@ class DispatcherConfig:
             backoff_base_seconds=settings.webhook_backoff_seconds,
             attempt_deadline=settings.webhook_timeout_seconds,
             allow_private=settings.webhook_allow_private,
+            private_hosts=settings.webhook_private_hosts,
             concurrency=settings.webhook_concurrency,
             per_subscription=settings.webhook_concurrency_per_subscription,
         )
@@ -346,7 +349,12 @@ class WebhookDispatcher:
         self, client: httpx.AsyncClient, target: Target, secret: str, delivery: Delivery
     ) -> tuple[str, int | None, str | None, float | None]:
         # Resolved once, checked, and connected to: no second lookup can rebind the name.
-        address = await resolve_public(target, allow_private=self.config.allow_private, resolver=self._resolver)
+        address = await resolve_public(
+            target,
+            allow_private=self.config.allow_private,
+            private_hosts=self.config.private_hosts,
+            resolver=self._resolver,
+        )
         pinned = pin(target, address)
         body = delivery.body
         headers = {

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -204,11 +204,23 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+def host_key(host: str) -> str:
+    """A host name as ``ORCHESTRATOR_WEBHOOK_PRIVATE_HOSTS`` lists it: lower case, no
+    trailing dot, no IPv6 brackets."""
+    return host.strip().strip("[]").lower().rstrip(".")
+
+
 async def resolve_public(
-    target: Target, *, allow_private: bool = False, resolver: Resolver = system_resolver
+    target: Target,
+    *,
+    allow_private: bool = False,
+    private_hosts: Collection[str] = (),
+    resolver: Resolver = system_resolver,
 ) -> IPAddress:
     """The one address to connect to: the literal, or the first the host resolves to,
-    after checking EVERY address it resolves to (one private answer refuses the host).
+    after checking EVERY address it resolves to (one private answer refuses the host),
+    unless private targets are allowed: all of them, or those of the hosts named in
+    ``private_hosts`` (exactly as the URL names them).
     Raises :class:`RefusedTarget` or :class:`UnresolvableHost`."""
     literal = target.literal
     if literal is not None:
@@ -221,7 +233,7 @@ async def resolve_public(
             raise UnresolvableHost(f"cannot resolve {target.host}: {exc}") from None
         if not addresses:
             raise UnresolvableHost(f"cannot resolve {target.host}: no address")
-    if not allow_private:
+    if not (allow_private or host_key(target.host) in private_hosts):
         for address in addresses:
             why = non_public_reason(address)
             if why is not None:
@@ -230,13 +242,15 @@ async def resolve_public(
     return addresses[0]
 
 
-async def check_subscription_url(url: str, *, allow_private: bool = False, resolver: Resolver = system_resolver) -> str:
+async def check_subscription_url(
+    url: str, *, allow_private: bool = False, private_hosts: Collection[str] = (), resolver: Resolver = system_resolver
+) -> str:
     """The delivery rule at subscription time: :class:`InvalidRequest` (field ``url``)
     for a malformed URL or a non-public target. A host that does not resolve now is
     accepted: DNS may be down, and every delivery attempt checks again."""
     target = parse_target(url)
     try:
-        await resolve_public(target, allow_private=allow_private, resolver=resolver)
+        await resolve_public(target, allow_private=allow_private, private_hosts=private_hosts, resolver=resolver)
     except RefusedTarget as exc:
         raise _invalid(f"refused: {exc}") from None
     except UnresolvableHost:
