@@ -587,6 +587,8 @@ def test_the_cli_json_shows_the_canonical_form(tmp_path: Path) -> None:
 # -- found in the audit of issue 12 -------------------------------------------------------
 
 
+# SQLite only: PostgreSQL text is always valid UTF-8 (the server refuses anything else).
+@pytest.mark.parametrize("backend_app", ["sqlite"], indirect=True)
 def test_text_sqlite_holds_that_is_not_utf8_marks_the_job_damaged_and_never_breaks_a_read(
     backend_app: Driven, tmp_path: Path
 ) -> None:
@@ -594,8 +596,7 @@ def test_text_sqlite_holds_that_is_not_utf8_marks_the_job_damaged_and_never_brea
     the listing, the job, its history and the API still answer, the job is reported
     damaged with the columns named, and it can be deleted."""
     portal, app = backend_app
-    if app.store.backend != "sqlite":
-        pytest.skip("PostgreSQL text is always valid UTF-8")
+    assert app.store.backend == "sqlite"
     RETURNS["utf8"] = {"ok": True}
     final = portal.call(run_echo, app, "utf8", tmp_path / "src")
     import sqlite3
