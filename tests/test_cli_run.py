@@ -110,8 +110,9 @@ def test_a_second_ctrl_c_exits_at_once_and_says_what_is_left(env: Env) -> None:
     assert popen.returncode == 130
     said = stderr.read_text()
     assert said.rstrip().endswith(
-        f"orchestrator: error: interrupted again: exiting at once; job {job_id} stays Running until its lease "
-        "expires (then a worker's reaper recovers it, or `orchestrator cancel` cancels it)"
+        f"orchestrator: error: interrupted again: exiting at once; job {job_id} was being cancelled: if it had not "
+        "ended yet, it stays Running until its lease expires (then a worker's reaper recovers it, or "
+        "`orchestrator cancel` cancels it)"
     ), said
     row = job_row(env.data_dir / "orchestrator.db", job_id)
     assert row is not None

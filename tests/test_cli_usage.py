@@ -320,6 +320,27 @@ def test_bad_job_options_name_the_flag(env: Env, project: Path, args: list[str],
     assert one_line_error(env.run("submit", "--source", str(project), "--modules", "echo", *args)) == message
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--port", "70000"], "orchestrator serve: error: argument --port: 70000 is not between 0 and 65535"),
+        (["serve", "--port", "80x"], "orchestrator serve: error: argument --port: '80x' is not a whole number"),
+        (
+            ["serve", "--workers-in-process", "-1"],
+            "orchestrator serve: error: argument --workers-in-process: -1 is not between 0 and 64",
+        ),
+        (["jobs", "--limit", "0"], "orchestrator jobs: error: argument --limit: 0 is not between 1 and 1000"),
+        (["jobs", "--limit", "5000"], "orchestrator jobs: error: argument --limit: 5000 is not between 1 and 1000"),
+    ],
+)
+def test_numbers_out_of_range_are_one_line_naming_the_flag(env: Env, args: list[str], message: str) -> None:
+    """A port the OS cannot bind was a traceback (OverflowError); a limit of 0 or beyond
+    the maximum was silently changed."""
+    done = env.run(*args)
+    assert (done.returncode, done.stderr.splitlines()[-1:], done.stdout) == (2, [message], "")
+    assert "Traceback" not in done.stderr
+
+
 # -- telemetry that could not be delivered ------------------------------------------------
 
 

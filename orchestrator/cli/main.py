@@ -71,6 +71,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], or one line saying what is wanted."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from orchestrator.cli import commands, demo, maintenance, run, webhook_commands
 
@@ -122,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only failed or cancelled jobs of this error category",
     )
     p.add_argument("--project-id")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int_between(1, 1000), default=50, help="at most this many jobs (1-1000)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=commands.jobs, log_level_default="error", telemetry=False)
 
@@ -147,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ORCHESTRATOR_API_TOKEN only a loopback --host is allowed (see README: Security).",
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers-in-process", type=int, default=1, help="in-process workers (0: API only)")
+    p.add_argument("--port", type=int_between(0, 65535), default=8000, help="TCP port (0: any free one)")
+    p.add_argument("--workers-in-process", type=int_between(0, 64), default=1, help="in-process workers (0: API only)")
     p.add_argument("--no-migrate", action="store_true", help="do not apply schema migrations on start")
     p.set_defaults(handler=_serve, log_level_default=None, telemetry=True)
 

@@ -43,6 +43,8 @@ class Interrupts:
         self.signal: signal.Signals | None = None
         self._cancel: Callable[[str], Awaitable[None]] | None = None
         self._job_id: str | None = None
+        #: The first interrupt asked for the job's cancellation (it may have ended since).
+        self._cancel_sent = False
 
     @property
     def reason(self) -> str:
@@ -64,6 +66,7 @@ class Interrupts:
                         style="yellow",
                     )
                     if self._cancel is not None:
+                        self._cancel_sent = True
                         await self._cancel(self.reason)
                 else:
                     self._force_exit()
@@ -73,10 +76,19 @@ class Interrupts:
         came while it was being created cancels it now."""
         self._job_id, self._cancel = job_id, cancel
         if self.signal is not None:
+            self._cancel_sent = True
             await cancel(self.reason)
 
     def _force_exit(self) -> None:
-        where = f"job {self._job_id} stays Running until its lease expires" if self._job_id else "no job was created"
+        if self._job_id is None:
+            where = "no job was created"
+        elif self._cancel_sent:
+            where = (
+                f"job {self._job_id} was being cancelled: if it had not ended yet, "
+                "it stays Running until its lease expires"
+            )
+        else:
+            where = f"job {self._job_id} stays Running until its lease expires"
         sys.stderr.write(
             f"orchestrator: error: interrupted again: exiting at once; {where} "
             "(then a worker's reaper recovers it, or `orchestrator cancel` cancels it)\n"
