@@ -5,6 +5,7 @@ the edge (a 422 naming the field)."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from orchestrator.domain import InvalidRequest, JobOptions, ModuleOutcome
 from orchestrator.domain.job import ModuleBudget
 from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
 from orchestrator.modules.budget import Budget, BudgetPolicy, JobBudgets, parse_module_seconds
+from orchestrator.modules.index import FileIndex, IndexConfig, WalkStats, build_index
+from orchestrator.modules.job_files import JobFiles
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
 from orchestrator.usecases import JobControl
@@ -144,6 +147,69 @@ async def test_deadlines_move_to_the_scaled_timeout_once_the_tree_is_walked() ->
         assert final == Budget(50.0, 5.0, timeout_scales=False, expected_scales=False)
 
 
+async def test_while_the_walk_runs_deadlines_follow_the_files_found_so_far() -> None:
+    """A huge tree is not cut off by the unscaled timeout before it is sized: the files
+    found so far already earn their share, and a deadline never moves earlier."""
+    budgets = JobBudgets(BudgetPolicy(timeouts={"*": 10.0}, reference_files=1_000, reference_bytes=0))
+    with anyio.CancelScope() as early, anyio.CancelScope() as late:
+        started = anyio.current_time()
+        budgets.start(Stub("early", 1.0, 99.0), early)
+        budgets.growing(files=3_000, total_bytes=0)  # three reference projects found so far
+        assert started <= early.deadline - 30.0 <= anyio.current_time()
+        budgets.growing(files=2_000, total_bytes=0)  # a smaller count never lowers it
+        assert started <= early.deadline - 30.0 <= anyio.current_time()
+        assert budgets.scale is None  # not sized yet: expected runtimes wait for the index
+        later = anyio.current_time()
+        budgets.start(Stub("late", 1.0, 99.0), late)  # starting now: what is found so far counts
+        assert later <= late.deadline - 30.0 <= anyio.current_time()
+        budgets.sized(files=8_000, total_bytes=0)
+        assert started <= early.deadline - 80.0 <= anyio.current_time()
+        budgets.growing(files=9_999_999, total_bytes=0)  # once sized, the walk's count is done
+        assert started <= early.deadline - 80.0 <= anyio.current_time()
+
+
+async def test_job_files_report_the_files_a_running_walk_has_found(tmp_path: Path) -> None:
+    """The walk is held at a gate once it has found 40 of 60 files: the count is reported
+    while it waits, then the index holds every file."""
+    root = tree(tmp_path / "src", 0)
+    for index in range(60):
+        sub = root / f"d{index // 10}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{index}.txt").write_text("x\n")
+    reached, release = threading.Event(), threading.Event()
+
+    def gated_walk(source: Path, config: IndexConfig, *, cancelled: Any, stats: WalkStats, **kw: Any) -> FileIndex:
+        def gate() -> bool:
+            if stats.files_seen >= 40 and not release.is_set():
+                reached.set()
+                release.wait(30)
+            return bool(cancelled())
+
+        return build_index(source, config, cancelled=gate, stats=stats, **kw)
+
+    seen: list[int] = []
+    counted = anyio.Event()
+
+    def report(files: int) -> None:
+        seen.append(files)
+        if files >= 40:
+            counted.set()
+
+    async with JobFiles(root, walk=gated_walk, walk_report_seconds=0.01) as files:
+        files.when_walking(report)
+        files.start_walk()
+        with anyio.fail_after(30):
+            await counted.wait()
+        assert files.walked is None  # still walking, held at the gate
+        release.set()
+        with anyio.fail_after(30):
+            index = await files.index()
+    assert reached.is_set()
+    assert len(index) == 60
+    assert 40 <= max(seen) <= 60
+    assert seen == sorted(seen)
+
+
 # --- in jobs ----------------------------------------------------------------------------------
 
 
@@ -195,16 +261,29 @@ async def test_a_jobs_own_numbers_are_used_as_given(tmp_path: Path, app: App) ->
 
 BAD_OPTIONS = [
     pytest.param({"module_budgets": {"other": {"timeout_s": 5}}}, "options.module_budgets", id="foreign-module"),
-    pytest.param({"module_budgets": {"declared": {"timeout_s": 0}}}, "options.module_budgets.declared.timeout_s",
-                 id="zero-timeout"),
-    pytest.param({"module_budgets": {"declared": {"timeout_s": "NaN"}}}, "options.module_budgets.declared.timeout_s",
-                 id="nan-timeout"),
-    pytest.param({"module_budgets": {"declared": {"expected_s": -1}}}, "options.module_budgets.declared.expected_s",
-                 id="negative-expected"),
-    pytest.param({"module_budgets": {"declared": {"timeout_s": 5, "expected_s": 10}}},
-                 "options.module_budgets.declared.expected_s", id="expected-over-timeout"),
-    pytest.param({"module_budgets": {"declared": {"timeout": 5}}}, "options.module_budgets.declared.timeout",
-                 id="unknown-key"),
+    pytest.param(
+        {"module_budgets": {"declared": {"timeout_s": 0}}},
+        "options.module_budgets.declared.timeout_s",
+        id="zero-timeout",
+    ),
+    pytest.param(
+        {"module_budgets": {"declared": {"timeout_s": "NaN"}}},
+        "options.module_budgets.declared.timeout_s",
+        id="nan-timeout",
+    ),
+    pytest.param(
+        {"module_budgets": {"declared": {"expected_s": -1}}},
+        "options.module_budgets.declared.expected_s",
+        id="negative-expected",
+    ),
+    pytest.param(
+        {"module_budgets": {"declared": {"timeout_s": 5, "expected_s": 10}}},
+        "options.module_budgets.declared.expected_s",
+        id="expected-over-timeout",
+    ),
+    pytest.param(
+        {"module_budgets": {"declared": {"timeout": 5}}}, "options.module_budgets.declared.timeout", id="unknown-key"
+    ),
     pytest.param({"ignore": ["!"]}, "options.ignore", id="invalid-pattern"),
     pytest.param({"ignore": [""]}, "options.ignore.0", id="empty-pattern"),
     pytest.param({"gitignore": "sometimes"}, "options.gitignore", id="not-a-boolean"),

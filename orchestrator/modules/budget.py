@@ -16,8 +16,10 @@ size of the tree being analysed (its index, after ignores)::
 
 A project up to the reference size gets the declared numbers; one ten times larger (in
 files or in bytes, whichever is larger) gets ten times the time. A reference of 0 turns
-that dimension off. Until the walk has finished, a module runs under its unscaled
-timeout; when the index is known, its deadline moves to the scaled one.
+that dimension off. While the walk runs, a module's deadline follows the files found so
+far (every half second: the timeout they already earn, a lower bound of the final one);
+when the index is known, it moves to the scaled timeout. The expected runtime is scaled
+once the index is known.
 
 Modules that scan file contents share one pass over the files and finish with it, so a
 module that shared the pass is expected to take as long as the slowest-expected module
@@ -149,6 +151,8 @@ class JobBudgets:
         self._scale: float | None = None
         self._running: dict[str, tuple[Budget, anyio.CancelScope, float]] = {}
         self._bases: dict[str, Budget] = {}
+        #: The scale the files found so far earn, while the walk runs.
+        self._partial = 1.0
 
     @property
     def scale(self) -> float | None:
@@ -160,10 +164,24 @@ class JobBudgets:
         base = self._policy.base(module, self._job.get(module.name))
         budget = base.scaled(self._scale) if self._scale is not None else base
         started = anyio.current_time()
-        scope.deadline = started + budget.timeout_s
+        # Before the tree is sized: the timeout the files found so far already earn.
+        earned = budget if self._scale is not None else base.scaled(self._partial)
+        scope.deadline = started + earned.timeout_s
         self._running[module.name] = (base, scope, started)
         self._bases[module.name] = base
         return budget
+
+    def growing(self, files: int, total_bytes: int) -> None:
+        """The walk, still running, has found this much: running modules' deadlines move
+        to the timeout that size already earns (never earlier: the final size only adds)."""
+        if self._scale is not None:
+            return
+        partial = self._policy.scale(files, total_bytes)
+        if partial <= self._partial:
+            return
+        self._partial = partial
+        for base, scope, started in self._running.values():
+            scope.deadline = max(scope.deadline, started + base.scaled(partial).timeout_s)
 
     def sized(self, files: int, total_bytes: int) -> None:
         """The tree is known: move the running modules' deadlines to their scaled timeouts."""

@@ -200,11 +200,13 @@ def build_index(
     cancelled: Callable[[], bool] = lambda: False,
     pseudo: PseudoFilesystems | None = None,
     resolved: bool = False,
+    stats: WalkStats | None = None,
 ) -> FileIndex:
     """Walk ``source`` once. Blocking: run it in a thread. ``cancelled()`` is polled
     once per directory and raises :class:`WalkCancelled` when it turns true. With
     ``resolved``, ``source`` was a realpath when its job was created: a symlink in its
-    path now means it was swapped since, and it is refused."""
+    path now means it was swapped since, and it is refused. ``stats``, when given, is
+    counted into as the walk goes (another thread may read ``files_seen`` meanwhile)."""
     config = config or IndexConfig()
     pseudo = pseudo or PseudoFilesystems.current()
     root = _check_root(source, pseudo)
@@ -214,7 +216,7 @@ def build_index(
         raise UnusableSource(
             f"source {source} changed since the job was created (a symbolic link now stands in its path): not analysed"
         )
-    stats = WalkStats()
+    stats = stats if stats is not None else WalkStats()
     if stat.S_ISREG(root[1].st_mode):
         path = root[0]
         entry = FileEntry(str(path.parent), path.name, root[1].st_size, kind_of(path.name))

@@ -45,6 +45,8 @@ R = TypeVar("R")
 BATCH_FILES: Final = 256
 BATCH_BYTES: Final = 2_000_000
 _JOIN_CHECKPOINTS: Final = 3
+#: How often the files found by a walk still running are reported (``when_walking``).
+WALK_REPORT_SECONDS: Final = 0.5
 #: At most this many files for a tree scanned in this process (see ``inline_bytes``).
 INLINE_FILES: Final = 1_000
 
@@ -110,8 +112,16 @@ class JobFiles:
         batch_bytes: int = BATCH_BYTES,
         inline_bytes: int = 0,
         resolved: bool = False,
+        walk: Callable[..., FileIndex] = build_index,
+        walk_report_seconds: float = WALK_REPORT_SECONDS,
     ) -> None:
         self.source = source
+        #: How the tree is walked (``build_index``; tests put a gate in it).
+        self._build = walk
+        self._walk_report_seconds = walk_report_seconds
+        #: Counted into by the walk as it goes.
+        self.walk_stats = WalkStats()
+        self._on_walking: list[Callable[[int], None]] = []
         #: ``source`` is a job's, stored as a realpath: refuse it if it now leads elsewhere.
         self._resolved = resolved
         self.config = config or IndexConfig()
@@ -161,6 +171,11 @@ class JobFiles:
             assert self._tg is not None, "use JobFiles as an async context manager"
             self._tg.start_soon(self._walk, name="job-files:walk")
 
+    def when_walking(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(files found so far)`` (in the event loop) every
+        ``walk_report_seconds`` while the walk runs."""
+        self._on_walking.append(callback)
+
     def when_walked(self, callback: Callable[[FileIndex], None]) -> None:
         """Call ``callback(index)`` (in the event loop) once the walk has succeeded."""
         if self._index is not None:
@@ -183,10 +198,23 @@ class JobFiles:
         assert self._index is not None
         return self._index
 
+    async def _report_walk(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                await anyio.sleep(self._walk_report_seconds)
+                for callback in self._on_walking:
+                    callback(self.walk_stats.files_seen)
+
     async def _walk(self) -> None:
+        reporting = anyio.CancelScope()
+        if self._on_walking:
+            assert self._tg is not None
+            self._tg.start_soon(self._report_walk, reporting, name="job-files:walk-report")
         try:
             self._index = await run_in_daemon_thread(
-                functools.partial(build_index, cancelled=self._walk_stop.is_set, resolved=self._resolved),
+                functools.partial(
+                    self._build, cancelled=self._walk_stop.is_set, resolved=self._resolved, stats=self.walk_stats
+                ),
                 self.source,
                 self.config,
                 name="job-files-walk",
@@ -196,6 +224,8 @@ class JobFiles:
             return
         except Exception as exc:  # noqa: BLE001 - handed to every module that asks
             self._index_error = exc
+        finally:
+            reporting.cancel()
         index = self._index
         if index is not None and index.total_bytes <= self._inline_bytes and len(index) <= INLINE_FILES:
             self.runner = ThreadRunner()

@@ -70,6 +70,9 @@ class JobAnalysis:
         self._loop_thread = threading.get_ident()
         await self.files.__aenter__()
         self.files.when_walked(self._sized)
+        # While it walks, deadlines follow the files found so far (a huge tree is not
+        # cut off by the unscaled timeout before it is sized).
+        self.files.when_walking(lambda files: self.budgets.growing(files, 0))
         # Walked at once, whatever the modules do: budgets scale with its size.
         self.files.start_walk()
         return self
