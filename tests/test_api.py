@@ -18,6 +18,7 @@ from api_helpers import api_client, make_source, open_backend_app, poll, running
 import orchestrator
 from orchestrator.api.app import TRACE_HEADER, create_api
 from orchestrator.bootstrap import App
+from orchestrator.modules.registry import ModuleRegistry
 
 pytestmark = pytest.mark.anyio
 
@@ -246,6 +247,44 @@ async def test_invalid_create_requests_name_the_field(
         assert field.split(".")[0] in message or "nope" in message
         listed = (await client.get("/v1/jobs")).json()
     assert listed["items"] == []  # nothing was created
+
+
+class Marked(orchestrator.BaseModule):
+    """Declares the one option it reads."""
+
+    name = "marked"
+    option_names = frozenset({"markers"})
+
+    async def run(self, context: orchestrator.ModuleContext) -> dict[str, Any]:
+        return {"markers": context.options.get("markers")}
+
+
+async def test_options_a_module_does_not_declare_are_a_422_naming_it(tmp_path: Path) -> None:
+    """A mistyped option key was ignored without a word: a module that declares the
+    options it reads (every built-in one: none) refuses any other, naming the field."""
+    from orchestrator.modules.builtin.todos import TodosModule
+
+    source = make_source(tmp_path)
+    registry = ModuleRegistry([Marked(), TodosModule()])
+    async with open_backend_app("sqlite", tmp_path, registry=registry) as opened, api_client(create_api(opened)) as c:
+        body = {"project_id": "acme", "source": str(source)}
+        refused = {
+            "marked": ({"markes": ["TODO"]}, "marked has no option markes (it takes markers)"),
+            "todos": ({"markers": ["TODO"]}, "todos has no option markers (it takes no options)"),
+        }
+        for module, (options, message) in refused.items():
+            answer = await c.post(
+                "/v1/jobs", json={**body, "modules": [module], "options": {"module_options": {module: options}}}
+            )
+            field = f"options.module_options.{module}"
+            assert_error(answer, 422, "validation_error", field)
+            assert answer.json()["error"]["message"] == f"{field}: {message}"
+        accepted = await c.post(
+            "/v1/jobs",
+            json={**body, "modules": ["marked"], "options": {"module_options": {"marked": {"markers": [1]}}}},
+        )
+        assert accepted.status_code == 201, accepted.text
+        assert [job["modules"] for job in (await c.get("/v1/jobs")).json()["items"]] == [["marked"]]
 
 
 async def test_malformed_and_wrongly_typed_bodies_are_422(app: App) -> None:

@@ -306,7 +306,7 @@ def test_job_options_from_flags_reach_the_module_json_typed(env: Env, project: P
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--option", "echo"], "--option 'echo': expected MODULE.KEY=VALUE, e.g. todos.markers=[\"TODO\"]"),
+        (["--option", "echo"], "--option 'echo': expected MODULE.KEY=VALUE, e.g. license.allowed=[\"MIT\"]"),
         (["--option", "todos.x=1"], "--option/--options-json: not among the job's modules: todos"),
         (["--options-json", "[1]"], "--options-json: expected a JSON object, got list"),
         (
@@ -339,6 +339,11 @@ def test_numbers_out_of_range_are_one_line_naming_the_flag(env: Env, args: list[
     done = env.run(*args)
     assert (done.returncode, done.stderr.splitlines()[-1:], done.stdout) == (2, [message], "")
     assert "Traceback" not in done.stderr
+
+
+def test_an_option_a_built_in_module_does_not_read_is_refused(env: Env, project: Path) -> None:
+    done = env.run("submit", "--source", str(project), "--modules", "todos", "--option", 'todos.markers=["TODO"]')
+    assert one_line_error(done) == "--option/--options-json (todos): todos has no option markers (it takes no options)"
 
 
 # -- telemetry that could not be delivered ------------------------------------------------

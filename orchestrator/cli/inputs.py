@@ -93,7 +93,7 @@ def parse_option(text: str) -> tuple[str, str, Any]:
     target, sep, raw = text.partition("=")
     module, dot, key = target.partition(".")
     if not sep or not dot or not module.strip() or not key.strip():
-        raise InvalidRequest(f'--option {text!r}: expected MODULE.KEY=VALUE, e.g. todos.markers=["TODO"]')
+        raise InvalidRequest(f'--option {text!r}: expected MODULE.KEY=VALUE, e.g. license.allowed=["MIT"]')
     try:
         value: Any = json.loads(raw)
     except ValueError:

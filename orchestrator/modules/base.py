@@ -86,6 +86,10 @@ class BaseModule(abc.ABC):
     expected_runtime: ClassVar[float] = 1.0
     timeout: ClassVar[float] = 60.0
     description: ClassVar[str] = ""
+    #: The keys of ``context.options`` this module reads: a job giving it any other is
+    #: refused at creation (422 naming the field). None (the default): not declared, every
+    #: key is accepted and passed on.
+    option_names: ClassVar[frozenset[str] | None] = None
 
     @abc.abstractmethod
     async def run(self, context: ModuleContext) -> ModuleSummary:

@@ -218,6 +218,8 @@ class CreateAnalysisJobUseCase:
                 f"options.module_options: not among the job's modules: {', '.join(unknown_options)}",
                 field="options.module_options",
             )
+        for name, given in request.options.module_options.items():
+            _check_option_names(name, given, getattr(self._registry.get(name), "option_names", None))
         # What cannot be stored as given (NaN, NUL, lone surrogates, deep nesting) is
         # refused here, naming the field, before anything is written.
         check_client_text(request.project_id, "project_id")
@@ -262,6 +264,16 @@ class StartOn:
 
     worker_id: str
     lease_seconds: float
+
+
+def _check_option_names(module: str, given: dict[str, Any], declared: frozenset[str] | None) -> None:
+    """A module that declares the options it reads gets no others: a mistyped key
+    would otherwise be ignored without a word."""
+    unknown = sorted(set(given) - declared) if declared is not None else []
+    if unknown:
+        field = f"options.module_options.{module}"
+        takes = f"it takes {', '.join(sorted(declared))}" if declared else "it takes no options"
+        raise InvalidRequest(f"{field}: {module} has no option {', '.join(unknown)} ({takes})", field=field)
 
 
 def _module_budgets(options: JobOptionsInput, names: list[str]) -> dict[str, ModuleBudget]:

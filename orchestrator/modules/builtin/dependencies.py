@@ -239,6 +239,7 @@ def _normalise(name: str) -> str:
 
 class DependenciesModule(BaseModule):
     name: ClassVar[str] = "dependencies"
+    option_names: ClassVar[frozenset[str] | None] = frozenset()  # takes no options
     version: ClassVar[str] = "1.1.0"
     expected_runtime: ClassVar[float] = 0.5
     timeout: ClassVar[float] = 30.0

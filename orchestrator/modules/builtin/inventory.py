@@ -74,6 +74,7 @@ def summarise(result: ScanResult[tuple[int, bool]], entries: list[FileEntry]) ->
 
 class InventoryModule(BaseModule):
     name: ClassVar[str] = "inventory"
+    option_names: ClassVar[frozenset[str] | None] = frozenset()  # takes no options
     version: ClassVar[str] = "1.1.0"
     expected_runtime: ClassVar[float] = 1.0
     timeout: ClassVar[float] = 60.0

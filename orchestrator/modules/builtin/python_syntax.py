@@ -83,6 +83,7 @@ def summarise(result: ScanResult[dict[str, Any]]) -> dict[str, Any]:
 
 class PythonSyntaxModule(BaseModule):
     name: ClassVar[str] = "python_syntax"
+    option_names: ClassVar[frozenset[str] | None] = frozenset()  # takes no options
     version: ClassVar[str] = "1.1.0"
     expected_runtime: ClassVar[float] = 1.0
     timeout: ClassVar[float] = 60.0

@@ -169,6 +169,7 @@ def summarise(result: ScanResult[list[_Finding]]) -> dict[str, Any]:
 
 class SecretsModule(BaseModule):
     name: ClassVar[str] = "secrets"
+    option_names: ClassVar[frozenset[str] | None] = frozenset()  # takes no options
     version: ClassVar[str] = "1.1.0"
     # Deliberately tight: the demo shows a large project overrunning it (a warning).
     expected_runtime: ClassVar[float] = 0.5

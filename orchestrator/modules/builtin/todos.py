@@ -190,6 +190,7 @@ def _top(per_file: Counter[str]) -> list[tuple[str, int]]:
 
 class TodosModule(BaseModule):
     name: ClassVar[str] = "todos"
+    option_names: ClassVar[frozenset[str] | None] = frozenset()  # takes no options
     version: ClassVar[str] = "1.1.0"
     expected_runtime: ClassVar[float] = 0.5
     timeout: ClassVar[float] = 60.0
