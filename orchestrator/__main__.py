@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from orchestrator.cli.main import main
+from orchestrator.cli.entry import main
 
 sys.exit(main())

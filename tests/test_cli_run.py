@@ -334,3 +334,36 @@ def test_ctrl_c_while_the_command_starts_is_one_line(env: Env) -> None:
         check=False,
     )
     assert (done.returncode, done.stderr, done.stdout) == (130, "orchestrator: error: interrupted\n", "")
+
+
+IMPORT_INTERRUPT = """\
+import os, signal, sys
+from importlib.metadata import entry_points
+
+class CtrlCDuringImport:
+    # Ctrl-C while Python imports the program (its first moment, before any command runs).
+    def find_spec(self, name, path=None, target=None):
+        if name == "orchestrator.cli.main":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCDuringImport())
+[script] = entry_points(group="console_scripts", name="orchestrator")
+sys.exit(script.load()())
+"""
+
+
+def test_ctrl_c_while_python_imports_the_program_is_one_line(env: Env) -> None:
+    """The installed console script (its entry point, as pip wrote it) with a Ctrl-C as it
+    imports the command line: one line and 130, not the import machinery's traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_INTERRUPT, "jobs"],
+        cwd=env.cwd,
+        env=env.environ(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (130, "orchestrator: error: interrupted\n", "")
