@@ -192,6 +192,12 @@ class OtlpLogHandler(LoggingHandler):
     """The logging instrumentation's OTLP handler, with our structured fields (event
     name, job_id, module, ...) flattened into the log record's attributes."""
 
+    #: Not flushed by ``logging.shutdown`` at exit: its flush starts a thread, which
+    #: Python 3.12 refuses at interpreter shutdown ("can't create new thread", printed as
+    #: an ignored exception after every command). The logger provider is flushed and shut
+    #: down by :meth:`otel.setup.Telemetry.shutdown`, or by the SDK's own exit hook.
+    flushOnClose = False
+
     def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, AnyValue], str | None]:
         attributes, event_name = super()._get_attributes(record)
         for key in _OWN_KEYS:
