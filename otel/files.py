@@ -113,7 +113,10 @@ class JsonlWriter:
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Every record of ``path`` and its rotated backups, oldest first; bad lines skipped."""
-    backups = sorted(path.parent.glob(f"{path.name}.*"), key=lambda p: -int(p.suffix[1:] or 0))
+    # Only the writer's backups (path.1 ... path.N), by number: any other file beside them
+    # (an editor's .orig, a copy's .bak) is not ours to read.
+    numbered = [(int(p.suffix[1:]), p) for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit()]
+    backups = [p for _, p in sorted(numbered, key=lambda item: -item[0])]
     for candidate in [*backups, path]:
         if not candidate.is_file():
             continue

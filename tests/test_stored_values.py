@@ -712,7 +712,8 @@ def test_prune_deletes_finished_jobs_before_the_cutoff_with_everything_of_theirs
     assert finished.finished_ns is not None
     telemetry = tmp_path / "telemetry"
     telemetry.mkdir()
-    for name in ("traces.jsonl", "traces.jsonl.1", "logs.jsonl.2"):
+    # the active files, two backups, and files that are not ours (an editor's, a copy)
+    for name in ("traces.jsonl", "traces.jsonl.1", "logs.jsonl.2", "traces.jsonl.orig", "logs.jsonl.2.bak"):
         (telemetry / name).write_text("{}\n")
         os.utime(telemetry / name, (1, 1))  # written long ago
     prune = PruneUseCase(app.store, telemetry_dir=telemetry)
@@ -728,7 +729,8 @@ def test_prune_deletes_finished_jobs_before_the_cutoff_with_everything_of_theirs
     assert [j.id for j in portal.call(lambda: app.store.list_jobs(project_id="old"))] == [waiting.id]
     assert portal.call(app.store.history, finished.id) == []
     assert portal.call(lambda: hooks.list_deliveries(job_id=finished.id)) == []
-    assert sorted(p.name for p in telemetry.iterdir()) == ["traces.jsonl"]  # the active file stays
+    # the active file stays, and what is not a backup of ours is not deleted
+    assert sorted(p.name for p in telemetry.iterdir()) == ["logs.jsonl.2.bak", "traces.jsonl", "traces.jsonl.orig"]
 
 
 @pytest.mark.parametrize("age", ["99999999999d", "1" + "0" * 400 + "d"])

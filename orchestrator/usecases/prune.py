@@ -75,6 +75,8 @@ class PruneUseCase:
             return 0, 0
         files = size = 0
         for path in sorted(self._telemetry_dir.glob("*.jsonl.*")):
+            if not path.suffix[1:].isdigit():
+                continue  # not a backup the writer rotated (an editor's .orig, a copy): not ours
             try:
                 info = path.stat()
                 if not path.is_file() or info.st_mtime >= before_s:
