@@ -70,7 +70,10 @@ def fail_with(message: str) -> None:
 
 
 def announce_then_block(marker: str) -> None:
-    Path(marker).write_text(str(os.getpid()))
+    # Written whole, then renamed: the test may find the marker the moment it exists.
+    partial = Path(f"{marker}.{os.getpid()}.partial")
+    partial.write_text(str(os.getpid()))
+    partial.replace(marker)
     time.sleep(3600)
 
 
