@@ -322,9 +322,10 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_ctrl_c_while_the_command_starts_is_one_line(env: Env) -> None:
+def _interrupted(env: Env, script: str) -> None:
+    """``script`` (which interrupts itself) running the ``jobs`` command: one line, 130."""
     done = subprocess.run(
-        [sys.executable, "-c", STARTING_INTERRUPT, "jobs"],
+        [sys.executable, "-c", script, "jobs"],
         cwd=env.cwd,
         env=env.environ(),
         stdin=subprocess.DEVNULL,
@@ -334,6 +335,10 @@ def test_ctrl_c_while_the_command_starts_is_one_line(env: Env) -> None:
         check=False,
     )
     assert (done.returncode, done.stderr, done.stdout) == (130, "orchestrator: error: interrupted\n", "")
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(env: Env) -> None:
+    _interrupted(env, STARTING_INTERRUPT)
 
 
 IMPORT_INTERRUPT = """\
@@ -356,14 +361,4 @@ sys.exit(script.load()())
 def test_ctrl_c_while_python_imports_the_program_is_one_line(env: Env) -> None:
     """The installed console script (its entry point, as pip wrote it) with a Ctrl-C as it
     imports the command line: one line and 130, not the import machinery's traceback."""
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORT_INTERRUPT, "jobs"],
-        cwd=env.cwd,
-        env=env.environ(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert (done.returncode, done.stderr, done.stdout) == (130, "orchestrator: error: interrupted\n", "")
+    _interrupted(env, IMPORT_INTERRUPT)
