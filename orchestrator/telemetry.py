@@ -401,7 +401,8 @@ class JobTelemetry:
         attrs: dict[str, Any] = {
             Attr.JOB_ID: job.id,
             Attr.MODULE: result.module,
-            Attr.DURATION_MS: round(result.duration_ms, 3),
+            # Full precision on the span (the report reads it back); the log fields round.
+            Attr.DURATION_MS: round(result.duration_ms, 6),
             Attr.OUTCOME: str(result.outcome),
         }
         fields: dict[str, Any] = {

@@ -303,6 +303,11 @@ async def test_a_trace_rebuilt_from_the_store_is_the_live_trace(
         [record] = [r for r in rebuilt if r.attributes.get(Attr.MODULE) == result.module]
         assert record.start_ns == result.started_ns
         assert record.end_ns == result.started_ns + round(result.duration_ms * 1e6)
+    # The lifecycle events carry each stored duration to the nanosecond (the report reads
+    # them back: a coarser rounding made its answer from the files differ from the store's).
+    [root] = [r for r in rebuilt if r.span_id == job.trace.span_id]
+    assert [e.attributes[Attr.DURATION_MS] for e in root.events] == [round(e.duration_ms, 6) for e in history]
+    assert any(round(e.duration_ms, 3) != e.duration_ms for e in history)  # the check means something
 
 
 async def test_a_rebuilt_trace_keeps_the_lost_attempt_and_each_queue_wait(

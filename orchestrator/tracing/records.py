@@ -137,7 +137,9 @@ def _lifecycle_event(job: Job, entry: LifecycleEntry) -> SpanEvent:
             Attr.STATUS_FROM: str(entry.status_from or "none"),
             Attr.STATUS_TO: str(entry.status_to),
             Attr.REASON: entry.reason,
-            Attr.DURATION_MS: round(entry.duration_ms, 3),
+            # To the nanosecond the history was measured in: a coarser rounding here, then the
+            # report's, made the files' answer differ from the store's at a boundary.
+            Attr.DURATION_MS: round(entry.duration_ms, 6),
             Attr.ATTEMPT: entry.attempt,
             Attr.WORKER_ID: entry.worker_id or "",
         },
@@ -257,7 +259,7 @@ def _end_ns(result: ModuleResult) -> int:
 def _module_span(job: Job, result: ModuleResult, reconstructed: bool) -> SpanRecord:
     """One stored module result as its span: spawn and outcome events, status, error."""
     end = _end_ns(result)
-    duration = round(result.duration_ms, 3)
+    duration = round(result.duration_ms, 6)
     outcome = result.outcome
     attributes = _base(
         job,
