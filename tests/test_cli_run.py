@@ -43,6 +43,21 @@ def _no_process_left() -> Iterator[None]:
 _STARTED: list[subprocess.Popen[str]] = []
 
 
+def _spawn(env: Env, *args: str) -> subprocess.Popen[str]:
+    """``orchestrator ARGS`` with its stdout and stderr piped here, killed after the test."""
+    popen = subprocess.Popen(
+        [*ORCHESTRATOR, *args],
+        cwd=env.cwd,
+        env=env.environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _STARTED.append(popen)
+    return popen
+
+
 def _start_run(env: Env, *args: str) -> tuple[subprocess.Popen[str], Path]:
     stderr = env.cwd / "run.stderr"
     with stderr.open("w") as err:  # the child has its own descriptor
@@ -182,16 +197,7 @@ def test_run_keeps_its_job_when_a_fast_worker_serves_the_same_store(shared_store
     fast = {"ORCHESTRATOR_POLL_SECONDS": "0.01"}
     with env.worker(env=fast) as worker:
         for _ in range(5):
-            popen = subprocess.Popen(
-                [*ORCHESTRATOR, "run", "--source", str(env.cwd / "src"), "--modules", "echo", "--json"],
-                cwd=env.cwd,
-                env=env.environ(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            _STARTED.append(popen)
+            popen = _spawn(env, "run", "--source", str(env.cwd / "src"), "--modules", "echo", "--json")
             stdout, stderr = popen.communicate(timeout=120)
             assert popen.returncode == 0, stderr
             assert "Traceback" not in stderr
@@ -235,16 +241,7 @@ def test_a_refused_run_is_one_line_on_either_store(shared_store: Env) -> None:
 def test_run_whose_stderr_reader_goes_away_still_finishes_its_job(env: Env) -> None:
     # `orchestrator run ... 2>&1 | head -1`: the reader leaves after the first note on
     # stderr; the job must not be abandoned Running (for a worker to run it again).
-    popen = subprocess.Popen(
-        [*ORCHESTRATOR, "run", "--source", str(env.cwd / "src"), "--modules", "slow", "--option", "slow.seconds=1"],
-        cwd=env.cwd,
-        env=env.environ(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _STARTED.append(popen)
+    popen = _spawn(env, "run", "--source", str(env.cwd / "src"), "--modules", "slow", "--option", "slow.seconds=1")
     assert popen.stderr is not None
     popen.stderr.close()  # before the first note ("project id ...") is written
     stdout, _ = popen.communicate(timeout=120)
@@ -262,16 +259,7 @@ def test_rendered_output_into_a_closed_pipe_stops_quietly_with_141(env: Env, com
     args = [a.format(job=job, source="--source") for a in command]
     if command[0] == "run":
         args += [str(env.cwd / "src"), "--modules", "echo"]
-    popen = subprocess.Popen(
-        [*ORCHESTRATOR, *args],
-        cwd=env.cwd,
-        env=env.environ(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _STARTED.append(popen)
+    popen = _spawn(env, *args)
     assert popen.stdout is not None
     popen.stdout.close()  # `| head -0`: the reader is gone before anything is written
     _, stderr = popen.communicate(timeout=120)
