@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -139,40 +140,34 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
+async def cancel_records(workflow: JobWorkflow, queued: Job) -> list[dict[str, Any]]:
+    """The fields of the lifecycle records ``queued``'s cancellation writes."""
+    logger = logging.getLogger("orchestrator.lifecycle")
+    records, level, disabled = Records(), logger.level, logger.disabled
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False
+    try:
+        await workflow.transition(queued, JobStatus.CANCELLED, reason="not needed")
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+        logger.disabled = disabled
+    return [record_fields(r) for r in records.records if getattr(r, EVENT_KEY, None) == "job.lifecycle.cancel"]
+
+
 async def test_a_transition_reports_the_time_spent_in_the_status_it_leaves(store: JobStore) -> None:
     """The log record (and the phase-duration metric, from the same number) says how long
     the job was in its status, by the workflow's clock: 7 ms here."""
     ticks = iter(START_NS + n * 7_000_000 for n in itertools.count(1))
     workflow = JobWorkflow(store, JobTelemetry(), clock=lambda: next(ticks))
     queued = await workflow.create(new_job(), enqueue=True)
-    logger = logging.getLogger("orchestrator.lifecycle")
-    records, level, disabled = Records(), logger.level, logger.disabled
-    logger.addHandler(records)
-    logger.setLevel(logging.DEBUG)
-    logger.disabled = False
-    try:
-        await workflow.transition(queued, JobStatus.CANCELLED, reason="not needed")
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(level)
-        logger.disabled = disabled
-    fields = [record_fields(r) for r in records.records if getattr(r, EVENT_KEY, None) == "job.lifecycle.cancel"]
+    fields = await cancel_records(workflow, queued)
     assert [(f["status_from"], f["status_to"], f["duration_ms"]) for f in fields] == [("queued", "cancelled", 7.0)]
 
 
 async def test_a_transition_in_the_same_instant_spent_no_time(store: JobStore) -> None:
     workflow = JobWorkflow(store, JobTelemetry(), clock=lambda: START_NS)
     queued = await workflow.create(new_job(), enqueue=True)
-    logger = logging.getLogger("orchestrator.lifecycle")
-    records, level, disabled = Records(), logger.level, logger.disabled
-    logger.addHandler(records)
-    logger.setLevel(logging.DEBUG)
-    logger.disabled = False
-    try:
-        await workflow.transition(queued, JobStatus.CANCELLED, reason="not needed")
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(level)
-        logger.disabled = disabled
-    fields = [record_fields(r) for r in records.records if getattr(r, EVENT_KEY, None) == "job.lifecycle.cancel"]
+    fields = await cancel_records(workflow, queued)
     assert [f["duration_ms"] for f in fields] == [0.0]
