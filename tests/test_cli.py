@@ -239,3 +239,50 @@ def test_webhook_subscriptions_are_managed_from_the_cli_and_never_show_the_secre
 )
 def test_bad_webhook_input_prints_one_line_and_exits_2(tmp_path: Path, args: list[str], fragment: str) -> None:
     assert fragment in _one_line_error(cli(tmp_path / "data", *args))
+
+
+TERMINATED_WHEN_READY = """\
+import logging, os, signal, sys
+from orchestrator.cli.main import main
+
+announced = logging.Logger.handle
+
+def handle(self, record):
+    # SIGTERM the moment the process announces it started (what a supervisor or the
+    # fault suite waits for before it may stop the process).
+    announced(self, record)
+    if getattr(record, "otel.event.name", None) == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+logging.Logger.handle = handle
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("event", "command"),
+    [("worker.start", ["worker"]), ("operation.start", ["serve", "--port", "0"])],
+    ids=["worker", "serve"],
+)
+def test_sigterm_as_soon_as_started_is_a_graceful_stop(tmp_path: Path, event: str, command: list[str]) -> None:
+    """A process that has said it started handles SIGTERM as a stop request: exit 0 after
+    its shutdown, not "interrupted" (130) with its loops never started (CI's chaos run)."""
+    data = tmp_path / "data"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ORCHESTRATOR_"))}
+    environ.update({"ORCHESTRATOR_DATA_DIR": str(data), "NO_COLOR": "1", "ORCHESTRATOR_LOG_FORMAT": "json"})
+    done = subprocess.run(
+        [sys.executable, "-c", TERMINATED_WHEN_READY, event, *command],
+        env=environ,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "interrupted" not in done.stderr
+    assert "never awaited" not in done.stderr
+    if command == ["worker"]:
+        assert "SIGTERM: finishing running jobs" in done.stderr
+        assert '"event": "worker.stop"' in done.stderr

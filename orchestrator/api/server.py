@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import uvicorn
+from anyio.abc import TaskStatus
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from orchestrator.api.app import ApiConfig, create_api
@@ -134,17 +135,19 @@ async def serve(settings: Settings, telemetry: Telemetry, options: ServeOptions 
         workers = [app.worker() for _ in range(options.workers_in_process)]
         for warning in warnings:
             logs.event(log, logging.WARNING, OperationEvent.API_SECURITY, warning)
-        logs.event(
-            log,
-            logging.INFO,
-            OperationEvent.START,
-            f"serving on http://{options.host}:{options.port} ({app.store.backend}), "
-            f"{len(workers)} in-process worker(s), webhooks {'on' if settings.webhooks else 'off'}",
-            operation="serve",
-        )
         async with anyio.create_task_group() as services:
             watchdog = ExitWatchdog(settings.shutdown_grace_seconds + EXIT_MARGIN_SECONDS, flush=telemetry.flush)
-            services.start_soon(_stop_on_signal, server, workers, watchdog)
+            # Started (its handler installed) before serve announces itself: a SIGTERM from
+            # then on is a graceful stop, never an interrupted start-up.
+            await services.start(_stop_on_signal, server, workers, watchdog)
+            logs.event(
+                log,
+                logging.INFO,
+                OperationEvent.START,
+                f"serving on http://{options.host}:{options.port} ({app.store.backend}), "
+                f"{len(workers)} in-process worker(s), webhooks {'on' if settings.webhooks else 'off'}",
+                operation="serve",
+            )
             if settings.webhooks:
                 services.start_soon(app.dispatcher().run)
             async with anyio.create_task_group() as running:
@@ -157,8 +160,15 @@ async def serve(settings: Settings, telemetry: Telemetry, options: ServeOptions 
     return 0
 
 
-async def _stop_on_signal(server: uvicorn.Server, workers: list[Worker], watchdog: ExitWatchdog) -> None:
+async def _stop_on_signal(
+    server: uvicorn.Server,
+    workers: list[Worker],
+    watchdog: ExitWatchdog,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             server.should_exit = True
             for worker in workers:

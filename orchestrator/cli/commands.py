@@ -10,6 +10,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import TaskStatus
 
 from orchestrator.bootstrap import open_app
 from orchestrator.cli import render
@@ -74,7 +75,9 @@ async def worker(ctx: Context) -> int:
         )
         watchdog = ExitWatchdog(w.config.shutdown_grace_seconds + EXIT_MARGIN_SECONDS, flush=ctx.telemetry.flush)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, w, watchdog)
+            # Started (its handler installed) before the worker announces itself: a SIGTERM
+            # from then on is a graceful stop, never an interrupted start-up.
+            await tg.start(_stop_on_signal, w, watchdog)
             if app.settings.webhooks:
                 tg.start_soon(app.dispatcher().run)
             await w.run()
@@ -84,8 +87,11 @@ async def worker(ctx: Context) -> int:
     return await with_app(ctx, go)
 
 
-async def _stop_on_signal(w: Worker, watchdog: ExitWatchdog) -> None:
+async def _stop_on_signal(
+    w: Worker, watchdog: ExitWatchdog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             render.err_console.print(
                 f"{signal.Signals(signum).name}: finishing running jobs "
