@@ -11,18 +11,21 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.bootstrap import open_app
 from orchestrator.domain import JobStatus
 from orchestrator.modules.ignore import DEFAULT_IGNORES, IgnoreRules, InvalidPattern, check_patterns
-from orchestrator.modules.index import IndexConfig, UnusableSource, build_index
+from orchestrator.modules.index import FileEntry, IndexConfig, UnusableSource, build_index
 from orchestrator.modules.mounts import PseudoFilesystems, parse_mountinfo
+from orchestrator.modules.scan import BatchRequest, FileAnalyzer, FileContent, run_batch
 from orchestrator.settings import Settings
 from orchestrator.usecases import JobControl
 
@@ -307,3 +310,83 @@ def test_open_counter_sees_a_read_in_another_process(tmp_path: Path) -> None:
         assert counter.opens() == Counter({"a.txt": 1})
     finally:
         counter.close()
+
+
+# --- reading ahead in a pool worker ----------------------------------------------------------
+
+
+class _OpenFiles(FileAnalyzer[tuple[str, int]]):
+    """Records, per file analysed, how many files of the tree this process holds open."""
+
+    def __init__(self, root: Path, fail_on: str = "") -> None:
+        self.root = str(root)
+        self.fail_on = fail_on
+
+    def analyze(self, entry: FileEntry, content: FileContent) -> tuple[str, int] | None:
+        if entry.relpath == self.fail_on:
+            raise ValueError("analyzer bug")
+        return entry.relpath, _open_in(self.root)
+
+
+def _open_in(root: str) -> int:
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held += os.readlink(f"/proc/self/fd/{fd}").startswith(root + "/")
+        except FileNotFoundError:  # the descriptor listdir itself used
+            continue
+    return held
+
+
+def _batch(source: Path, analyzer: FileAnalyzer[Any]) -> BatchRequest:
+    entries = tuple(sorted(build_index(source), key=lambda entry: entry.relpath))
+    return BatchRequest(entries, tuple((0,) for _ in entries), (analyzer,), 1_000)
+
+
+def test_reading_ahead_keeps_a_bounded_window_open_and_closes_it_whatever_happens(tmp_path: Path) -> None:
+    source = tmp_path / "tree"
+    for index in range(30):
+        write(source, f"f{index:02}.txt", f"line {index}\n")
+    write(source, "g-large.txt", "x" * 5_000)  # over the cap: never opened
+
+    outcome = run_batch(_batch(source, _OpenFiles(source)), read_ahead=4).outcomes[0]
+    assert outcome.error is None
+    assert [path for _, (path, _) in outcome.results] == [f"f{index:02}.txt" for index in range(30)]
+    held = [count for _, (_, count) in outcome.results]
+    # While a file is analysed (it was read and closed), the next 4 are open; fewer at
+    # the end of the batch, none after the last.
+    assert max(held) == 4, held
+    assert held[-3:] == [2, 1, 0], held
+    assert outcome.skipped_large == 1
+    assert _open_in(str(source)) == 0
+
+    failed = run_batch(_batch(source, _OpenFiles(source, fail_on="f03.txt")), read_ahead=4).outcomes[0]
+    assert failed.error is not None
+    assert "analyzer bug (analysing f03.txt)" in failed.error
+    assert _open_in(str(source)) == 0
+
+    cancel = threading.Event()
+
+    class CancelAt(_OpenFiles):
+        def analyze(self, entry: FileEntry, content: FileContent) -> tuple[str, int] | None:
+            if entry.relpath == "f05.txt":
+                cancel.set()
+            return super().analyze(entry, content)
+
+    stopped = run_batch(_batch(source, CancelAt(source)), cancel, read_ahead=4)
+    assert stopped.cancelled
+    assert len(stopped.outcomes[0].results) == 6
+    assert _open_in(str(source)) == 0
+
+
+def test_a_file_that_cannot_be_opened_ahead_is_unreadable_and_the_rest_is_read(tmp_path: Path) -> None:
+    source = tmp_path / "tree"
+    for index in range(6):
+        write(source, f"f{index}.txt", f"{index}\n")
+    request = _batch(source, _OpenFiles(source))
+    (source / "f2.txt").unlink()
+    (source / "f2.txt").symlink_to(source / "f1.txt")  # swapped for a link since the walk: refused
+    outcome = run_batch(request, read_ahead=3).outcomes[0]
+    assert [path for _, (path, _) in outcome.results] == ["f0.txt", "f1.txt", "f3.txt", "f4.txt", "f5.txt"]
+    assert outcome.skipped_unreadable == 1
+    assert _open_in(str(source)) == 0
