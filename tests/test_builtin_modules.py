@@ -14,6 +14,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.modules import files
 from orchestrator.modules.base import BaseModule, ModuleCancelled, ModuleContext, ModuleError
@@ -24,7 +26,9 @@ from orchestrator.modules.builtin import (
     PythonSyntaxModule,
     SecretsModule,
     TodosModule,
+    secrets_scan,
 )
+from orchestrator.modules.builtin.secrets_scan import redact
 from orchestrator.modules.files import WalkStats, iter_files, read_text
 from orchestrator.modules.job_files import JobFiles
 from orchestrator.modules.progress import ModuleProgress, ProgressReporter
@@ -436,6 +440,42 @@ async def test_a_token_assigned_to_a_secret_name_is_reported_once(tmp_path: Path
     summary = await SecretsModule().run(make_context(tmp_path, "secrets"))
     assert summary["total_findings"] == 1
     assert summary["findings"][0]["rule"] == "github_token"
+
+
+_KEYWORDS = ("password", "PassWd", "passw", "SECRET", "db_secret", "token", "Tokens", "api_key", "APIKEY", "api-key")
+_NOISE = ("apix", "capital", "x", " ", "\n", "=", "'", "AKIA", "ghp_", "0123456789", "hunter2")
+_assignments = st.tuples(
+    st.sampled_from(_KEYWORDS),
+    st.sampled_from(("", "_v2", "'", '"')),
+    st.sampled_from(("=", ": ", " = ", ":")),
+    st.sampled_from(("'", '"')),
+    st.sampled_from(("hunter2-correct-horse", "short", "0123456789abcdef", "it's-mine-now")),
+    st.sampled_from(("'", '"')),
+).map("".join)
+
+
+def _naive_findings(text: str) -> list[tuple[int, str, str]]:
+    """The rules as written (str patterns, finditer, the case-insensitive one included):
+    specific rules first, a later match overlapping an earlier one left out."""
+    taken: list[tuple[int, int]] = []
+    found = []
+    for rule, pattern in secrets_scan.RULES.items():
+        for match in pattern.finditer(text):
+            start, end = match.span("secret")
+            if any(start < e and s < end for s, e in taken):
+                continue
+            taken.append((start, end))
+            found.append((start, rule, match.group("secret")))
+    return [(text.count("\n", 0, start) + 1, rule, redact(secret)) for start, rule, secret in sorted(found)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_assignments, st.sampled_from(_NOISE + _KEYWORDS)), max_size=30).map("".join))
+def test_the_byte_scan_finds_what_the_rules_as_written_find(text: str) -> None:
+    # The byte scan tries the case-insensitive rule only where a keyword stem is: it must
+    # still find exactly the leftmost non-overlapping matches the plain rules find.
+    found = [(f.line, f.rule, f.preview) for f in secrets_scan.scan_bytes(text.encode(), "f")]
+    assert found == _naive_findings(text)
 
 
 # --- dependencies ----------------------------------------------------------------------------
