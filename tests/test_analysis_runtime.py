@@ -20,10 +20,12 @@ from orchestrator.bootstrap import App, open_app
 from orchestrator.domain import JobStatus, ModuleOutcome
 from orchestrator.modules.base import BaseModule, FileAnalyzer, ModuleContext, ModuleSummary
 from orchestrator.modules.builtin import SecretsModule, TodosModule
-from orchestrator.modules.index import FileEntry
+from orchestrator.modules.index import FileEntry, FileIndex, IndexConfig, WalkStats, build_index
+from orchestrator.modules.job_files import INLINE_FILES, JobFiles
 from orchestrator.modules.pool import BrokenWorker, ProcessPool
 from orchestrator.modules.progress import progress_stream
 from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.modules.runners import ProcessRunner
 from orchestrator.modules.scan import FileContent
 from orchestrator.settings import Settings
 from orchestrator.usecases import CancelKind, JobControl
@@ -102,6 +104,11 @@ class RaisingAnalyzer(FileAnalyzer[int]):
         if entry.name == "b.py":
             raise ZeroDivisionError("division by zero")
         return 1
+
+
+class Lines(FileAnalyzer[int]):
+    def analyze(self, entry: FileEntry, content: FileContent) -> int | None:
+        return content.lines
 
 
 class BlockingScan(BaseModule):
@@ -186,6 +193,55 @@ async def test_a_dead_worker_fails_the_call_not_the_pool() -> None:
         assert (await pool.run(pid_and, 3))[1] == 6
     finally:
         await pool.aclose()
+
+
+async def test_the_worker_processes_start_while_a_large_tree_is_still_walked(tmp_path: Path) -> None:
+    """Past INLINE_FILES files the tree will be scanned by the pool: its processes start
+    during the walk (held at a gate here), not once the first batch is ready."""
+    root = tmp_path / "src"
+    for index in range(INLINE_FILES + 20):
+        path = root / f"d{index // 100:02}" / f"f{index}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x\n")
+    (root / "zz").mkdir()  # walked last: the gate holds the walk before it
+    (root / "zz" / "last.txt").write_text("x\n")
+    release = threading.Event()
+
+    def gated_walk(source: Path, config: IndexConfig, *, cancelled: Any, stats: WalkStats, **kw: Any) -> FileIndex:
+        def gate() -> bool:
+            if stats.files_seen > INLINE_FILES:
+                release.wait(60)
+            return bool(cancelled())
+
+        return build_index(source, config, cancelled=gate, stats=stats, **kw)
+
+    before = children()
+    runner = ProcessRunner(2)
+    try:
+        async with JobFiles(root, runner=runner, walk=gated_walk, warm_check_seconds=0.001) as files:
+            files.start_walk()
+            await wait_until(lambda: len(runner.pool.pids) == 2, timeout=60, what="the pool never started")
+            assert files.walked is None  # still held at the gate
+            release.set()
+            with anyio.fail_after(60):
+                result = await files.scan(Lines())
+        assert result.files == INLINE_FILES + 21
+    finally:
+        release.set()
+        await runner.aclose()
+    assert children() == before
+
+
+async def test_a_small_tree_starts_no_worker_process(tmp_path: Path) -> None:
+    root = project(tmp_path / "src")
+    runner = ProcessRunner(2)
+    try:
+        async with JobFiles(root, runner=runner, inline_bytes=1_000_000, warm_check_seconds=0.001) as files:
+            result = await files.scan(Lines())
+        assert result.files == 31
+        assert runner.pool.pids == []
+    finally:
+        await runner.aclose()
 
 
 # --- jobs on real worker processes ------------------------------------------------------------

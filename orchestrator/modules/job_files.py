@@ -49,6 +49,9 @@ _JOIN_CHECKPOINTS: Final = 3
 WALK_REPORT_SECONDS: Final = 0.5
 #: At most this many files for a tree scanned in this process (see ``inline_bytes``).
 INLINE_FILES: Final = 1_000
+#: How often a running walk is checked for having outgrown in-process scanning (then
+#: the worker processes start while it walks, not when the first batch is ready).
+WARM_CHECK_SECONDS: Final = 0.02
 
 
 class AnalyzerFailed(Exception):
@@ -114,11 +117,13 @@ class JobFiles:
         resolved: bool = False,
         walk: Callable[..., FileIndex] = build_index,
         walk_report_seconds: float = WALK_REPORT_SECONDS,
+        warm_check_seconds: float = WARM_CHECK_SECONDS,
     ) -> None:
         self.source = source
         #: How the tree is walked (``build_index``; tests put a gate in it).
         self._build = walk
         self._walk_report_seconds = walk_report_seconds
+        self._warm_check_seconds = warm_check_seconds
         #: Counted into by the walk as it goes.
         self.walk_stats = WalkStats()
         self._on_walking: list[Callable[[int], None]] = []
@@ -205,11 +210,22 @@ class JobFiles:
                 for callback in self._on_walking:
                     callback(self.walk_stats.files_seen)
 
+    async def _warm_when_large(self, scope: anyio.CancelScope) -> None:
+        # A tree past INLINE_FILES files is scanned by the worker processes: start them
+        # now, so their start-up overlaps the rest of the walk. (A tree of few large
+        # files is only known to be large once walked: its first batch starts them.)
+        with scope:
+            while self.walk_stats.files_seen <= INLINE_FILES:  # noqa: ASYNC110 - the walk thread counts: polled
+                await anyio.sleep(self._warm_check_seconds)
+        if not scope.cancel_called:
+            await self.runner.warm()
+
     async def _walk(self) -> None:
-        reporting = anyio.CancelScope()
+        reporting, warming = anyio.CancelScope(), anyio.CancelScope()
+        assert self._tg is not None
         if self._on_walking:
-            assert self._tg is not None
             self._tg.start_soon(self._report_walk, reporting, name="job-files:walk-report")
+        self._tg.start_soon(self._warm_when_large, warming, name="job-files:warm")
         try:
             self._index = await run_in_daemon_thread(
                 functools.partial(
@@ -226,6 +242,7 @@ class JobFiles:
             self._index_error = exc
         finally:
             reporting.cancel()
+            warming.cancel()  # what has started goes on; no more checks
         index = self._index
         if index is not None and index.total_bytes <= self._inline_bytes and len(index) <= INLINE_FILES:
             self.runner = ThreadRunner()
