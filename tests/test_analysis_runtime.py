@@ -449,3 +449,25 @@ async def test_a_module_written_against_the_original_interface_still_works(tmp_p
     assert results["oldstyle_blocking"].outcome is ModuleOutcome.TIMEOUT
     # Its thread saw check_cancelled() raise and ended (it was not merely abandoned).
     assert OldStyleBlocking.stopped.wait(timeout=10)
+
+
+def test_unpickling_a_built_in_analyzer_imports_no_telemetry_or_registry() -> None:
+    """What a pool worker imports for a batch of the built-in modules: their analyzers,
+    not the registry's logging and OpenTelemetry stack (their start-up is on the job's
+    critical path)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from orchestrator.modules.builtin import secrets_scan, todos
+
+    payload = pickle.dumps((secrets_scan._SecretsAnalyzer(), todos._TodosAnalyzer()))
+    unwanted = ("opentelemetry", "otel", "orchestrator.modules.registry")
+    script = (
+        "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); "
+        f"print(sorted(m for m in sys.modules if m.startswith({unwanted!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=payload, capture_output=True, timeout=60, check=True
+    )
+    assert done.stdout.decode().strip() == "[]", done.stdout
