@@ -310,6 +310,13 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+def _as_in_a_terminal() -> None:
+    # Ctrl-C as a terminal delivers it: a suite started in the background by a shell
+    # (``make test &``, CI runners) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupted(env: Env, script: str) -> None:
     """``script`` (which interrupts itself) running the ``jobs`` command: one line, 130."""
     done = subprocess.run(
@@ -321,6 +328,7 @@ def _interrupted(env: Env, script: str) -> None:
         text=True,
         timeout=120,
         check=False,
+        preexec_fn=_as_in_a_terminal,
     )
     assert (done.returncode, done.stderr, done.stdout) == (130, "orchestrator: error: interrupted\n", "")
 
