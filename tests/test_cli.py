@@ -5,14 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from api_helpers import Served, serve_env
 
 from orchestrator.cli.views import load_spans
 
@@ -286,3 +290,57 @@ def test_sigterm_as_soon_as_started_is_a_graceful_stop(tmp_path: Path, event: st
     if command == ["worker"]:
         assert "SIGTERM: finishing running jobs" in done.stderr
         assert '"event": "worker.stop"' in done.stderr
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*ORCHESTRATOR, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=serve_env(data),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"orchestrator: error: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(another serve, or another program, uses it)\n"
+    )
+    assert not data.exists()  # refused before the store was opened or migrated
+
+
+def test_serve_on_port_0_says_which_port_it_took(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    log_path = data / "serve.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            [*ORCHESTRATOR, "serve", "--host", "127.0.0.1", "--port", "0", "--workers-in-process", "0"],
+            env=serve_env(data),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(popen, 0, log_path, data)
+    try:
+        _wait_for(lambda: "serving on http://127.0.0.1:" in served.output(), timeout=60)
+        match = re.search(r"serving on http://127\.0\.0\.1:(\d+) ", served.output())
+        assert match is not None, served.output()
+        served.port = int(match.group(1))
+        assert served.port != 0
+        _wait_for(lambda: _answers(served), timeout=60)
+    finally:
+        code = served.stop()
+    assert code == 0, served.output()[-3000:]
+
+
+def _answers(served: Served) -> bool:
+    try:
+        with served.client() as client:
+            return client.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False

@@ -8,12 +8,15 @@ exist) and returns the warnings printed at start (authentication off, no source 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import anyio
 import uvicorn
@@ -24,7 +27,7 @@ from orchestrator.api.app import ApiConfig, create_api
 from orchestrator.api.protocol import with_header_timeout
 from orchestrator.api.security import is_loopback_bind, is_wildcard_bind
 from orchestrator.bootstrap import open_app
-from orchestrator.domain import InvalidRequest
+from orchestrator.domain import InvalidRequest, OrchestratorError
 from orchestrator.job_queue import Worker
 from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog
 from orchestrator.settings import Settings
@@ -34,7 +37,10 @@ from otel import logs
 from otel.setup import Telemetry, sanitized_header_fields
 from otel.vocabulary import OperationEvent
 
-__all__ = ["ServeOptions", "check_exposure", "serve"]
+__all__ = ["ServeOptions", "check_exposure", "listen", "serve"]
+
+#: Connections the kernel queues before they are accepted (uvicorn's default).
+LISTEN_BACKLOG: Final = 2048
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +125,43 @@ def _uvicorn_config(api: object, settings: Settings, options: ServeOptions) -> u
     )
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything else starts: a port in use
+    (or a host this machine does not have) is one clear error, not a server that
+    half-started. Port 0 takes a free port (the start-up line says which)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OrchestratorError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        hint = " (another serve, or another program, uses it)" if exc.errno == errno.EADDRINUSE else ""
+        raise OrchestratorError(f"cannot listen on {host}:{port}: {_reason(exc)}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
 async def serve(settings: Settings, telemetry: Telemetry, options: ServeOptions = ServeOptions()) -> int:
     warnings = check_exposure(settings, options.host)
+    with listen(options.host, options.port) as sock:
+        return await _serve(settings, telemetry, options, sock, warnings)
+
+
+async def _serve(
+    settings: Settings, telemetry: Telemetry, options: ServeOptions, sock: socket.socket, warnings: list[str]
+) -> int:
+    port = sock.getsockname()[1]
     job_telemetry = JobTelemetry(telemetry.tracer_provider, telemetry.meter_provider, telemetry.sampler)
     async with open_app(settings, telemetry=job_telemetry) as app:
         api = create_api(app, ApiConfig.from_settings(settings, bind_host=options.host))
@@ -144,7 +185,7 @@ async def serve(settings: Settings, telemetry: Telemetry, options: ServeOptions 
                 log,
                 logging.INFO,
                 OperationEvent.START,
-                f"serving on http://{options.host}:{options.port} ({app.store.backend}), "
+                f"serving on http://{options.host}:{port} ({app.store.backend}), "
                 f"{len(workers)} in-process worker(s), webhooks {'on' if settings.webhooks else 'off'}",
                 operation="serve",
             )
@@ -153,7 +194,7 @@ async def serve(settings: Settings, telemetry: Telemetry, options: ServeOptions 
             async with anyio.create_task_group() as running:
                 for worker in workers:
                     running.start_soon(worker.run)
-                await server.serve()
+                await server.serve(sockets=[sock])
                 for worker in workers:
                     worker.stop()
             services.cancel_scope.cancel()
