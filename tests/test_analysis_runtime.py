@@ -25,7 +25,7 @@ from orchestrator.modules.job_files import INLINE_FILES, JobFiles
 from orchestrator.modules.pool import BrokenWorker, ProcessPool
 from orchestrator.modules.progress import progress_stream
 from orchestrator.modules.registry import ModuleRegistry
-from orchestrator.modules.runners import ProcessRunner
+from orchestrator.modules.runners import ProcessRunner, run_in_daemon_thread
 from orchestrator.modules.scan import FileContent
 from orchestrator.settings import Settings
 from orchestrator.usecases import CancelKind, JobControl
@@ -471,3 +471,24 @@ def test_unpickling_a_built_in_analyzer_imports_no_telemetry_or_registry() -> No
         [sys.executable, "-c", script], input=payload, capture_output=True, timeout=60, check=True
     )
     assert done.stdout.decode().strip() == "[]", done.stdout
+
+
+async def test_a_daemon_thread_call_ticks_while_it_runs_and_a_quick_one_never() -> None:
+    release = threading.Event()
+    ticks: list[int] = []
+
+    def tick() -> None:
+        ticks.append(len(ticks))
+        if len(ticks) == 3:
+            release.set()  # the call ends once it has been ticked three times
+
+    def blocked() -> str:
+        release.wait(60)
+        return "done"
+
+    assert await run_in_daemon_thread(blocked, every=0.001, on_tick=tick) == "done"
+    assert len(ticks) >= 3  # (a busy machine may tick once more before the thread ends)
+
+    ticks.clear()
+    assert await run_in_daemon_thread(lambda: "quick", every=60, on_tick=tick) == "quick"
+    assert ticks == []

@@ -203,29 +203,27 @@ class JobFiles:
         assert self._index is not None
         return self._index
 
-    async def _report_walk(self, scope: anyio.CancelScope) -> None:
-        with scope:
-            while True:
-                await anyio.sleep(self._walk_report_seconds)
+    async def _walk(self) -> None:
+        # Checked while the walk runs (a walk of a small tree ends before the first check):
+        # the files found so far for ``when_walking``, and whether the tree has outgrown
+        # in-process scanning, in which case the worker processes start now, overlapping
+        # the rest of the walk. (A tree of few large files is only known to be large once
+        # walked: its first batch starts them.)
+        reported = anyio.current_time()
+        warming = False
+
+        def check() -> None:
+            nonlocal reported, warming
+            if not warming and self.walk_stats.files_seen > INLINE_FILES:
+                warming = True
+                assert self._tg is not None
+                self._tg.start_soon(self.runner.warm, name="job-files:warm")
+            now = anyio.current_time()
+            if self._on_walking and now - reported >= self._walk_report_seconds:
+                reported = now
                 for callback in self._on_walking:
                     callback(self.walk_stats.files_seen)
 
-    async def _warm_when_large(self, scope: anyio.CancelScope) -> None:
-        # A tree past INLINE_FILES files is scanned by the worker processes: start them
-        # now, so their start-up overlaps the rest of the walk. (A tree of few large
-        # files is only known to be large once walked: its first batch starts them.)
-        with scope:
-            while self.walk_stats.files_seen <= INLINE_FILES:  # noqa: ASYNC110 - the walk thread counts: polled
-                await anyio.sleep(self._warm_check_seconds)
-        if not scope.cancel_called:
-            await self.runner.warm()
-
-    async def _walk(self) -> None:
-        reporting, warming = anyio.CancelScope(), anyio.CancelScope()
-        assert self._tg is not None
-        if self._on_walking:
-            self._tg.start_soon(self._report_walk, reporting, name="job-files:walk-report")
-        self._tg.start_soon(self._warm_when_large, warming, name="job-files:warm")
         try:
             self._index = await run_in_daemon_thread(
                 functools.partial(
@@ -235,14 +233,13 @@ class JobFiles:
                 self.config,
                 name="job-files-walk",
                 on_cancel=self._walk_stop.set,
+                every=min(self._warm_check_seconds, self._walk_report_seconds),
+                on_tick=check,
             )
         except WalkCancelled:
             return
         except Exception as exc:  # noqa: BLE001 - handed to every module that asks
             self._index_error = exc
-        finally:
-            reporting.cancel()
-            warming.cancel()  # what has started goes on; no more checks
         index = self._index
         if index is not None and index.total_bytes <= self._inline_bytes and len(index) <= INLINE_FILES:
             self.runner = ThreadRunner()

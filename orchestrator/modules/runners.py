@@ -42,12 +42,19 @@ T = TypeVar("T")
 
 
 async def run_in_daemon_thread(
-    fn: Callable[..., T], *args: Any, name: str = "module", on_cancel: Callable[[], None] | None = None
+    fn: Callable[..., T],
+    *args: Any,
+    name: str = "module",
+    on_cancel: Callable[[], None] | None = None,
+    every: float | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> T:
     """``fn(*args)`` in a new daemon thread, with the caller's context variables.
 
     If the awaiting task is cancelled, ``on_cancel()`` is called (to ask ``fn`` to stop)
     and the await ends at once; the thread is abandoned and never delays interpreter exit.
+    With ``every``, ``on_tick()`` is called in the event loop each ``every`` seconds
+    while ``fn`` runs (never for a call that ends sooner: no task, no timer left behind).
     """
     token = anyio.lowlevel.current_token()
     finished = anyio.Event()
@@ -67,7 +74,15 @@ async def run_in_daemon_thread(
     async with anyio.to_thread.current_default_thread_limiter():
         threading.Thread(target=target, name=name, daemon=True).start()
         try:
-            await finished.wait()
+            if every is None or on_tick is None:
+                await finished.wait()
+            else:
+                while True:
+                    with anyio.move_on_after(every):
+                        await finished.wait()
+                    if finished.is_set():
+                        break
+                    on_tick()
         except BaseException:
             if on_cancel is not None:
                 on_cancel()
