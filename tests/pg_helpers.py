@@ -55,6 +55,9 @@ class Sleepy(BaseModule):
     description = "sleeps context.options['seconds'] (test module)"
 
     async def run(self, context):
+        # Tells the test it started: a marker in its worker's data dir, per job and attempt.
+        marker = os.path.join(os.environ["ORCHESTRATOR_DATA_DIR"], f"started-{context.job_id}-{context.attempt}")
+        open(marker, "w").close()
         seconds = float(context.options.get("seconds", 0))
         until = context.options.get("until_attempt")
         if until is not None and context.attempt > int(until):

@@ -137,7 +137,7 @@ def wait_running_on(db_url: str, worker: WorkerProc, job_id: str, *, attempt: in
             and row["attempt"] == attempt
             and worker.owns(row["lease_owner"])
         )
-        return leased and any(job_id in line and '"job.module.spawn"' in line for line in worker.output().splitlines())
+        return leased and (worker.data_dir / f"started-{job_id}-{attempt}").exists()
 
     wait_for(check, timeout=timeout, what=f"job {job_id} attempt {attempt} running on worker {worker.name}")
 
