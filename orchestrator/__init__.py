@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from orchestrator._exports import lazy_exports
 
 if TYPE_CHECKING:
     from orchestrator.domain import ErrorCategory, Job, JobStatus, ModuleError, OrchestratorError, Phase
@@ -36,13 +37,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOME, globals())
 
 
 #: The one place the version is written: pyproject.toml reads it statically (setuptools'

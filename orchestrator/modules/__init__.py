@@ -7,8 +7,9 @@ registry and its logging and OpenTelemetry imports, which it never needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
+
+from orchestrator._exports import lazy_exports
 
 if TYPE_CHECKING:
     from orchestrator.modules.base import AnalysisModule, BaseModule, FileAnalyzer, ModuleContext, ModuleSummary
@@ -33,30 +34,21 @@ __all__ = [
     "ScanResult",
 ]
 
-_WHERE: Final = {
-    "ENTRY_POINT_GROUP": "registry",
-    "AnalysisModule": "base",
-    "BaseModule": "base",
-    "FileAnalyzer": "base",
-    "FileContent": "scan",
-    "FileEntry": "index",
-    "FileIndex": "index",
-    "ModuleContext": "base",
-    "ModuleProgress": "progress",
-    "ModuleRegistry": "registry",
-    "ModuleSummary": "base",
-    "ScanResult": "job_files",
-}
-
-
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value  # once: later uses are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ENTRY_POINT_GROUP": "orchestrator.modules.registry",
+        "AnalysisModule": "orchestrator.modules.base",
+        "BaseModule": "orchestrator.modules.base",
+        "FileAnalyzer": "orchestrator.modules.base",
+        "FileContent": "orchestrator.modules.scan",
+        "FileEntry": "orchestrator.modules.index",
+        "FileIndex": "orchestrator.modules.index",
+        "ModuleContext": "orchestrator.modules.base",
+        "ModuleProgress": "orchestrator.modules.progress",
+        "ModuleRegistry": "orchestrator.modules.registry",
+        "ModuleSummary": "orchestrator.modules.base",
+        "ScanResult": "orchestrator.modules.job_files",
+    },
+    globals(),
+)
