@@ -344,3 +344,21 @@ def _answers(served: Served) -> bool:
             return client.get("/healthz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_the_listening_socket_is_not_inherited_by_child_processes() -> None:
+    # serve's pool workers (child processes) must never hold its port after it exits.
+    from orchestrator.api.server import listen
+
+    with listen("127.0.0.1", 0) as sock:
+        assert sock.get_inheritable() is False
+        child = subprocess.run(
+            [sys.executable, "-c", f"import os; os.fstat({sock.fileno()})"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            close_fds=False,
+        )
+    assert child.returncode == 1
+    assert "Bad file descriptor" in child.stderr

@@ -129,23 +129,18 @@ def listen(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound before anything else starts: a port in use
     (or a host this machine does not have) is one clear error, not a server that
     half-started. Port 0 takes a free port (the start-up line says which)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise OrchestratorError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    # The address family as uvicorn chooses it (an IPv6 literal, else IPv4), so a host
+    # name such as "localhost" binds where it always did.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        sock.bind(address)
+        sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         hint = " (another serve, or another program, uses it)" if exc.errno == errno.EADDRINUSE else ""
         raise OrchestratorError(f"cannot listen on {host}:{port}: {_reason(exc)}{hint}") from None
-    sock.set_inheritable(True)
-    return sock
+    return sock  # not inheritable (Python's default): a pool worker never holds the port
 
 
 def _reason(exc: OSError) -> str:

@@ -180,8 +180,10 @@ def open_ahead(entry: FileEntry, max_bytes: int, *, stream_large: bool, advise: 
     except OSError as exc:
         return exc
     if advise and _FADVISE is not None:
+        # Its head only: a binary file is read no further (most of /usr), and past the head
+        # a text file's sequential read gets the kernel's own read-ahead.
         with contextlib.suppress(OSError):
-            _FADVISE(fd, 0, min(entry.size, max_bytes + 1), os.POSIX_FADV_WILLNEED)
+            _FADVISE(fd, 0, min(entry.size, max_bytes + 1, _HEAD), os.POSIX_FADV_WILLNEED)
     return fd
 
 
