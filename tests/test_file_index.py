@@ -22,8 +22,9 @@ import pytest
 
 from orchestrator.bootstrap import open_app
 from orchestrator.domain import JobStatus
+from orchestrator.modules import scan
 from orchestrator.modules.ignore import DEFAULT_IGNORES, IgnoreRules, InvalidPattern, check_patterns
-from orchestrator.modules.index import FileEntry, IndexConfig, UnusableSource, build_index
+from orchestrator.modules.index import FileEntry, IndexConfig, UnusableSource, build_index, open_regular
 from orchestrator.modules.mounts import PseudoFilesystems, parse_mountinfo
 from orchestrator.modules.scan import BatchRequest, FileAnalyzer, FileContent, run_batch
 from orchestrator.settings import Settings
@@ -389,4 +390,25 @@ def test_a_file_that_cannot_be_opened_ahead_is_unreadable_and_the_rest_is_read(t
     outcome = run_batch(request, read_ahead=3).outcomes[0]
     assert [path for _, (path, _) in outcome.results] == ["f0.txt", "f1.txt", "f3.txt", "f4.txt", "f5.txt"]
     assert outcome.skipped_unreadable == 1
+    assert _open_in(str(source)) == 0
+
+
+@pytest.mark.parametrize("read_ahead", [0, 4], ids=["in-process", "read-ahead"])
+def test_a_batch_opens_each_file_once(tmp_path: Path, read_ahead: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Counted at the one function that opens a file (inotify merges two opens of one file
+    # in a row into one event, so it cannot see a second open of the same file).
+    source = tmp_path / "tree"
+    for index in range(6):
+        write(source, f"f{index}.txt", f"{index}\n")
+    request = _batch(source, _OpenFiles(source))
+    opens: Counter[str] = Counter()
+
+    def counted(path: str | Path) -> int:
+        opens[os.path.basename(path)] += 1
+        return open_regular(path)
+
+    monkeypatch.setattr(scan, "open_regular", counted)
+    result = run_batch(request, read_ahead=read_ahead)
+    assert dict(opens) == {f"f{index}.txt": 1 for index in range(6)}
+    assert result.opened == 6
     assert _open_in(str(source)) == 0

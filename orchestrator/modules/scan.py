@@ -261,10 +261,16 @@ def run_batch(request: BatchRequest, cancel: threading.Event | None = None, *, r
             if cancel is not None and cancel.is_set():
                 result.cancelled = True
                 break
+            # The window: this file and up to ``read_ahead`` more, each opened once, here.
             while len(ahead) <= min(read_ahead, len(items) - 1 - position):
                 upcoming = position + len(ahead)
                 ahead.append(
-                    open_ahead(items[upcoming][0], request.max_file_bytes, stream_large=flags[upcoming][0], advise=True)
+                    open_ahead(
+                        items[upcoming][0],
+                        request.max_file_bytes,
+                        stream_large=flags[upcoming][0],
+                        advise=read_ahead > 0,
+                    )
                 )
             stream_large, binary_data = flags[position]
             content = read_content(
@@ -273,7 +279,7 @@ def run_batch(request: BatchRequest, cancel: threading.Event | None = None, *, r
                 stream_large=stream_large,
                 binary_data=binary_data,
                 cancel=cancel,
-                opened=ahead.popleft() if read_ahead else None,
+                opened=ahead.popleft(),
             )
             result.opened += content.opened
             for index in wants:
