@@ -331,6 +331,14 @@ def test_bad_job_options_name_the_flag(env: Env, project: Path, args: list[str],
         ),
         (["jobs", "--limit", "0"], "orchestrator jobs: error: argument --limit: 0 is not between 1 and 1000"),
         (["jobs", "--limit", "5000"], "orchestrator jobs: error: argument --limit: 5000 is not between 1 and 1000"),
+        (
+            ["webhooks", "deliveries", "--limit", "99999999999999999999"],
+            "orchestrator webhooks deliveries: error: argument --limit: 99999999999999999999 is not between 1 and 500",
+        ),
+        (
+            ["webhooks", "deliveries", "--limit", "-5"],
+            "orchestrator webhooks deliveries: error: argument --limit: -5 is not between 1 and 500",
+        ),
     ],
 )
 def test_numbers_out_of_range_are_one_line_naming_the_flag(env: Env, args: list[str], message: str) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli import render
 from orchestrator.cli.ids import resolve_job, resolve_subscription
-from orchestrator.cli.main import Context, print_json, with_app
+from orchestrator.cli.main import Context, int_between, print_json, with_app
 from orchestrator.cli.render import Column
 from orchestrator.domain import InvalidRequest, now_ns
 from orchestrator.usecases.create import validate_project_id
@@ -185,6 +185,8 @@ def add_webhook_commands(sub: Any) -> None:
     dl = hooks.add_parser("deliveries", help="delivery history, with every attempt")
     dl.add_argument("--job-id")
     dl.add_argument("--subscription")
-    dl.add_argument("--limit", type=int, default=100)
+    dl.add_argument(
+        "--limit", type=int_between(1, 500), default=100, help="at most this many deliveries (1-500, as the API)"
+    )
     dl.add_argument("--json", action="store_true")
     dl.set_defaults(handler=webhooks_deliveries, log_level_default="critical", telemetry=False)
