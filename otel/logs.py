@@ -19,11 +19,18 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Mapping
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final, Literal, Protocol
 
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import Logger as SdkLogger
+from opentelemetry.sdk._logs import LogRecordDroppedAttributesWarning, LogRecordLimits, ReadableLogRecord
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import AnyValue
 
 from otel import context
@@ -34,6 +41,7 @@ __all__ = [
     "ConsoleFormatter",
     "ContextFilter",
     "JsonFormatter",
+    "LogRecordSink",
     "OtlpLogHandler",
     "RateLimitedLog",
     "configure_logging",
@@ -188,15 +196,52 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class LogRecordSink(Protocol):
+    """Where :class:`OtlpLogHandler` can hand finished records directly (a batch
+    processor's queue), skipping the SDK logger's per-record pipeline."""
+
+    def emit_readable(self, record: ReadableLogRecord) -> None: ...
+
+
+#: Attribute values the exporters encode as they are; anything else goes through the
+#: SDK's cleaning (``BoundedAttributes``), as on the SDK's own path.
+_PLAIN_VALUES: Final = frozenset({str, bool, int, float})
+#: How many logger names' origins (resource, scope) the direct path keeps.
+_ORIGINS_KEPT: Final = 256
+_NO_CONTEXT: Final = Context()
+
+
 class OtlpLogHandler(LoggingHandler):
     """The logging instrumentation's OTLP handler, with our structured fields (event
-    name, job_id, module, ...) flattened into the log record's attributes."""
+    name, job_id, module, ...) flattened into the log record's attributes.
+
+    Given a ``sink``, a record goes straight from ``logging`` to the sink as the
+    batch processor would have queued it: the same OTLP log record (the
+    instrumentation's translation, the logger's resource and scope), without the SDK
+    logger's intermediate record, its attribute container and the processor's copy,
+    which cost about as much as everything else a lifecycle record does. Attributes
+    that need the SDK's cleaning or limits (a value of another type, a count or length
+    limit from ``OTEL_LOGRECORD_ATTRIBUTE_*``/``OTEL_ATTRIBUTE_*``) still get it.
+    """
 
     #: Not flushed by ``logging.shutdown`` at exit: its flush starts a thread, which
     #: Python 3.12 refuses at interpreter shutdown ("can't create new thread", printed as
     #: an ignored exception after every command). The logger provider is flushed and shut
     #: down by :meth:`otel.setup.Telemetry.shutdown`, or by the SDK's own exit hook.
     flushOnClose = False
+
+    def __init__(
+        self,
+        level: int = logging.NOTSET,
+        logger_provider: Any = None,
+        *,
+        sink: LogRecordSink | None = None,
+        limits: LogRecordLimits | None = None,
+    ) -> None:
+        super().__init__(level=level, logger_provider=logger_provider)
+        self._sink = sink
+        self._limits = limits if limits is not None else LogRecordLimits()
+        self._origins: dict[str, tuple[Resource, InstrumentationScope | None] | None] = {}
 
     def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, AnyValue], str | None]:
         attributes, event_name = super()._get_attributes(record)
@@ -205,6 +250,64 @@ class OtlpLogHandler(LoggingHandler):
         for key, value in (getattr(record, FIELDS_KEY, None) or {}).items():
             attributes[key] = value if isinstance(value, (str, bool, int, float)) else str(value)
         return attributes, event_name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = self._sink
+        if sink is None or self._is_emitting.get():
+            super().emit(record)  # the SDK's path (and its guard against recursive logging)
+            return
+        origin = self._origin(record.name)
+        if origin is None:  # not the SDK's logger (a disabled provider's no-op one)
+            super().emit(record)
+            return
+        token = self._is_emitting.set(True)
+        try:
+            api_record = self._translate(record)
+            # What the batch processor does to its copy: the record must not keep the
+            # context (and every object it holds) alive while it waits for export.
+            api_record.context = _NO_CONTEXT
+            api_record.attributes = self._bounded(api_record.attributes)
+            sink.emit_readable(
+                ReadableLogRecord(
+                    log_record=api_record, resource=origin[0], instrumentation_scope=origin[1], limits=self._limits
+                )
+            )
+        finally:
+            self._is_emitting.reset(token)
+
+    def _origin(self, name: str) -> tuple[Resource, InstrumentationScope | None] | None:
+        """The resource and scope of the provider's logger called ``name``, as the SDK's
+        path would find them; None when that is not an SDK logger."""
+        try:
+            return self._origins[name]
+        except KeyError:
+            pass
+        logger = self._logger_provider.get_logger(name)
+        origin = (logger.resource, logger.instrumentation_scope) if isinstance(logger, SdkLogger) else None
+        if len(self._origins) >= _ORIGINS_KEPT:  # logger names made up at run time
+            self._origins.clear()
+        self._origins[name] = origin
+        return origin
+
+    def _bounded(self, attributes: Any) -> Any:
+        limits = self._limits
+        if not attributes:
+            return attributes
+        if (
+            limits.max_log_record_attribute_length is None
+            and (limits.max_log_record_attributes is None or len(attributes) <= limits.max_log_record_attributes)
+            and all(type(value) in _PLAIN_VALUES for value in attributes.values())
+        ):
+            return attributes
+        bounded = BoundedAttributes(
+            maxlen=limits.max_log_record_attributes,
+            attributes=attributes,
+            immutable=False,
+            max_value_len=limits.max_log_record_attribute_length,
+        )
+        if bounded.dropped:  # as the SDK's record warns
+            warnings.warn("Log record attributes were dropped due to limits", LogRecordDroppedAttributesWarning, 2)
+        return bounded
 
 
 class RateLimitedLog:

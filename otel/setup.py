@@ -31,7 +31,7 @@ from typing import Any, Final, Literal, Protocol
 from opentelemetry import metrics, trace
 from opentelemetry._logs import set_logger_provider
 from opentelemetry.context import Context
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits, ReadableLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -239,10 +239,12 @@ def setup_telemetry(
     telemetry.tracer_provider = tracer_provider
     telemetry.sampler = tracer_provider.sampler
 
-    logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-    logger_provider.add_log_record_processor(
-        BatchLogRecordProcessor(_CountingLogExporter(log_exporter, counted("logs")), max_queue_size=4096)
+    log_limits = LogRecordLimits()  # from OTEL_LOGRECORD_ATTRIBUTE_* / OTEL_ATTRIBUTE_*
+    logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False, log_record_limits=log_limits)
+    log_processor = _DirectBatchLogRecordProcessor(
+        _CountingLogExporter(log_exporter, counted("logs")), max_queue_size=4096
     )
+    logger_provider.add_log_record_processor(log_processor)
     telemetry.logger_provider = logger_provider
 
     readers: list[MetricReader] = []
@@ -268,7 +270,11 @@ def setup_telemetry(
         # Lifecycle milestones are info: export them even when the terminal shows less.
         export_level = logging.getLevelName((_env("OTEL_PYTHON_LOG_LEVEL", env) or "info").upper())
         export_level = export_level if isinstance(export_level, int) else logging.INFO
-        handler = logs.OtlpLogHandler(logger_provider=logger_provider, level=export_level)
+        # Records go from the handler straight to the batch processor's queue (see
+        # OtlpLogHandler): the provider has that one processor, so nothing is bypassed.
+        handler = logs.OtlpLogHandler(
+            logger_provider=logger_provider, level=export_level, sink=log_processor.sink(), limits=log_limits
+        )
         logs.lower_project_level(export_level)
         handler.addFilter(logs.ContextFilter(trace_ids=False))
         handler.addFilter(_NotOpenTelemetry())
@@ -340,6 +346,20 @@ def _prometheus_reader(env: Mapping[str, str]) -> MetricReader:
     start_http_server(port=port, addr=host)
     logs.event(log, logging.INFO, OperationEvent.TELEMETRY_PROMETHEUS, f"metrics exposed on http://{host}:{port}/metrics")
     return PrometheusMetricReader()
+
+
+class _DirectBatchLogRecordProcessor(BatchLogRecordProcessor):
+    """The SDK's batch processor, also taking finished records directly into its queue
+    (:class:`otel.logs.LogRecordSink`, for :class:`otel.logs.OtlpLogHandler`)."""
+
+    def sink(self) -> logs.LogRecordSink | None:
+        """Self when the SDK's processor has the queue this relies on (a private part of
+        it, checked here so that another SDK release falls back to the SDK's own path)."""
+        queue = getattr(self, "_batch_processor", None)
+        return self if callable(getattr(queue, "emit", None)) else None
+
+    def emit_readable(self, record: ReadableLogRecord) -> None:
+        self._batch_processor.emit(record)
 
 
 class _NotOpenTelemetry(logging.Filter):
