@@ -1,0 +1,198 @@
+"""Span records emitted directly (a finished ``ReadableSpan`` handed to the tracer's span
+processors) export exactly what the SDK path (a span started with forced ids, its
+events added, ended) exports: compared through the official OTLP encoder, with the
+sampler and span limits of the provider in play."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
+
+from orchestrator.tracing import emit
+from orchestrator.tracing.records import STATUS_ERROR, STATUS_OK, SpanEvent, SpanRecord
+from otel.ids import JobIdGenerator
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+ROOT = "b7ad6b7169203331"
+RESOURCE = Resource.create({"service.name": "orchestrator", "service.instance.id": "i-1"})
+
+
+def records() -> list[SpanRecord]:
+    """A job's spans of every shape the store describes."""
+    lifecycle = tuple(
+        SpanEvent(f"job.lifecycle.{name}", 1_000 + n, {"job_id": "j", "status_to": name, "duration_ms": n * 0.5,
+                                                         "attempt": 1, "reason": "" if n else "created"})
+        for n, name in enumerate(("create", "enqueue", "start", "fail"))
+    )
+    return [
+        SpanRecord(TRACE, "00000000000000a1", ROOT, "job.execute", 1_100, 1_900,
+                   {"job_id": "j", "attempt": 1, "worker_id": "host:1:abc", "reconstructed": True},
+                   events=(SpanEvent("job.module.overrun", 1_500, {"module": "secrets", "ratio": 1.5}),),
+                   status_code=STATUS_ERROR, status_message="worker_lost"),
+        SpanRecord(TRACE, "00000000000000a2", ROOT, "job.module", 1_200, 1_300,
+                   {"job_id": "j", "module": "todos", "ok": True}, status_code=STATUS_OK),
+        SpanRecord(TRACE, "00000000000000a3", ROOT, "job.queued", 1_050, 1_100, {}),
+        SpanRecord(TRACE, ROOT, "", "job", 1_000, 2_000,
+                   {"job_id": "j", "project_id": "p", "module_count": 2, "status": "failed", "reason": "x ☃"},
+                   events=lifecycle, status_code=STATUS_ERROR, status_message="module secrets failed",
+                   links=(("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", {"link.kind": "caller"}),
+                          ("not a traceparent", {"link.kind": "caller"}))),
+    ]
+
+
+def exported(sampler: Sampler | None = None, limits: SpanLimits | None = None, *, direct: bool,
+             spans: Sequence[SpanRecord] | None = None, monkeypatch: pytest.MonkeyPatch,
+             ids: JobIdGenerator | None = None) -> list[ReadableSpan]:
+    options: dict[str, Any] = {"sampler": sampler} if sampler else {}
+    if limits:
+        options["span_limits"] = limits
+    provider = TracerProvider(resource=RESOURCE, id_generator=ids or JobIdGenerator(), shutdown_on_exit=False,
+                              **options)
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("orchestrator", "1.0")
+    with monkeypatch.context() as patch:
+        if not direct:
+            patch.setattr(emit._DirectEmitter, "of", classmethod(lambda cls, tracer: None))
+        emit.emit_spans(tracer, spans if spans is not None else records())
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def assert_same(direct: list[ReadableSpan], sdk: list[ReadableSpan]) -> None:
+    assert [s.name for s in direct] == [s.name for s in sdk]
+    assert encode_spans(direct) == encode_spans(sdk)
+    assert [(s.dropped_attributes, s.dropped_events, s.dropped_links) for s in direct] == [
+        (s.dropped_attributes, s.dropped_events, s.dropped_links) for s in sdk]
+
+
+def test_every_shape_exports_as_on_the_sdk_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    direct = exported(direct=True, monkeypatch=monkeypatch)
+    assert_same(direct, exported(direct=False, monkeypatch=monkeypatch))
+    root = next(s for s in direct if s.name == "job")
+    # Independently of the SDK path: the record's own ids, times, events and link.
+    assert root.context is not None
+    assert (format(root.context.trace_id, "032x"), format(root.context.span_id, "016x")) == (TRACE, ROOT)
+    assert root.parent is None
+    assert (root.start_time, root.end_time) == (1_000, 2_000)
+    assert [e.timestamp for e in root.events] == [1_000, 1_001, 1_002, 1_003]
+    assert len(root.links) == 1
+    assert root.links[0].context.span_id == 0x00F067AA0BA902B7
+    assert root.status.description == "module secrets failed"
+    child = next(s for s in direct if s.name == "job.module")
+    assert child.parent is not None
+    assert format(child.parent.span_id, "016x") == ROOT
+    assert child.status.description is None  # an OK status carries no description
+
+
+class RandomJobIds(JobIdGenerator):
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+def test_a_root_of_random_trace_ids_is_flagged_as_on_the_sdk_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    direct = exported(direct=True, monkeypatch=monkeypatch, ids=RandomJobIds())
+    assert_same(direct, exported(direct=False, monkeypatch=monkeypatch, ids=RandomJobIds()))
+    # W3C trace flags: bit 0 sampled, bit 1 random trace id (on a root only: a child
+    # inherits the flag from its parent's context, which the store does not record).
+    assert {s.name: int(s.context.trace_flags) for s in direct if s.context} == {
+        "job": 0x03, "job.execute": 0x01, "job.module": 0x01, "job.queued": 0x01}
+
+
+def test_the_direct_path_is_taken_for_plain_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any) -> None:
+        raise AssertionError("the SDK path was taken")
+
+    monkeypatch.setattr(emit, "_emit", refuse)
+    assert len(exported(direct=True, monkeypatch=monkeypatch)) == 4
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [SpanLimits(max_events=2), SpanLimits(max_span_attributes=2), SpanLimits(max_event_attributes=1),
+     SpanLimits(max_attribute_length=3), SpanLimits(max_links=0)],
+    ids=["events", "attributes", "event-attributes", "length", "links"],
+)
+def test_records_beyond_the_span_limits_are_cut_as_the_sdk_cuts_them(
+    limits: SpanLimits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct = exported(limits=limits, direct=True, monkeypatch=monkeypatch)
+    assert_same(direct, exported(limits=limits, direct=False, monkeypatch=monkeypatch))
+    # The limit did cut something: the export differs from the unlimited one.
+    assert encode_spans(direct) != encode_spans(exported(direct=True, monkeypatch=monkeypatch))
+
+
+def test_a_value_of_another_type_goes_through_the_sdks_cleaning(monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = [SpanRecord(TRACE, ROOT, "", "job", 1, 2, {"list": ["a", "b"], "none": None})]  # type: ignore[dict-item]
+    direct = exported(spans=odd, direct=True, monkeypatch=monkeypatch)
+    assert_same(direct, exported(spans=odd, direct=False, monkeypatch=monkeypatch))
+    assert dict(direct[0].attributes or {}) == {"list": ("a", "b"), "none": None}
+
+
+class RecordOnly(Sampler):
+    """Records every span without sampling it, and says so in an attribute and the trace state."""
+
+    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[Link] | None = None, trace_state: TraceState | None = None) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_ONLY, {**(attributes or {}), "sampler": "record-only"},
+                              TraceState([("vendor", "x")]))
+
+    def get_description(self) -> str:
+        return "RecordOnly"
+
+
+class Counting(SimpleSpanProcessor):
+    def __init__(self) -> None:
+        super().__init__(InMemorySpanExporter())
+        self.ended: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+        super().on_end(span)
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF, ParentBased(TraceIdRatioBased(0.0)), RecordOnly()],
+                         ids=["always-off", "ratio-0", "record-only"])
+def test_the_providers_sampler_decides_as_on_the_sdk_path(sampler: Sampler, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    for direct in (True, False):
+        provider = TracerProvider(resource=RESOURCE, id_generator=JobIdGenerator(), sampler=sampler,
+                                  shutdown_on_exit=False)
+        processor = Counting()
+        provider.add_span_processor(processor)
+        with monkeypatch.context() as patch:
+            if not direct:
+                patch.setattr(emit._DirectEmitter, "of", classmethod(lambda cls, tracer: None))
+            emit.emit_spans(provider.get_tracer("orchestrator"), records())
+        provider.shutdown()
+        seen.append(processor.ended)
+    direct_ended, sdk_ended = seen
+    assert [s.name for s in direct_ended] == [s.name for s in sdk_ended]
+    assert encode_spans(direct_ended) == encode_spans(sdk_ended) if direct_ended else sdk_ended == []
+    if isinstance(sampler, RecordOnly):  # recorded, not sampled: handed on, never exported
+        assert len(direct_ended) == 4
+        assert all(not s.context.trace_flags.sampled for s in direct_ended if s.context)
+        assert all(dict(s.attributes or {})["sampler"] == "record-only" for s in direct_ended)
+        assert all(s.context and s.context.trace_state.get("vendor") == "x" for s in direct_ended)
+    else:
+        # The root has no parent: the sampler drops it; children follow their (sampled) parent.
+        assert "job" not in [s.name for s in direct_ended]
