@@ -12,7 +12,7 @@ per job. On a shared machine this moves far less than throughput does.
 
 Variants put back what an optimisation replaced, to show what each one saves:
 ``--official-encoder`` (the SDK's protobuf encoding instead of otel/otlp_proto.py),
-``--sync-metrics`` (the SDK's synchronous counters and gauges instead of tallies).
+``--sync-metrics`` (the SDK's synchronous instruments instead of tallies, histograms included).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _variant(official_encoder: bool, sync_metrics: bool) -> Iterator[None]:
     import orchestrator.telemetry as job_telemetry
     from otel import otlp_proto
 
-    saved = (otlp_proto.serialize_spans, otlp_proto.serialize_logs, job_telemetry.TALLIED)
+    saved = (otlp_proto.serialize_spans, otlp_proto.serialize_logs, job_telemetry.TALLIED, job_telemetry.board_for)
     if official_encoder:
         from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -133,10 +133,12 @@ def _variant(official_encoder: bool, sync_metrics: bool) -> Iterator[None]:
         otlp_proto.serialize_logs = lambda batch: encode_logs(batch).SerializeToString()  # type: ignore[assignment]
     if sync_metrics:
         job_telemetry.TALLIED = frozenset()  # type: ignore[misc]
+        job_telemetry.board_for = lambda provider: None  # histograms through the SDK too
     try:
         yield
     finally:
-        otlp_proto.serialize_spans, otlp_proto.serialize_logs, job_telemetry.TALLIED = saved  # type: ignore[misc]
+        (otlp_proto.serialize_spans, otlp_proto.serialize_logs, job_telemetry.TALLIED,  # type: ignore[misc]
+         job_telemetry.board_for) = saved
 
 
 def _cpu_per_job(mode: Mode, endpoint: str | None, jobs: int, workdir: Path) -> float:

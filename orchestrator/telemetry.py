@@ -48,7 +48,7 @@ from orchestrator.tracing.records import lost_attempt_spans, root_span
 from otel import logs
 from otel.ids import SpanPlace, forced_ids, span_id_for
 from otel.instrument import mark_logged
-from otel.tallies import TALLIED, Tally
+from otel.tallies import TALLIED, Tally, board_for
 from otel.vocabulary import (
     INSTRUMENTATION_SCOPE,
     METRICS,
@@ -117,10 +117,17 @@ class JobTelemetry:
         self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(INSTRUMENTATION_SCOPE, meter_provider=meter_provider)
         # Counters and gauges are tallied in process and observed at collection; the
-        # histograms (exemplars) go through the SDK's synchronous instruments.
-        self._instruments: dict[str, Any] = {
-            spec.name: Tally(meter, spec) if spec.kind in TALLIED else _create(meter, spec) for spec in METRICS
-        }
+        # histograms too where the provider was set up for it (otel.setup: its readers
+        # take them at collection, exemplars included), else the SDK's instruments.
+        board = board_for(meter_provider if meter_provider is not None else metrics.get_meter_provider())
+        self._instruments: dict[str, Any] = {}
+        for spec in METRICS:
+            if spec.kind in TALLIED:
+                self._instruments[spec.name] = Tally(meter, spec)
+            elif spec.kind is MetricKind.HISTOGRAM and board is not None:
+                self._instruments[spec.name] = board.histogram(spec)
+            else:
+                self._instruments[spec.name] = _create(meter, spec)
         #: Phase spans still open, by id(span): (phase name, start in ns) (see _close_phase).
         self._open_phases: dict[int, tuple[str, int]] = {}
 

@@ -33,7 +33,13 @@ from opentelemetry._logs import set_logger_provider
 from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits, ReadableLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    ExemplarFilter,
+    MeterProvider,
+    TraceBasedExemplarFilter,
+)
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricExportResult,
@@ -46,9 +52,11 @@ from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVI
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otel import files, logs
 from otel.ids import JobIdGenerator
+from otel.tallies import TalliedReader, TallyBoard, reader_temporality, register_board
 from otel.vocabulary import INSTRUMENTATION_SCOPE, Metric, OperationEvent
 
 __all__ = [
@@ -250,16 +258,22 @@ def setup_telemetry(
     readers: list[MetricReader] = []
     interval = metric_interval_s if metric_interval_s is not None else _metric_interval(env)
     readers.append(
-        PeriodicExportingMetricReader(
+        _TalliedPeriodicReader(
             _CountingMetricExporter(metric_exporter, counted("metrics")), export_interval_millis=interval * 1000
         )
     )
     if "prometheus" in _env("OTEL_METRICS_EXPORTER", env).split(","):
         readers.append(_prometheus_reader(env))
+    exemplar_filter = _EXEMPLAR_FILTERS.get(_env("OTEL_METRICS_EXEMPLAR_FILTER", env) or "trace_based")
     meter_provider = MeterProvider(
-        resource=resource, metric_readers=readers, views=http_server_views(env), shutdown_on_exit=False
+        resource=resource,
+        metric_readers=readers,
+        views=http_server_views(env),  # http.server.* only: none applies to the tallied histograms
+        shutdown_on_exit=False,
+        exemplar_filter=exemplar_filter() if exemplar_filter else None,  # None: the SDK's own choice (and error)
     )
     telemetry.meter_provider = meter_provider
+    _tally_histograms(meter_provider, readers, resource, exemplar_filter)
 
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
@@ -287,6 +301,39 @@ def setup_telemetry(
         description=Metric.TELEMETRY_EXPORT_FAILURES.description,
     )
     return telemetry
+
+
+#: OTEL_METRICS_EXEMPLAR_FILTER's values (the SDK's), and the filter each names.
+_EXEMPLAR_FILTERS: Final[Mapping[str, type[ExemplarFilter]]] = {
+    "trace_based": TraceBasedExemplarFilter,
+    "always_on": AlwaysOnExemplarFilter,
+    "always_off": AlwaysOffExemplarFilter,
+}
+
+
+class _TalliedPeriodicReader(TalliedReader, PeriodicExportingMetricReader):
+    pass
+
+
+def _tally_histograms(
+    meter_provider: MeterProvider,
+    readers: Sequence[MetricReader],
+    resource: Resource,
+    exemplar_filter: type[ExemplarFilter] | None,
+) -> None:
+    """Keep the job histograms in process (:class:`otel.tallies.HistogramTally`) when
+    every reader reads them as the SDK's default histogram and can take them."""
+    temporalities = [reader_temporality(reader) for reader in readers]
+    if exemplar_filter is None or not all(isinstance(r, TalliedReader) for r in readers):
+        return
+    known = [t for t in temporalities if t is not None]
+    if len(known) != len(readers):
+        return
+    board = TallyBoard(resource, InstrumentationScope(INSTRUMENTATION_SCOPE), exemplar_filter(), known)
+    for index, reader in enumerate(readers):
+        if isinstance(reader, TalliedReader):
+            reader.read_tallies(board, index)
+    register_board(meter_provider, board)
 
 
 def _metric_interval(env: Mapping[str, str]) -> float:
@@ -341,11 +388,14 @@ def _prometheus_reader(env: Mapping[str, str]) -> MetricReader:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
 
+    class TalliedPrometheusReader(TalliedReader, PrometheusMetricReader):
+        pass
+
     host = _env("OTEL_EXPORTER_PROMETHEUS_HOST", env) or "localhost"
     port = int(_env("OTEL_EXPORTER_PROMETHEUS_PORT", env) or 9464)
     start_http_server(port=port, addr=host)
     logs.event(log, logging.INFO, OperationEvent.TELEMETRY_PROMETHEUS, f"metrics exposed on http://{host}:{port}/metrics")
-    return PrometheusMetricReader()
+    return TalliedPrometheusReader()
 
 
 class _DirectBatchLogRecordProcessor(BatchLogRecordProcessor):
