@@ -44,7 +44,7 @@ from orchestrator.domain import (
     now_ns,
 )
 from orchestrator.tracing.emit import emit_spans
-from orchestrator.tracing.records import lost_attempt_spans, root_span
+from orchestrator.tracing.records import lost_attempt_spans, queued_span, root_span
 from otel import logs
 from otel.ids import SpanPlace, forced_ids, span_id_for
 from otel.instrument import mark_logged
@@ -334,14 +334,10 @@ class JobTelemetry:
         self._record(Metric.PHASE_DURATION, max(0, (end_ns or now_ns()) - start) / 1e9, phase=name)
 
     def _queued_span(self, job: Job, *, start_ns: int, end_ns: int) -> None:
-        with forced_ids(int(job.trace.trace_id, 16), span_id_for(job.trace.trace_id, SpanPlace.QUEUED, job.attempt)):
-            span = self.tracer.start_span(
-                SpanName.QUEUED,
-                context=self.root_context(job),
-                start_time=start_ns,
-                attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, Attr.ATTEMPT: job.attempt},
-            )
-        span.end(end_time=end_ns)
+        """The wait just ended, as a finished span (the record a rebuild makes too); a job
+        not sampled has none, as its other spans (their parent is not sampled)."""
+        if job.trace.sampled:
+            emit_spans(self.tracer, [queued_span(job, job.attempt, start_ns, end_ns)])
 
     def lost_attempt(self, job: Job, *, reason: str, end_ns: int) -> None:
         """A lost attempt is being recovered. Its execute span (error.type worker_lost)

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
 from telemetry_helpers import (
     FakeModule,
@@ -379,8 +379,15 @@ async def test_lease_expiry_recovery_shows_the_lost_attempt(tmp_path: Path, harn
 # -- sampling -------------------------------------------------------------------------------
 
 
-async def test_sampled_out_job_exports_no_spans_but_logs(tmp_path: Path) -> None:
-    sampled_out = build_harness(sampler=ALWAYS_OFF)
+@pytest.mark.parametrize(
+    "sampler",
+    # The parent-based one is the OTEL_TRACES_SAMPLER default: spans emitted from records
+    # (parented on the job's root as sampled) must still follow the job's own decision.
+    [ALWAYS_OFF, ParentBased(TraceIdRatioBased(0.0))],
+    ids=["always-off", "parent-based-ratio-0"],
+)
+async def test_sampled_out_job_exports_no_spans_but_logs(tmp_path: Path, sampler: Sampler) -> None:
+    sampled_out = build_harness(sampler=sampler)
     try:
         with captured_otlp_logs() as exporter:
             async with app_with(tmp_path, sampled_out, [FakeModule("alpha", ok())]) as app:

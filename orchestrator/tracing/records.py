@@ -32,6 +32,7 @@ __all__ = [
     "SpanEvent",
     "SpanRecord",
     "lost_attempt_spans",
+    "queued_span",
     "root_span",
     "spans_from_store",
 ]
@@ -164,14 +165,19 @@ def _create_span(job: Job, history: Sequence[LifecycleEntry], reconstructed: boo
 
 
 def _queued_span(job: Job, attempt: Attempt, reconstructed: bool) -> SpanRecord:
+    return queued_span(job, attempt.number, attempt.queued_ns, attempt.started_ns, reconstructed=reconstructed)
+
+
+def queued_span(job: Job, attempt: int, start_ns: int, end_ns: int, *, reconstructed: bool = False) -> SpanRecord:
+    """The time attempt ``attempt`` waited in the queue (emitted live when it is claimed)."""
     return SpanRecord(
         trace_id=job.trace.trace_id,
-        span_id=_sid(job, SpanPlace.QUEUED, attempt.number),
+        span_id=_sid(job, SpanPlace.QUEUED, attempt),
         parent_id=job.trace.span_id,
         name=SpanName.QUEUED,
-        start_ns=attempt.queued_ns,
-        end_ns=attempt.started_ns,
-        attributes=_base(job, reconstructed, **{Attr.ATTEMPT: attempt.number}),
+        start_ns=start_ns,
+        end_ns=end_ns,
+        attributes=_base(job, reconstructed, **{Attr.ATTEMPT: attempt}),
     )
 
 
