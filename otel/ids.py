@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import hashlib
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -49,11 +50,18 @@ def span_id_for(trace_id: int | str, place: SpanPlace, attempt: int = 0, module:
     finalize spans are once per attempt.
     """
     tid = int(trace_id, 16) if isinstance(trace_id, str) else trace_id
+    return _span_id(tid, str(place), attempt, module)
+
+
+@functools.lru_cache(maxsize=4096)
+def _span_id(tid: int, place: str, attempt: int, module: str) -> int:
+    """:func:`span_id_for`, remembered: a job asks for each of its ids several times
+    (the live span, its record at the root's emission, the delivery ledger)."""
     # Fixed-width fields, a separator no place name holds, then the module's name: no
     # two places hash the same message.
     name = module.encode("utf-8", "surrogatepass")
     message = b"".join(
-        (tid.to_bytes(16, "big"), str(place).encode(), b"\x00", attempt.to_bytes(8, "big", signed=True), name)
+        (tid.to_bytes(16, "big"), place.encode(), b"\x00", attempt.to_bytes(8, "big", signed=True), name)
     )
     digest = hashlib.blake2b(message, digest_size=8, key=_KEY).digest()
     return int.from_bytes(digest, "big") or 1
