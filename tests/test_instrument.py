@@ -118,3 +118,53 @@ def test_the_wrappers_keep_what_the_function_is() -> None:
     assert (plain.__name__, plain.__doc__) == ("plain", "A plain function.")
     assert (coroutine.__name__, coroutine.__doc__) == ("coroutine", "A coroutine function.")
     assert list(inspect.signature(plain).parameters) == ["job_id", "fail"]
+
+
+def _shapes(a: int, b: int = 2, *, c: int = 3) -> int:
+    return a + b + c
+
+
+def _variadic(a: int, *rest: int, **more: int) -> int:
+    return a + sum(rest) + sum(more.values())
+
+
+def _positional_only(a: int, /, b: int = 2) -> int:
+    return a + b
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "kwargs"),
+    [
+        (_shapes, (1,), {}),
+        (_shapes, (1, 5), {}),
+        (_shapes, (1,), {"c": 7}),
+        (_shapes, (), {"a": 1, "b": 5}),
+        (_shapes, (1, 5), {"c": 7}),
+        (_variadic, (1, 2, 3), {"x": 4}),
+        (_variadic, (1,), {}),
+        (_positional_only, (1, 4), {}),
+        (_positional_only, (1,), {"b": 4}),
+    ],
+)
+def test_the_fields_function_gets_the_arguments_bind_partial_finds(
+    fn: Callable[..., int], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def fields(**arguments: Any) -> dict[str, Any]:
+        seen.append(arguments)
+        return {}
+
+    wrapped = instrument("test.shapes", fields=fields, logger=logging.getLogger(LOGGER))(fn)
+    assert wrapped(*args, **kwargs) == fn(*args, **kwargs)
+    assert seen == [dict(inspect.signature(fn).bind_partial(*args, **kwargs).arguments)]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [((1, 2, 3), {}), ((1,), {"a": 2}), ((1,), {"nope": 2})])
+def test_a_call_that_does_not_fit_fails_before_its_start_record(
+    caught: Captured, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    wrapped = instrument("test.shapes", fields=lambda **a: {}, logger=logging.getLogger(LOGGER))(_shapes)
+    with pytest.raises(TypeError):
+        wrapped(*args, **kwargs)
+    assert caught.records == []
