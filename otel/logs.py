@@ -145,6 +145,10 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
+#: One encoder for every record (``json.dumps`` with options builds one per call).
+_JSON: Final = json.JSONEncoder(default=_json_default, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, event, message, fields, trace ids."""
 
@@ -163,7 +167,7 @@ class JsonFormatter(logging.Formatter):
             payload["span_id"] = getattr(record, _SPAN_KEY, None)
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=_json_default, ensure_ascii=False)
+        return _JSON.encode(payload)
 
 
 class ConsoleFormatter(logging.Formatter):
