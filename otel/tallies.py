@@ -113,8 +113,9 @@ class Tally:
 
 
 @dataclass(slots=True)
-class _Interval:
-    """What one attribute set recorded since a reader's last collection."""
+class _Sums:
+    """Bucket counts, sum, min and max of one attribute set: since a reader's last
+    collection, or (a cumulative reader's) in all."""
 
     attributes: dict[str, str]
     start_ns: int
@@ -122,20 +123,19 @@ class _Interval:
     sum: float = 0.0
     min: float = math.inf
     max: float = -math.inf
-    #: Bucket index -> the last sampled measurement there: value, time, attributes, span, trace.
-    exemplars: dict[int, tuple[float, int, Mapping[str, str], int | None, int | None]] = field(default_factory=dict)
+
+    def absorb(self, other: _Sums) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
 
 
 @dataclass(slots=True)
-class _Total:
-    """A cumulative reader's running totals of one attribute set."""
+class _Interval(_Sums):
+    """What one attribute set recorded since a reader's last collection."""
 
-    attributes: dict[str, str]
-    start_ns: int
-    counts: list[int]
-    sum: float = 0.0
-    min: float = math.inf
-    max: float = -math.inf
+    #: Bucket index -> the last sampled measurement there: value, time, attributes, span, trace.
+    exemplars: dict[int, tuple[float, int, Mapping[str, str], int | None, int | None]] = field(default_factory=dict)
 
 
 class HistogramTally:
@@ -154,7 +154,7 @@ class HistogramTally:
         self._lock = threading.Lock()
         readers = len(board.temporalities)
         self._intervals: list[dict[_Key, _Interval]] = [{} for _ in range(readers)]
-        self._totals: list[dict[_Key, _Total]] = [{} for _ in range(readers)]
+        self._totals: list[dict[_Key, _Sums]] = [{} for _ in range(readers)]
         #: Per reader and attribute set: where its next point starts (delta readers).
         self._since: list[dict[_Key, int]] = [{} for _ in range(readers)]
 
@@ -197,7 +197,7 @@ class HistogramTally:
             points: list[HistogramDataPoint] = []
             if temporality is AggregationTemporality.DELTA:
                 for key, point in interval.items():
-                    points.append(self._point(point.attributes, since[key], now, point, point, point))
+                    points.append(self._point(point, since[key], now, point))
                 for key in since:  # as the SDK's aggregation: the next point starts here
                     since[key] = now
             else:
@@ -205,26 +205,17 @@ class HistogramTally:
                 for key, point in interval.items():
                     total = totals.get(key)
                     if total is None:
-                        total = totals[key] = _Total(point.attributes, since[key], [0] * len(point.counts))
-                    total.counts = [a + b for a, b in zip(total.counts, point.counts, strict=True)]
-                    total.sum += point.sum
-                    total.min, total.max = min(total.min, point.min), max(total.max, point.max)
+                        total = totals[key] = _Sums(point.attributes, since[key], [0] * len(point.counts))
+                    total.absorb(point)
                 for key, total in totals.items():
-                    points.append(self._point(total.attributes, total.start_ns, now, total, total, interval.get(key)))
+                    points.append(self._point(total, total.start_ns, now, interval.get(key)))
         if not points:
             return None
         spec = self.spec
         return Metric(spec.name, spec.description, spec.unit, Histogram(points, temporality))
 
-    def _point(
-        self,
-        attributes: dict[str, str],
-        start_ns: int,
-        now: int,
-        counts: _Interval | _Total,
-        extremes: _Interval | _Total,
-        sampled: _Interval | None,
-    ) -> HistogramDataPoint:
+    def _point(self, sums: _Sums, start_ns: int, now: int, sampled: _Interval | None) -> HistogramDataPoint:
+        attributes = sums.attributes
         exemplars = []
         if sampled is not None:
             for _, (value, at, measured, span_id, trace_id) in sorted(sampled.exemplars.items()):
@@ -235,12 +226,12 @@ class HistogramTally:
             attributes=attributes,
             start_time_unix_nano=start_ns,
             time_unix_nano=now,
-            count=sum(counts.counts),
-            sum=counts.sum,
-            bucket_counts=tuple(counts.counts),
+            count=sum(sums.counts),
+            sum=sums.sum,
+            bucket_counts=tuple(sums.counts),
             explicit_bounds=self._bounds,
-            min=extremes.min,
-            max=extremes.max,
+            min=sums.min,
+            max=sums.max,
             exemplars=exemplars,
         )
 

@@ -161,24 +161,31 @@ def test_the_direct_record_holds_no_context(paths: TwoPaths) -> None:
     assert direct[0].log_record.span_id == sdk[0].log_record.span_id != 0
 
 
-def test_a_record_logged_while_emitting_is_skipped_not_recursed() -> None:
-    provider = LoggerProvider(resource=RESOURCE, shutdown_on_exit=False)
-    logger = logging.getLogger("orchestrator.test_log_direct.recursive")
+@contextlib.contextmanager
+def handled(name: str, provider: LoggerProvider, sink: ListSink) -> Iterator[logging.Logger]:
+    """Logger ``name`` with only a direct-path handler to ``sink``."""
+    logger = logging.getLogger(name)
     logger.propagate = False
+    handler = logs.OtlpLogHandler(logger_provider=provider, sink=sink)
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        provider.shutdown()
+
+
+def test_a_record_logged_while_emitting_is_skipped_not_recursed() -> None:
+    name = "orchestrator.test_log_direct.recursive"
 
     class Echo(ListSink):
         def emit_readable(self, record: ReadableLogRecord) -> None:
             super().emit_readable(record)
-            logger.warning("logged by the sink")  # would recurse without the guard
+            logging.getLogger(name).warning("logged by the sink")  # would recurse without the guard
 
     sink = Echo()
-    handler = logs.OtlpLogHandler(logger_provider=provider, sink=sink)
-    logger.addHandler(handler)
-    try:
+    with handled(name, LoggerProvider(resource=RESOURCE, shutdown_on_exit=False), sink) as logger:
         logger.warning("first")
-    finally:
-        logger.removeHandler(handler)
-        provider.shutdown()
     assert [r.log_record.body for r in sink.records] == ["first"]
 
 
@@ -186,14 +193,8 @@ def test_a_disabled_provider_takes_the_sdk_path_and_exports_nothing() -> None:
     provider = LoggerProvider(resource=RESOURCE, shutdown_on_exit=False)
     provider._disabled = True  # what OTEL_SDK_DISABLED does to an SDK provider
     sink = ListSink()
-    logger = logging.getLogger("orchestrator.test_log_direct.disabled")
-    logger.propagate = False
-    handler = logs.OtlpLogHandler(logger_provider=provider, sink=sink)
-    logger.addHandler(handler)
-    try:
+    with handled("orchestrator.test_log_direct.disabled", provider, sink) as logger:
         logger.warning("nowhere")
-    finally:
-        logger.removeHandler(handler)
     assert sink.records == []
 
 
