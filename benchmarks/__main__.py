@@ -285,7 +285,7 @@ def scenario_telemetry_cpu(env: Env) -> None:
     variants = {
         "as built": {},
         "with the SDK's protobuf encoder": {"official_encoder": True},
-        "with the SDK's synchronous counters and gauges": {"sync_metrics": True},
+        "with the SDK's synchronous instruments (histograms included)": {"sync_metrics": True},
         "with both (as before issue 18, less the debug module record)": {"official_encoder": True,
                                                                         "sync_metrics": True},
     }
