@@ -43,10 +43,10 @@ from orchestrator.domain import (
     lifecycle_event,
     now_ns,
 )
-from orchestrator.tracing.emit import emit_spans
+from orchestrator.tracing.emit import emit_spans, start_live_span
 from orchestrator.tracing.records import lost_attempt_spans, queued_span, root_span
 from otel import logs
-from otel.ids import SpanPlace, forced_ids, span_id_for
+from otel.ids import SpanPlace, span_id_for
 from otel.instrument import mark_logged
 from otel.tallies import TALLIED, Tally, board_for
 from otel.vocabulary import (
@@ -307,13 +307,14 @@ class JobTelemetry:
         place = _PHASE_PLACES.get(name)
         attempt = 0 if place is SpanPlace.CREATE else job.attempt
         span_id = span_id_for(job.trace.trace_id, place, attempt) if place is not None else 0
-        with forced_ids(int(job.trace.trace_id, 16), span_id) if span_id else contextlib.nullcontext():
-            span = self.tracer.start_span(
-                name,
-                context=self.root_context(job),
-                start_time=start_ns,
-                attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, **attributes},
-            )
+        span = start_live_span(
+            self.tracer,
+            name,
+            context=self.root_context(job),
+            start_ns=start_ns,
+            attributes={Attr.JOB_ID: job.id, Attr.PROJECT_ID: job.project_id, **attributes},
+            ids=(int(job.trace.trace_id, 16), span_id) if span_id else None,
+        )
         self._open_phases[id(span)] = (name.removeprefix("job."), start_ns or now_ns())
         with as_current(span):
             try:
@@ -378,18 +379,19 @@ class JobTelemetry:
 
     def module_started(self, job: Job, module: str, version: str, expected_s: float) -> trace.Span:
         span_id = span_id_for(job.trace.trace_id, SpanPlace.MODULE, job.attempt, module)
-        with forced_ids(int(job.trace.trace_id, 16), span_id):
-            span = self.tracer.start_span(
-                SpanName.MODULE,
-                attributes={
-                    Attr.JOB_ID: job.id,
-                    Attr.PROJECT_ID: job.project_id,
-                    Attr.MODULE: module,
-                    Attr.MODULE_VERSION: version,
-                    Attr.ATTEMPT: job.attempt,
-                    Attr.EXPECTED_MS: expected_s * 1000,
-                },
-            )
+        span = start_live_span(
+            self.tracer,
+            SpanName.MODULE,
+            attributes={
+                Attr.JOB_ID: job.id,
+                Attr.PROJECT_ID: job.project_id,
+                Attr.MODULE: module,
+                Attr.MODULE_VERSION: version,
+                Attr.ATTEMPT: job.attempt,
+                Attr.EXPECTED_MS: expected_s * 1000,
+            },
+            ids=(int(job.trace.trace_id, 16), span_id),
+        )
         span.add_event(ModuleEvent.SPAWN, {Attr.JOB_ID: job.id, Attr.MODULE: module})
         # Debug: the module span has it, and the fan-out aggregate (info) counts the spawns;
         # at info a job of five modules wrote five records more than its lifecycle.

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
@@ -23,7 +24,16 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.util.types import Attributes
 
 from orchestrator.tracing import emit
@@ -164,6 +174,7 @@ class Counting(SimpleSpanProcessor):
     def __init__(self) -> None:
         super().__init__(InMemorySpanExporter())
         self.ended: list[ReadableSpan] = []
+        self.started: list[Any] = []
 
     def on_end(self, span: ReadableSpan) -> None:
         self.ended.append(span)
@@ -196,3 +207,106 @@ def test_the_providers_sampler_decides_as_on_the_sdk_path(sampler: Sampler, monk
     else:
         # The root has no parent: the sampler drops it; children follow their (sampled) parent.
         assert "job" not in [s.name for s in direct_ended]
+
+
+# -- live spans ------------------------------------------------------------------------------
+
+ROOT_CONTEXT = SpanContext(int(TRACE, 16), int(ROOT, 16), is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+FAILURE = ValueError("module said no ☃")
+
+
+def live_calls(span: Any) -> None:
+    """What a job's phase and module spans go through, and some they never do."""
+    span.set_attribute("index.files", 3)
+    span.set_attributes({"expected_ms": 12.5, "ok": True, "outcome": "failed"})
+    span.add_event("job.module.spawn", {"job_id": "j", "module": "secrets"}, timestamp=1_500)
+    span.add_event("no attributes", timestamp=1_600)
+    span.record_exception(FAILURE, attributes={"module": "secrets"}, timestamp=1_700)
+    span.set_status(Status(StatusCode.ERROR, "module secrets failed"))
+    span.set_attribute("error.type", "module")
+    span.update_name("job.module")
+    span.end(end_time=1_900)
+    span.set_attribute("after.end", 1)  # ignored, as the SDK ignores it
+
+
+def live(sampler: Sampler | None = None, limits: SpanLimits | None = None, *, direct: bool,
+         monkeypatch: pytest.MonkeyPatch, calls: Any = live_calls) -> tuple[Any, list[ReadableSpan], Counting]:
+    options: dict[str, Any] = {"sampler": sampler} if sampler else {}
+    if limits:
+        options["span_limits"] = limits
+    provider = TracerProvider(resource=RESOURCE, id_generator=JobIdGenerator(), shutdown_on_exit=False, **options)
+    processor = Counting()
+    started: list[Any] = []
+    processor.on_start = lambda span, parent_context=None: started.append(span)  # type: ignore[method-assign]
+    provider.add_span_processor(processor)
+    with monkeypatch.context() as patch:
+        if not direct:
+            patch.setattr(emit._DirectEmitter, "of", classmethod(lambda cls, tracer: None))
+        span = emit.start_live_span(
+            provider.get_tracer("orchestrator", "1.0"), "job.execute",
+            attributes={"job_id": "j", "project_id": "p", "attempt": 1},
+            context=trace.set_span_in_context(NonRecordingSpan(ROOT_CONTEXT)),
+            start_ns=1_000, ids=(int(TRACE, 16), 0xA4),
+        )
+        calls(span)
+    provider.shutdown()
+    processor.started = started
+    return span, processor.ended, processor
+
+
+def test_a_live_span_exports_what_the_sdks_span_exports(monkeypatch: pytest.MonkeyPatch) -> None:
+    span, direct, told = live(direct=True, monkeypatch=monkeypatch)
+    assert type(span).__name__ == "_LiveSpan"
+    sdk_span, sdk, sdk_told = live(direct=False, monkeypatch=monkeypatch)
+    assert_same(direct, sdk)
+    # The processors are told of the start, with the span, on both paths.
+    assert (told.started, sdk_told.started) == ([span], [sdk_span])
+    (ended,) = direct
+    assert ended.name == "job.module"
+    assert ended.parent == ROOT_CONTEXT
+    assert ended.context is not None
+    assert ended.context.span_id == 0xA4
+    assert (ended.start_time, ended.end_time) == (1_000, 1_900)
+    assert "after.end" not in (ended.attributes or {})
+    assert [e.name for e in ended.events] == ["job.module.spawn", "no attributes", "exception"]
+    assert (ended.events[2].attributes or {})["exception.type"] == "ValueError"
+    assert ended.status.description == "module secrets failed"
+
+
+def test_values_of_other_types_and_span_limits_as_on_the_sdk_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def odd(span: Any) -> None:
+        span.set_attribute("list", ["a", "b"])
+        span.set_attribute("more", 1)
+        span.add_event("odd", {"tuple": ("x",), "n": 1}, timestamp=5)
+        for n in range(4):
+            span.add_event(f"e{n}", {"a": n, "b": n}, timestamp=10 + n)
+        span.set_status(StatusCode.OK)
+        span.set_status(StatusCode.ERROR, "ignored: OK is final")
+        span.end(end_time=99)
+
+    limits = SpanLimits(max_span_attributes=4, max_events=3, max_event_attributes=1)
+    for chosen in (None, limits):
+        direct = live(limits=chosen, direct=True, monkeypatch=monkeypatch, calls=odd)[1]
+        assert_same(direct, live(limits=chosen, direct=False, monkeypatch=monkeypatch, calls=odd)[1])
+        assert direct[0].status.status_code is StatusCode.OK
+    # 3 attributes at the start and 2 set: one dropped; 5 events, 3 kept.
+    assert (direct[0].dropped_attributes, direct[0].dropped_events) == (1, 2)
+
+
+def test_a_length_limit_leaves_live_spans_to_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    span, direct, _ = live(limits=SpanLimits(max_attribute_length=4), direct=True, monkeypatch=monkeypatch)
+    assert type(span).__name__ != "_LiveSpan"
+    assert_same(direct, live(limits=SpanLimits(max_attribute_length=4), direct=False, monkeypatch=monkeypatch)[1])
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF, RecordOnly()], ids=["always-off", "record-only"])
+def test_a_live_span_follows_the_sampler_as_on_the_sdk_path(sampler: Sampler, monkeypatch: pytest.MonkeyPatch) -> None:
+    span, direct, told = live(sampler, direct=True, monkeypatch=monkeypatch)
+    sdk_span, sdk, sdk_told = live(sampler, direct=False, monkeypatch=monkeypatch)
+    assert len(told.started) == len(sdk_told.started) == (1 if isinstance(sampler, RecordOnly) else 0)
+    assert span.get_span_context() == sdk_span.get_span_context()
+    assert span.is_recording() == sdk_span.is_recording() is False  # dropped, or ended
+    assert encode_spans(direct) == encode_spans(sdk) if direct else sdk == []
+    if isinstance(sampler, RecordOnly):
+        assert len(direct) == 1
+        assert not span.get_span_context().trace_flags.sampled

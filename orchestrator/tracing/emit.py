@@ -11,26 +11,48 @@ exported spans field for field):
   and the record is within its span limits with plain attribute values;
 * otherwise through the SDK: a span started inside :func:`otel.ids.forced_ids` (the
   job's id generator hands out the record's ids), its events added, then ended.
+
+A job's live spans (its phases and modules, :func:`start_live_span`) are started the same
+way: the tracer's sampler decides, its processors are told at the start (with the span)
+and given the finished span at the end, and the span in between (:class:`_LiveSpan`) does
+what the SDK's span does on every path a job's span takes, without the SDK's
+per-attribute cleaning of plain values. Tests compare each with the SDK's span.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import time
+import traceback
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, MutableMapping
+from types import TracebackType
+from typing import Any, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor, Tracer
 from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.semconv.attributes.exception_attributes import (
+    EXCEPTION_ESCAPED,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
+    EXCEPTION_TYPE,
+)
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from orchestrator.tracing.records import STATUS_ERROR, STATUS_UNSET, SpanRecord
 from otel.ids import forced_ids
 
-__all__ = ["emit_spans"]
+__all__ = ["emit_spans", "start_live_span"]
+
+_logger = logging.getLogger(__name__)
 
 _TRACEPARENT = TraceContextTextMapPropagator()
 
@@ -91,7 +113,8 @@ class _DirectEmitter:
     def __init__(
         self, tracer: Tracer, processor: SpanProcessor, limits: SpanLimits, scope: InstrumentationScope | None
     ) -> None:
-        self._tracer, self._processor, self._limits, self._scope = tracer, processor, limits, scope
+        self._tracer, self.processor, self.limits, self.scope = tracer, processor, limits, scope
+        self.resource = tracer.resource
 
     @classmethod
     def of(cls, tracer: trace.Tracer) -> _DirectEmitter | None:
@@ -115,7 +138,7 @@ class _DirectEmitter:
     def _fits(self, record: SpanRecord) -> bool:
         """Whether the SDK would keep the record as it is: within every count limit, no
         length limit set, every value of a plain type."""
-        limits = self._limits
+        limits = self.limits
         if limits.max_attribute_length is not None or limits.max_span_attribute_length is not None:
             return False
         if limits.max_events is not None and len(record.events) > limits.max_events:
@@ -127,6 +150,53 @@ class _DirectEmitter:
             and all(_plain(e.attributes, limits.max_event_attributes) for e in record.events)
             and all(_plain(a, limits.max_link_attributes) for _, a in record.links)
         )
+
+    def start(
+        self,
+        name: str,
+        attributes: Mapping[str, Any],
+        context: otel_context.Context | None,
+        start_ns: int | None,
+        ids: tuple[int, int] | None,
+    ) -> trace.Span | None:
+        """A live span started as the SDK's tracer starts one (its sampler deciding, its
+        processors told); None, having done nothing, when it is left to the SDK."""
+        limits = self.limits
+        if limits.max_attribute_length is not None or limits.max_span_attribute_length is not None:
+            return None
+        if not _plain(attributes, limits.max_span_attributes):
+            return None
+        tracer = self._tracer
+        enabled = getattr(tracer, "_is_enabled", None)
+        if enabled is not None and not enabled():
+            return None
+        parent = trace.get_current_span(context).get_span_context()
+        parent_context = parent if parent.is_valid else None
+        if parent_context is not None:
+            trace_id = parent.trace_id
+        else:
+            trace_id = ids[0] if ids else tracer.id_generator.generate_trace_id()
+        offered = dict(attributes)
+        sampling = tracer.sampler.should_sample(context, trace_id, name, SpanKind.INTERNAL, offered, ())
+        flags = TraceFlags.SAMPLED if sampling.decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
+        if parent_context is None:
+            random = tracer.id_generator.is_trace_id_random()
+        else:
+            random = parent.trace_flags.random_trace_id
+        if random:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        span_id = ids[1] if ids else tracer.id_generator.generate_span_id()
+        span_context = SpanContext(
+            trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags), trace_state=sampling.trace_state
+        )
+        if sampling.decision is Decision.DROP:
+            return trace.NonRecordingSpan(span_context)
+        kept: Any = dict(sampling.attributes or {})
+        if not _plain(kept, limits.max_span_attributes):  # a sampler's own attributes: cleaned
+            kept = BoundedAttributes(limits.max_span_attributes, kept, immutable=False)
+        span = _LiveSpan(name, span_context, parent_context, kept, self, start_ns or time.time_ns())
+        self.processor.on_start(cast(Any, span), parent_context=context)
+        return span
 
     def emit(self, record: SpanRecord) -> bool:
         """Emit ``record``; False, having done nothing, when it is left to the SDK path."""
@@ -153,13 +223,13 @@ class _DirectEmitter:
         if random:
             flags |= TraceFlags.RANDOM_TRACE_ID
         span_attributes = sampling.attributes if sampling.attributes is not None else {}
-        if span_attributes is not attributes and not _plain(span_attributes, self._limits.max_span_attributes):
+        if span_attributes is not attributes and not _plain(span_attributes, self.limits.max_span_attributes):
             return False  # a sampler's own attributes: the SDK path cleans them
         status = Status(StatusCode.UNSET)
         if record.status_code != STATUS_UNSET:
             message = record.status_message if record.status_code == STATUS_ERROR else None
             status = Status(StatusCode(record.status_code), message)
-        self._processor.on_end(
+        self.processor.on_end(
             ReadableSpan(
                 name=record.name,
                 context=SpanContext(
@@ -175,7 +245,7 @@ class _DirectEmitter:
                 status=status,
                 start_time=record.start_ns,
                 end_time=record.end_ns,
-                instrumentation_scope=self._scope,
+                instrumentation_scope=self.scope,
             )
         )
         return True
@@ -188,3 +258,175 @@ def _links(record: SpanRecord) -> list[Link]:
         if linked.is_valid:
             links.append(Link(linked, dict(attributes)))
     return links
+
+
+# -- live spans ------------------------------------------------------------------------------
+
+
+def start_live_span(
+    tracer: trace.Tracer,
+    name: str,
+    *,
+    attributes: Mapping[str, Any],
+    context: otel_context.Context | None = None,
+    start_ns: int | None = None,
+    ids: tuple[int, int] | None = None,
+) -> trace.Span:
+    """Start a job's live span (a phase, a module): ``ids`` (trace id, span id) forced
+    when given. On an SDK tracer within its limits, a :class:`_LiveSpan`; otherwise the
+    tracer's own span, the same in every field it exports."""
+    direct = _DirectEmitter.of(tracer)
+    span = direct.start(name, attributes, context, start_ns, ids) if direct is not None else None
+    if span is not None:
+        return span
+    with forced_ids(*ids) if ids else contextlib.nullcontext():
+        return tracer.start_span(name, context=context, start_time=start_ns, attributes=dict(attributes))
+
+
+class _LiveSpan(trace.Span, ReadableSpan):
+    """A recording span with what the SDK's span does on the paths a job's spans take,
+    without its per-attribute cleaning: attributes live in a dict while every value is of
+    a plain type and their count within the limit (past that, the SDK's
+    ``BoundedAttributes`` takes them over); events in the SDK's ``BoundedList``. At its
+    end the finished span goes to the tracer's span processors, as the SDK's span goes."""
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+        emitter: _DirectEmitter,
+        start_ns: int,
+    ) -> None:
+        ReadableSpan.__init__(
+            self,
+            name=name,
+            context=context,
+            parent=parent,
+            resource=emitter.resource,
+            attributes=attributes,
+            events=BoundedList(emitter.limits.max_events),
+            links=BoundedList(emitter.limits.max_links),
+            kind=SpanKind.INTERNAL,
+            start_time=start_ns,
+            instrumentation_scope=emitter.scope,
+        )
+        self.limits, self._processor = emitter.limits, emitter.processor
+        self._lock = threading.Lock()
+
+    # -- what the API asks of a span ---------------------------------------------------
+
+    def get_span_context(self) -> SpanContext:
+        return cast(SpanContext, self._context)
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        with self._lock:
+            if self._end_time is not None:
+                _logger.warning("Setting attribute on ended span.")
+                return
+            for key, value in attributes.items():
+                self._put(key, value)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.set_attributes({key: value})
+
+    def _put(self, key: str, value: Any) -> None:
+        current = self._attributes
+        limit = self.limits.max_span_attributes
+        if type(current) is dict and (
+            type(value) not in _PLAIN or (limit is not None and key not in current and len(current) >= limit)
+        ):
+            current = self._attributes = BoundedAttributes(limit, current, immutable=False)
+        assert current is not None
+        cast(MutableMapping[str, Any], current)[key] = value
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        limits = self.limits
+        if attributes and not _plain(attributes, limits.max_event_attributes):
+            attributes = BoundedAttributes(limits.max_event_attributes, attributes, immutable=True)
+        else:
+            attributes = dict(attributes) if attributes else {}
+        with self._lock:
+            if self._end_time is not None:
+                _logger.warning("Tried calling _add_event on an ended span.")
+                return
+            cast("BoundedList[Event]", self._events).append(Event(name, attributes, timestamp))
+
+    def add_link(self, context: SpanContext, attributes: Any = None) -> None:
+        if context is None or not context.is_valid:
+            return
+        link = Link(context, BoundedAttributes(self.limits.max_link_attributes, attributes, immutable=True))
+        with self._lock:
+            if self._end_time is None:
+                cast("BoundedList[Link]", self._links).append(link)
+
+    def update_name(self, name: str) -> None:
+        with self._lock:
+            if self._end_time is None:
+                self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # The SDK's rules: an OK status is final, an UNSET one is never set, a
+        # description belongs to a (code, description) call only.
+        with self._lock:
+            if self._end_time is not None:
+                return
+            if self._status.status_code is StatusCode.OK:
+                return
+            if isinstance(status, Status):
+                if status.status_code is not StatusCode.UNSET:
+                    self._status = status
+            elif status is not StatusCode.UNSET:
+                self._status = Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Any = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        module, qualname = type(exception).__module__, type(exception).__qualname__
+        recorded: dict[str, Any] = {
+            EXCEPTION_TYPE: f"{module}.{qualname}" if module and module != "builtins" else qualname,
+            EXCEPTION_MESSAGE: str(exception),
+            EXCEPTION_STACKTRACE: "".join(traceback.format_exception(exception)),
+            EXCEPTION_ESCAPED: str(escaped),
+        }
+        recorded.update(attributes or {})
+        self.add_event("exception", recorded, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        with self._lock:
+            if self._end_time is not None:
+                _logger.warning("Calling end() on an ended span.")
+                return
+            self._end_time = end_time if end_time is not None else time.time_ns()
+        self._processor.on_end(
+            ReadableSpan(
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                resource=self._resource,
+                attributes=self._attributes,
+                events=self._events,
+                links=self._links,
+                kind=self._kind,
+                status=self._status,
+                start_time=self._start_time,
+                end_time=self._end_time,
+                instrumentation_scope=self._instrumentation_scope,
+            )
+        )
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> None:
+        if exc_val is not None and self.is_recording():  # as the SDK's span, used as a context manager
+            self.record_exception(exc_val, escaped=True)
+            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        super().__exit__(exc_type, exc_val, exc_tb)
