@@ -431,7 +431,10 @@ def test_every_command_taking_a_job_id_takes_a_unique_prefix(env: Env, project: 
     first = env.json("run", "--source", str(project), "--modules", "echo")["id"]
     second = env.run("submit", "--source", str(project), "--modules", "echo").stdout.strip()
     shared = _common_prefix(first, second)
-    assert len(shared) >= 8  # uuid7: ids made moments apart share their time prefix
+    # uuid7: ids made moments apart share their time prefix. How much of it depends on
+    # where the clock stands: two ids a second apart can straddle a 65.5 s boundary of the
+    # millisecond count (then they share 7 hex digits, not 8); 5 digits change every 74 h.
+    assert len(shared) >= 5
     unique = first[: len(shared) + 1]  # one character more tells them apart
 
     assert env.json("status", unique)["id"] == first
