@@ -178,13 +178,7 @@ class _DirectEmitter:
             trace_id = ids[0] if ids else tracer.id_generator.generate_trace_id()
         offered = dict(attributes)
         sampling = tracer.sampler.should_sample(context, trace_id, name, SpanKind.INTERNAL, offered, ())
-        flags = TraceFlags.SAMPLED if sampling.decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
-        if parent_context is None:
-            random = tracer.id_generator.is_trace_id_random()
-        else:
-            random = parent.trace_flags.random_trace_id
-        if random:
-            flags |= TraceFlags.RANDOM_TRACE_ID
+        flags = _flags(tracer, sampling.decision, parent)
         span_id = ids[1] if ids else tracer.id_generator.generate_span_id()
         span_context = SpanContext(
             trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags), trace_state=sampling.trace_state
@@ -215,13 +209,7 @@ class _DirectEmitter:
         sampling = tracer.sampler.should_sample(context, trace_id, record.name, SpanKind.INTERNAL, attributes, links)
         if sampling.decision is Decision.DROP:
             return True
-        flags = TraceFlags.SAMPLED if sampling.decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
-        if parent_context is None:
-            random = tracer.id_generator.is_trace_id_random()
-        else:
-            random = parent.trace_flags.random_trace_id
-        if random:
-            flags |= TraceFlags.RANDOM_TRACE_ID
+        flags = _flags(tracer, sampling.decision, parent)
         span_attributes = sampling.attributes if sampling.attributes is not None else {}
         if span_attributes is not attributes and not _plain(span_attributes, self.limits.max_span_attributes):
             return False  # a sampler's own attributes: the SDK path cleans them
@@ -249,6 +237,14 @@ class _DirectEmitter:
             )
         )
         return True
+
+
+def _flags(tracer: Tracer, decision: Decision, parent: SpanContext) -> int:
+    """A new span's W3C trace flags, as the SDK's tracer sets them: sampled by the
+    decision; random-trace-id from the id generator for a root, from the parent else."""
+    flags = TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
+    random = tracer.id_generator.is_trace_id_random() if not parent.is_valid else parent.trace_flags.random_trace_id
+    return flags | TraceFlags.RANDOM_TRACE_ID if random else flags
 
 
 def _links(record: SpanRecord) -> list[Link]:
