@@ -67,6 +67,11 @@ _MAX_DRAINS: Final = 64
 #: Seconds between two records of a failure that repeats while the server is down.
 _LOG_INTERVAL: Final = 5.0
 
+#: Result statuses of a statement that returned rows (psycopg's test for ``description``).
+_ROWS_RETURNED: Final = frozenset(
+    {psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.SINGLE_TUPLE, psycopg.pq.ExecStatus.TUPLES_CHUNK}
+)
+
 _Connection = psycopg.AsyncConnection[DictRow]
 
 
@@ -231,7 +236,7 @@ class PostgresConnector:
     async def fetchall(self, name: str, params: Params | None = None) -> list[Row]:
         async with self._connection(name) as conn:
             cur = await conn.execute(_Q[name], params)
-            return list(await cur.fetchall()) if cur.description else []
+            return list(await cur.fetchall()) if _has_rows(cur) else []
 
     async def batch(self, calls: Sequence[tuple[str, Params]]) -> list[list[Row]]:
         operation = "+".join(name for name, _ in calls)
@@ -241,7 +246,7 @@ class PostgresConnector:
         async with self._connection(operation) as conn, conn.transaction(), conn.pipeline() as pipeline:
             cursors = [await conn.execute(_Q[name], params) for name, params in calls]
             await pipeline.sync()
-            return [list(await cur.fetchall()) if cur.description else [] for cur in cursors]
+            return [list(await cur.fetchall()) if _has_rows(cur) else [] for cur in cursors]
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Transaction]:
@@ -434,7 +439,14 @@ class PostgresJobStore(SQLJobStore):
 
 async def _fetchone(conn: _Connection, query: Any, params: Mapping[str, Any] | None = None) -> Row | None:
     cur = await conn.execute(query, params)
-    return await cur.fetchone() if cur.description else None
+    return await cur.fetchone() if _has_rows(cur) else None
+
+
+def _has_rows(cur: psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the statement returned rows (``cur.description is not None``, without
+    building its column objects: psycopg makes them afresh on every access)."""
+    result = cur.pgresult
+    return result is not None and (result.nfields > 0 or result.status in _ROWS_RETURNED)
 
 
 def _conninfo(url: str) -> dict[str, Any]:
