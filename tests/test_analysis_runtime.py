@@ -6,6 +6,7 @@ against the original interface."""
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,7 @@ from orchestrator.modules.job_files import INLINE_FILES, JobFiles
 from orchestrator.modules.pool import BrokenWorker, ProcessPool
 from orchestrator.modules.progress import progress_stream
 from orchestrator.modules.registry import ModuleRegistry
-from orchestrator.modules.runners import ProcessRunner, run_in_daemon_thread
+from orchestrator.modules.runners import ProcessRunner, _DaemonThreads, run_in_daemon_thread
 from orchestrator.modules.scan import FileContent
 from orchestrator.settings import Settings
 from orchestrator.usecases import CancelKind, JobControl
@@ -492,3 +493,137 @@ async def test_a_daemon_thread_call_ticks_while_it_runs_and_a_quick_one_never() 
     ticks.clear()
     assert await run_in_daemon_thread(lambda: "quick", every=60, on_tick=tick) == "quick"
     assert ticks == []
+
+
+# --- daemon threads kept for the next call ------------------------------------------------
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Block until ``check()`` holds (a state another thread reaches), failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+def test_a_kept_thread_runs_the_next_call_under_its_name_and_is_named_idle_between() -> None:
+    threads = _DaemonThreads(idle_seconds=60)
+    seen: list[tuple[int, str, bool]] = []
+    ran = threading.Event()
+
+    def record() -> None:
+        current = threading.current_thread()
+        seen.append((current.ident or 0, current.name, current.daemon))
+        ran.set()
+
+    threads.run(record, "job-files-walk")
+    assert ran.wait(10)
+    wait_for(lambda: threads.idle == 1, "the thread never came back for another call")
+    idle = [t for t in threading.enumerate() if t.ident == seen[0][0]]
+    assert [t.name for t in idle] == [_DaemonThreads.IDLE_NAME]
+    ran.clear()
+    threads.run(record, "module:todos")
+    assert ran.wait(10)
+    assert seen[1] == (seen[0][0], "module:todos", True)  # the same daemon thread, renamed
+    assert seen[0][1:] == ("job-files-walk", True)
+
+
+def test_a_call_never_waits_for_a_busy_or_blocked_thread() -> None:
+    threads = _DaemonThreads(idle_seconds=60)
+    release, quick = threading.Event(), threading.Event()
+    idents: list[int | None] = []
+
+    def blocked() -> None:
+        idents.append(threading.get_ident())
+        release.wait(60)
+
+    def fast() -> None:
+        idents.append(threading.get_ident())
+        quick.set()
+
+    threads.run(blocked, "module:blocked")
+    wait_for(lambda: len(idents) == 1, "the blocked call never started")
+    threads.run(fast, "module:fast")
+    assert quick.wait(10), "a call waited for a blocked thread"
+    assert idents[0] != idents[1]
+    release.set()
+    wait_for(lambda: threads.idle == 2, "both threads should wait for calls now")
+
+
+def test_a_call_taken_just_as_the_idle_wait_ends_still_runs() -> None:
+    taken = threading.Event()
+
+    class TimesOutLate(queue.SimpleQueue[Any]):
+        """The idle wait times out only once a caller has taken the thread (and handed it a call)."""
+
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            if timeout is not None and not taken.is_set():
+                assert taken.wait(10)
+                raise queue.Empty
+            return super().get(block, timeout)
+
+    class Racing(_DaemonThreads):
+        @staticmethod
+        def _new_slot() -> queue.SimpleQueue[Any]:
+            return TimesOutLate()
+
+    threads = Racing(idle_seconds=60)
+    ran: list[int] = []
+    first, second = threading.Event(), threading.Event()
+
+    def call(done: threading.Event) -> Callable[[], None]:
+        def run() -> None:
+            ran.append(threading.get_ident())
+            done.set()
+
+        return run
+
+    threads.run(call(first), "module:first")
+    assert first.wait(10)
+    wait_for(lambda: threads.idle == 1, "the thread never came back for another call")
+    threads.run(call(second), "module:second")
+    taken.set()
+    assert second.wait(10), "the call handed over as the wait timed out was lost"
+    assert ran[0] == ran[1]
+    wait_for(lambda: threads.idle == 1, "the thread should wait for calls again")
+
+
+def test_an_idle_thread_ends_after_its_wait() -> None:
+    threads = _DaemonThreads(idle_seconds=0.0005)
+    done = threading.Semaphore(0)
+    started: list[threading.Thread] = []
+
+    def call() -> None:
+        started.append(threading.current_thread())
+        done.release()
+
+    for n in range(500):
+        threads.run(call, "module:n")
+        assert done.acquire(timeout=10), f"call {n} was handed to a thread that had ended"
+    for thread in set(started):
+        thread.join(10)
+        assert not thread.is_alive(), "an idle thread outlived its wait"
+    assert threads.idle == 0
+
+
+def _forked_child_runs_a_call(conn: Any) -> None:
+    # In the child: the parent's idle thread does not exist here.
+    conn.send(anyio.run(run_in_daemon_thread, lambda: os.getpid()))
+
+
+async def test_a_forked_child_starts_its_own_threads() -> None:
+    import multiprocessing
+
+    assert await run_in_daemon_thread(lambda: "warm") == "warm"  # leaves an idle thread here
+    context = multiprocessing.get_context("fork")
+    parent_end, child_end = context.Pipe()
+    child = context.Process(target=_forked_child_runs_a_call, args=(child_end,))
+    child.start()
+    try:
+        assert await anyio.to_thread.run_sync(parent_end.poll, 30), "the child's call never ran"
+        assert parent_end.recv() == child.pid
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0

@@ -6,7 +6,9 @@ a module blocked for good in a read (``/proc/kmsg``, a FIFO, a dead NFS server) 
 the process alive after ``worker``/``serve`` had finished shutting down, and only
 SIGKILL stopped it. A Python thread cannot be killed; it can only be abandoned, and
 only a daemon thread can be abandoned at exit. :func:`run_in_daemon_thread` runs the
-call in one, bounded by anyio's default thread limiter as before.
+call in one, bounded by anyio's default thread limiter as before. The threads are kept
+for the next call (a few seconds) rather than started per call: a job's walk of a small
+tree cost less than the thread it started.
 
 **Processes.** Parsing and regular expressions hold the GIL, so threads do not add
 cores. :class:`ProcessRunner` runs batches in a :class:`~orchestrator.modules.pool.ProcessPool`
@@ -19,14 +21,16 @@ tests); a cancelled batch stops after its current file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import os
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -41,6 +45,73 @@ __all__ = ["BatchRunner", "ProcessRunner", "ThreadRunner", "leave_blocked_thread
 T = TypeVar("T")
 
 
+class _DaemonThreads:
+    """Daemon threads kept for the next call instead of one started per call.
+
+    Starting a thread costs more than a small call it runs (a job's walk of a one-file
+    tree), so a thread that finished its call waits ``idle_seconds`` for another before it
+    ends. Each idle thread has its own hand-off queue: a caller takes one idle thread (the
+    latest, whose stack is warm) or starts a new one, so a call never waits for a busy
+    thread, and a thread blocked for good in its call is simply never idle again. An idle
+    thread is named ``IDLE_NAME``; a thread takes its call's name while it runs it.
+    """
+
+    IDLE_NAME: Final = "orchestrator-idle"
+
+    def __init__(self, idle_seconds: float = 10.0) -> None:
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[tuple[Callable[[], None], str]]] = []
+        if hasattr(os, "register_at_fork"):
+            # A forked child has none of these threads: its callers must start their own.
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = []
+
+    @property
+    def idle(self) -> int:
+        """How many threads wait for a call."""
+        with self._lock:
+            return len(self._idle)
+
+    def run(self, call: Callable[[], None], name: str) -> None:
+        """Run ``call()`` (which must not raise) in an idle thread or a new one."""
+        with self._lock:
+            slot = self._idle.pop() if self._idle else None
+        if slot is not None:
+            slot.put((call, name))
+        else:
+            slot = self._new_slot()
+            threading.Thread(target=self._serve, args=(slot, call), name=name, daemon=True).start()
+
+    @staticmethod
+    def _new_slot() -> queue.SimpleQueue[tuple[Callable[[], None], str]]:
+        return queue.SimpleQueue()
+
+    def _serve(self, slot: queue.SimpleQueue[tuple[Callable[[], None], str]], call: Callable[[], None]) -> None:
+        thread = threading.current_thread()
+        while True:
+            call()
+            del call  # nothing of the finished call is kept while idle
+            thread.name = self.IDLE_NAME
+            with self._lock:
+                self._idle.append(slot)
+            try:
+                call, thread.name = slot.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if slot in self._idle:
+                        self._idle.remove(slot)
+                        return
+                # A caller took this thread just as the wait timed out: its call is on the way.
+                call, thread.name = slot.get()
+
+
+_THREADS = _DaemonThreads()
+
+
 async def run_in_daemon_thread(
     fn: Callable[..., T],
     *args: Any,
@@ -49,17 +120,18 @@ async def run_in_daemon_thread(
     every: float | None = None,
     on_tick: Callable[[], None] | None = None,
 ) -> T:
-    """``fn(*args)`` in a new daemon thread, with the caller's context variables.
+    """``fn(*args)`` in a daemon thread (a kept one, or a new one), with the caller's
+    context variables.
 
     If the awaiting task is cancelled, ``on_cancel()`` is called (to ask ``fn`` to stop)
     and the await ends at once; the thread is abandoned and never delays interpreter exit.
     With ``every``, ``on_tick()`` is called in the event loop each ``every`` seconds
     while ``fn`` runs (never for a call that ends sooner: no task, no timer left behind).
     """
-    token = anyio.lowlevel.current_token()
     finished = anyio.Event()
     outcome: list[tuple[bool, Any]] = []
     context = contextvars.copy_context()
+    notify = _notifier(finished)
 
     def target() -> None:
         try:
@@ -69,10 +141,10 @@ async def run_in_daemon_thread(
         finally:
             # The event loop may be gone (the process is exiting): then nobody is waiting.
             with contextlib.suppress(Exception):
-                anyio.from_thread.run_sync(finished.set, token=token)
+                notify()
 
     async with anyio.to_thread.current_default_thread_limiter():
-        threading.Thread(target=target, name=name, daemon=True).start()
+        _THREADS.run(target, name)
         try:
             if every is None or on_tick is None:
                 await finished.wait()
@@ -91,6 +163,25 @@ async def run_in_daemon_thread(
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+def _notifier(finished: anyio.Event) -> Callable[[], None]:
+    """What a thread calls to set ``finished`` in the awaiting task's event loop.
+
+    On asyncio the call is queued to the loop and the thread goes on at once (anyio's
+    ``from_thread.run_sync`` would hold the thread until the loop has run it); on another
+    backend, anyio's way.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        token = anyio.lowlevel.current_token()
+        return lambda: anyio.from_thread.run_sync(finished.set, token=token)
+
+    def notify() -> None:
+        loop.call_soon_threadsafe(finished.set)
+
+    return notify
 
 
 class BatchRunner(Protocol):
