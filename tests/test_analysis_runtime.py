@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 import pytest
 from telemetry_helpers import TelemetryHarness, events_named, one_span
 
@@ -243,6 +244,34 @@ async def test_a_small_tree_starts_no_worker_process(tmp_path: Path) -> None:
         assert runner.pool.pids == []
     finally:
         await runner.aclose()
+
+
+async def test_leaving_the_job_files_stops_what_still_runs_and_nothing_when_all_is_done(tmp_path: Path) -> None:
+    root = project(tmp_path / "src")
+    async with JobFiles(root) as walked_only:
+        assert len(await walked_only.index()) == 31
+    assert walked_only._tasks == 0  # the walk ended: nothing was left to cancel
+    assert walked_only._tg is not None
+    assert not walked_only._tg.cancel_scope.cancel_called
+
+    release = threading.Event()
+
+    def held_walk(source: Path, config: IndexConfig, *, cancelled: Any, **kw: Any) -> FileIndex:
+        release.wait(60)
+        return build_index(source, config, cancelled=cancelled, **kw)
+
+    try:
+        with anyio.fail_after(10):  # leaving waits for nothing: the walk is told to stop, the scan task cancelled
+            async with JobFiles(root, walk=held_walk) as held:
+                held.start_walk()
+                await anyio.lowlevel.checkpoint()
+        assert held._tg is not None
+        assert held._tg.cancel_scope.cancel_called
+        async with JobFiles(root) as scanned:
+            assert (await scanned.scan(Lines())).files == 31  # leaves its dispatcher waiting for work
+        assert scanned._tasks == 0
+    finally:
+        release.set()
 
 
 # --- jobs on real worker processes ------------------------------------------------------------

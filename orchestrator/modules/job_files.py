@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
@@ -145,6 +145,8 @@ class JobFiles:
         self._work = anyio.Event()
         self._dispatching = False
         self._tg: anyio.abc.TaskGroup | None = None
+        #: Tasks started in ``_tg`` that have not ended (the walk, the warm-up, batches).
+        self._tasks = 0
         self._flying: set[_Batch] = set()
         self._on_walked: list[Callable[[FileIndex], None]] = []
         #: Names of the modules that subscribed to the shared pass.
@@ -164,8 +166,21 @@ class JobFiles:
         # task group, which would wrap it in an ExceptionGroup.
         assert self._tg is not None
         self._walk_stop.set()
-        self._tg.cancel_scope.cancel()
+        if self._tasks:  # (cancelling a scope with nothing left in it still costs a round of the loop)
+            self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
+
+    def _start(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
+        """``fn(*args)`` in the job's task group, counted while it runs."""
+        assert self._tg is not None, "use JobFiles as an async context manager"
+        self._tasks += 1
+        self._tg.start_soon(self._counted, fn, args, name=name)
+
+    async def _counted(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        try:
+            await fn(*args)
+        finally:
+            self._tasks -= 1
 
     # -- the index --------------------------------------------------------------------
 
@@ -173,8 +188,7 @@ class JobFiles:
         """Start the walk now (the executor does, to size budgets) without waiting for it."""
         if not self._walk_started:
             self._walk_started = True
-            assert self._tg is not None, "use JobFiles as an async context manager"
-            self._tg.start_soon(self._walk, name="job-files:walk")
+            self._start(self._walk, name="job-files:walk")
 
     def when_walking(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(files found so far)`` (in the event loop) every
@@ -216,8 +230,7 @@ class JobFiles:
             nonlocal reported, warming
             if not warming and self.walk_stats.files_seen > INLINE_FILES:
                 warming = True
-                assert self._tg is not None
-                self._tg.start_soon(self.runner.warm, name="job-files:warm")
+                self._start(self.runner.warm, name="job-files:warm")
             now = anyio.current_time()
             if self._on_walking and now - reported >= self._walk_report_seconds:
                 reported = now
@@ -300,8 +313,7 @@ class JobFiles:
         self.rereads += subscription.rereads
         if not self._dispatching:
             self._dispatching = True
-            assert self._tg is not None
-            self._tg.start_soon(self._dispatch, name="job-files:dispatch")
+            self._start(self._dispatch, name="job-files:dispatch")
         self._work.set()
 
     def _leave(self, subscription: _Subscription) -> None:
@@ -316,7 +328,6 @@ class JobFiles:
         for _ in range(_JOIN_CHECKPOINTS):
             await anyio.lowlevel.checkpoint()
         slots = anyio.Semaphore(max(1, self.runner.size))
-        assert self._tg is not None
         while True:
             while not self._pending:
                 self._work = anyio.Event()
@@ -331,7 +342,7 @@ class JobFiles:
                 continue
             batch.sent = True
             self._flying.add(batch)
-            self._tg.start_soon(self._run, batch, slots)
+            self._start(self._run, batch, slots, name="job-files:batch")
 
     async def _run(self, batch: _Batch, slots: anyio.Semaphore) -> None:
         try:
