@@ -225,3 +225,15 @@ def test_a_job_id_is_a_version_7_uuid_of_the_current_millisecond() -> None:
     assert all(before <= v.int >> 80 <= after for v in values)  # the leading 48 bits: Unix ms
     assert len(set(ids)) == 200
     assert all(str(v) == i for v, i in zip(values, ids, strict=True))
+
+
+def test_new_trace_contexts_draw_every_bit_of_both_ids() -> None:
+    drawn = [TraceContext.new() for _ in range(1_000)]
+    assert all(len(c.trace_id) == 32 and len(c.span_id) == 16 for c in drawn)
+    assert len({c.trace_id for c in drawn}) == len({c.span_id for c in drawn}) == 1_000
+    trace_ids, span_ids = [int(c.trace_id, 16) for c in drawn], [int(c.span_id, 16) for c in drawn]
+    # Each bit is 0 in some ids and 1 in others (a fixed bit: one chance in 2**999).
+    for ids, bits in ((trace_ids, 128), (span_ids, 64)):
+        ones = [sum(i >> b & 1 for i in ids) for b in range(bits)]
+        assert all(0 < count < 1_000 for count in ones), ones
+    assert all(t & 0xFFFF_FFFF_FFFF_FFFF != s and t >> 64 != s for t, s in zip(trace_ids, span_ids, strict=True))

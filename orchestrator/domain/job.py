@@ -151,8 +151,9 @@ class TraceContext:
 
     @classmethod
     def new(cls, *, sampled: bool = True, link: str | None = None) -> TraceContext:
-        trace_id = secrets.randbits(128) or 1
-        span_id = secrets.randbits(64) or 1
+        drawn = int.from_bytes(secrets.token_bytes(24), "big")  # both ids from one draw of the OS's source
+        trace_id = drawn >> 64 or 1
+        span_id = drawn & 0xFFFF_FFFF_FFFF_FFFF or 1
         return cls(format(trace_id, "032x"), format(span_id, "016x"), sampled, link)
 
     @property
