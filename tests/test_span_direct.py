@@ -170,6 +170,20 @@ class RecordOnly(Sampler):
         return "RecordOnly"
 
 
+class Annotating(RecordOnly):
+    """Samples every span and adds attributes of its own that need the SDK's cleaning (a
+    list, a value of no attribute type), counting its calls."""
+
+    calls = 0
+
+    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[Link] | None = None, trace_state: TraceState | None = None) -> SamplingResult:
+        self.calls += 1
+        added = {"sampler.tags": ["a", "b"], "sampler.odd": 1j}
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, {**(attributes or {}), **added})  # type: ignore[dict-item]
+
+
 class Counting(SimpleSpanProcessor):
     def __init__(self) -> None:
         super().__init__(InMemorySpanExporter())
@@ -207,6 +221,30 @@ def test_the_providers_sampler_decides_as_on_the_sdk_path(sampler: Sampler, monk
     else:
         # The root has no parent: the sampler drops it; children follow their (sampled) parent.
         assert "job" not in [s.name for s in direct_ended]
+
+
+def test_a_samplers_own_odd_attributes_are_cleaned_with_one_sampler_call_per_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ended, calls = [], []
+    for direct in (True, False):
+        sampler = Annotating()
+        provider = TracerProvider(resource=RESOURCE, id_generator=JobIdGenerator(), sampler=sampler,
+                                  shutdown_on_exit=False)
+        processor = Counting()
+        provider.add_span_processor(processor)
+        with monkeypatch.context() as patch:
+            if not direct:
+                patch.setattr(emit._DirectEmitter, "of", classmethod(lambda cls, tracer: None))
+            emit.emit_spans(provider.get_tracer("orchestrator"), records())  # (the SDK logs a warning for 1j)
+        provider.shutdown()
+        ended.append(processor.ended)
+        calls.append(sampler.calls)
+    assert calls == [4, 4]  # the direct path did not hand a span on to the SDK's, whose sampler runs again
+    assert encode_spans(ended[0]) == encode_spans(ended[1])
+    assert all(dict(s.attributes or {})["sampler.tags"] == ("a", "b") for s in ended[0])
+    assert all(dict(s.attributes or {})["sampler.odd"] == "1j" for s in ended[0])  # as the SDK makes it
+    assert [s.dropped_attributes for s in ended[0]] == [s.dropped_attributes for s in ended[1]]
 
 
 # -- live spans ------------------------------------------------------------------------------

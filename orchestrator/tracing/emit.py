@@ -210,9 +210,11 @@ class _DirectEmitter:
         if sampling.decision is Decision.DROP:
             return True
         flags = _flags(tracer, sampling.decision, parent)
-        span_attributes = sampling.attributes if sampling.attributes is not None else {}
-        if span_attributes is not attributes and not _plain(span_attributes, self.limits.max_span_attributes):
-            return False  # a sampler's own attributes: the SDK path cleans them
+        span_attributes: Any = sampling.attributes if sampling.attributes is not None else {}
+        if not _plain(span_attributes, self.limits.max_span_attributes):  # a sampler's own attributes: cleaned
+            span_attributes = BoundedAttributes(self.limits.max_span_attributes, span_attributes, immutable=False)
+        else:
+            span_attributes = dict(span_attributes)
         status = Status(StatusCode.UNSET)
         if record.status_code != STATUS_UNSET:
             message = record.status_message if record.status_code == STATUS_ERROR else None
@@ -226,7 +228,7 @@ class _DirectEmitter:
                 ),
                 parent=parent_context,
                 resource=tracer.resource,
-                attributes=dict(span_attributes),
+                attributes=span_attributes,
                 events=tuple(Event(e.name, dict(e.attributes), timestamp=e.time_ns) for e in record.events),
                 links=tuple(links),
                 kind=SpanKind.INTERNAL,
