@@ -29,6 +29,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeVar
 
@@ -64,7 +65,15 @@ class _DaemonThreads:
         self._idle: list[queue.SimpleQueue[tuple[Callable[[], None], str]]] = []
         if hasattr(os, "register_at_fork"):
             # A forked child has none of these threads: its callers must start their own.
-            os.register_at_fork(after_in_child=self._forget)
+            # (Held weakly: the hook outlives any instance but the module's own.)
+            this = weakref.ref(self)
+
+            def forget() -> None:
+                threads = this()
+                if threads is not None:
+                    threads._forget()
+
+            os.register_at_fork(after_in_child=forget)
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
