@@ -195,11 +195,12 @@ class Counting(SimpleSpanProcessor):
         super().on_end(span)
 
 
-@pytest.mark.parametrize("sampler", [ALWAYS_OFF, ParentBased(TraceIdRatioBased(0.0)), RecordOnly()],
-                         ids=["always-off", "ratio-0", "record-only"])
-def test_the_providers_sampler_decides_as_on_the_sdk_path(sampler: Sampler, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = []
-    for direct in (True, False):
+def ended_on_both_paths(
+    direct_sampler: Sampler, sdk_sampler: Sampler, *, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[ReadableSpan], list[ReadableSpan]]:
+    """The spans the processors were given for ``records()``: directly, then on the SDK path."""
+    ended = []
+    for direct, sampler in ((True, direct_sampler), (False, sdk_sampler)):
         provider = TracerProvider(resource=RESOURCE, id_generator=JobIdGenerator(), sampler=sampler,
                                   shutdown_on_exit=False)
         processor = Counting()
@@ -207,10 +208,16 @@ def test_the_providers_sampler_decides_as_on_the_sdk_path(sampler: Sampler, monk
         with monkeypatch.context() as patch:
             if not direct:
                 patch.setattr(emit._DirectEmitter, "of", classmethod(lambda cls, tracer: None))
-            emit.emit_spans(provider.get_tracer("orchestrator"), records())
+            emit.emit_spans(provider.get_tracer("orchestrator"), records())  # (the SDK logs a warning for 1j)
         provider.shutdown()
-        seen.append(processor.ended)
-    direct_ended, sdk_ended = seen
+        ended.append(processor.ended)
+    return ended[0], ended[1]
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF, ParentBased(TraceIdRatioBased(0.0)), RecordOnly()],
+                         ids=["always-off", "ratio-0", "record-only"])
+def test_the_providers_sampler_decides_as_on_the_sdk_path(sampler: Sampler, monkeypatch: pytest.MonkeyPatch) -> None:
+    direct_ended, sdk_ended = ended_on_both_paths(sampler, sampler, monkeypatch=monkeypatch)
     assert [s.name for s in direct_ended] == [s.name for s in sdk_ended]
     assert encode_spans(direct_ended) == encode_spans(sdk_ended) if direct_ended else sdk_ended == []
     if isinstance(sampler, RecordOnly):  # recorded, not sampled: handed on, never exported
@@ -226,21 +233,10 @@ def test_the_providers_sampler_decides_as_on_the_sdk_path(sampler: Sampler, monk
 def test_a_samplers_own_odd_attributes_are_cleaned_with_one_sampler_call_per_span(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ended, calls = [], []
-    for direct in (True, False):
-        sampler = Annotating()
-        provider = TracerProvider(resource=RESOURCE, id_generator=JobIdGenerator(), sampler=sampler,
-                                  shutdown_on_exit=False)
-        processor = Counting()
-        provider.add_span_processor(processor)
-        with monkeypatch.context() as patch:
-            if not direct:
-                patch.setattr(emit._DirectEmitter, "of", classmethod(lambda cls, tracer: None))
-            emit.emit_spans(provider.get_tracer("orchestrator"), records())  # (the SDK logs a warning for 1j)
-        provider.shutdown()
-        ended.append(processor.ended)
-        calls.append(sampler.calls)
-    assert calls == [4, 4]  # the direct path did not hand a span on to the SDK's, whose sampler runs again
+    samplers = Annotating(), Annotating()
+    ended = ended_on_both_paths(*samplers, monkeypatch=monkeypatch)
+    # The direct path did not hand a span on to the SDK's, whose sampler would run again.
+    assert [s.calls for s in samplers] == [4, 4]
     assert encode_spans(ended[0]) == encode_spans(ended[1])
     assert all(dict(s.attributes or {})["sampler.tags"] == ("a", "b") for s in ended[0])
     assert all(dict(s.attributes or {})["sampler.odd"] == "1j" for s in ended[0])  # as the SDK makes it
