@@ -20,6 +20,7 @@ from telemetry_helpers import TelemetryHarness, events_named, one_span
 
 from orchestrator.bootstrap import App, open_app
 from orchestrator.domain import JobStatus, ModuleOutcome
+from orchestrator.modules import runners
 from orchestrator.modules.base import BaseModule, FileAnalyzer, ModuleContext, ModuleSummary
 from orchestrator.modules.builtin import SecretsModule, TodosModule
 from orchestrator.modules.index import FileEntry, FileIndex, IndexConfig, WalkStats, build_index
@@ -633,6 +634,75 @@ def test_an_idle_thread_ends_after_its_wait() -> None:
         thread.join(10)
         assert not thread.is_alive(), "an idle thread outlived its wait"
     assert threads.idle == 0
+
+
+class Payload:
+    """A result (or an exception's argument) whose lifetime a test follows."""
+
+
+async def test_a_kept_thread_keeps_nothing_of_its_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import weakref
+
+    threads = _DaemonThreads(idle_seconds=60)
+    monkeypatch.setattr(runners, "_THREADS", threads)  # each call below a new thread's first, then reused
+    results: list[weakref.ref[Payload]] = []
+
+    def make() -> Payload:
+        payload = Payload()
+        results.append(weakref.ref(payload))
+        return payload
+
+    def fail() -> None:
+        payload = Payload()
+        results.append(weakref.ref(payload))
+        raise ValueError(payload)
+
+    assert isinstance(await run_in_daemon_thread(make), Payload)
+    with pytest.raises(ValueError):  # noqa: PT011 - the payload is what matters
+        await run_in_daemon_thread(fail)
+    assert isinstance(await run_in_daemon_thread(make), Payload)
+    gc.collect()
+    assert [ref() for ref in results] == [None, None, None], "an idle thread still holds a call's result"
+    assert threads.idle == 1
+
+
+async def test_calls_made_one_after_another_reuse_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = _DaemonThreads(idle_seconds=60)
+    monkeypatch.setattr(runners, "_THREADS", threads)
+    idents = {await run_in_daemon_thread(threading.get_ident) for _ in range(50)}
+    assert len(idents) == 1  # the thread is idle again before its caller hears that the call is done
+    assert threads.idle == 1
+
+
+def test_a_caller_is_told_its_call_is_done_once_the_thread_waits_for_the_next() -> None:
+    threads = _DaemonThreads(idle_seconds=60)
+    told = threading.Event()
+    idle_when_told: list[int] = []
+
+    def then() -> None:
+        idle_when_told.append(threads.idle)
+        told.set()
+
+    threads.run(lambda: None, "module:x", then)
+    assert told.wait(10)
+    assert idle_when_told == [1]
+
+
+def test_a_call_that_raises_after_all_still_tells_its_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = _DaemonThreads(idle_seconds=60)
+    told = threading.Event()
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+
+    def broken() -> None:
+        raise MemoryError("out of memory while reporting")
+
+    threads.run(broken, "module:broken", told.set)
+    assert told.wait(10), "the caller was never told: it would wait for ever"
+    wait_for(lambda: len(seen) == 1, "the thread's failure was not reported")
+    assert isinstance(seen[0], MemoryError)
+    assert threads.idle == 0  # that thread ended; the next call gets another
 
 
 def _forked_child_runs_a_call(conn: Any) -> None:

@@ -62,7 +62,7 @@ class _DaemonThreads:
     def __init__(self, idle_seconds: float = 10.0) -> None:
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
-        self._idle: list[queue.SimpleQueue[tuple[Callable[[], None], str]]] = []
+        self._idle: list[_Slot] = []
         if hasattr(os, "register_at_fork"):
             # A forked child has none of these threads: its callers must start their own.
             # (Held weakly: the hook outlives any instance but the module's own.)
@@ -85,38 +85,57 @@ class _DaemonThreads:
         with self._lock:
             return len(self._idle)
 
-    def run(self, call: Callable[[], None], name: str) -> None:
-        """Run ``call()`` (which must not raise) in an idle thread or a new one."""
+    def run(self, call: Callable[[], None], name: str, then: Callable[[], None] | None = None) -> None:
+        """Run ``call()`` in an idle thread or a new one, then ``then()`` once the thread
+        waits for calls again (neither may raise): a caller told by ``then`` that its call
+        is done finds the thread idle for its next call."""
         with self._lock:
             slot = self._idle.pop() if self._idle else None
-        if slot is not None:
-            slot.put((call, name))
-        else:
+        if slot is None:
             slot = self._new_slot()
-            threading.Thread(target=self._serve, args=(slot, call), name=name, daemon=True).start()
+            # The call goes through the slot, not the thread's arguments, which the thread
+            # would keep (and with them the call's result) for as long as it lives.
+            threading.Thread(target=self._serve, args=(slot,), name=name, daemon=True).start()
+        slot.put((call, then, name))
 
     @staticmethod
-    def _new_slot() -> queue.SimpleQueue[tuple[Callable[[], None], str]]:
+    def _new_slot() -> _Slot:
         return queue.SimpleQueue()
 
-    def _serve(self, slot: queue.SimpleQueue[tuple[Callable[[], None], str]], call: Callable[[], None]) -> None:
+    def _serve(self, slot: _Slot) -> None:
         thread = threading.current_thread()
+        call, then, thread.name = slot.get()
         while True:
-            call()
-            del call  # nothing of the finished call is kept while idle
+            try:
+                call()
+            except BaseException:
+                if then is not None:  # a call that broke its promise (out of memory): its caller is still told
+                    then()
+                raise
+            call = _nothing  # nothing of the finished call is kept while idle
             thread.name = self.IDLE_NAME
             with self._lock:
                 self._idle.append(slot)
+            if then is not None:
+                then()
+                then = None
             try:
-                call, thread.name = slot.get(timeout=self.idle_seconds)
+                call, then, thread.name = slot.get(timeout=self.idle_seconds)
             except queue.Empty:
                 with self._lock:
                     if slot in self._idle:
                         self._idle.remove(slot)
                         return
                 # A caller took this thread just as the wait timed out: its call is on the way.
-                call, thread.name = slot.get()
+                call, then, thread.name = slot.get()
 
+
+def _nothing() -> None:
+    return None
+
+
+#: An idle thread's hand-off queue: (call, then, name).
+_Slot = queue.SimpleQueue[tuple[Callable[[], None], "Callable[[], None] | None", str]]
 
 _THREADS = _DaemonThreads()
 
@@ -147,13 +166,14 @@ async def run_in_daemon_thread(
             outcome.append((True, context.run(fn, *args)))
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             outcome.append((False, exc))
-        finally:
-            # The event loop may be gone (the process is exiting): then nobody is waiting.
-            with contextlib.suppress(Exception):
-                notify()
+
+    def done() -> None:
+        # The event loop may be gone (the process is exiting): then nobody is waiting.
+        with contextlib.suppress(Exception):
+            notify()
 
     async with anyio.to_thread.current_default_thread_limiter():
-        _THREADS.run(target, name)
+        _THREADS.run(target, name, done)
         try:
             if every is None or on_tick is None:
                 await finished.wait()
@@ -168,6 +188,8 @@ async def run_in_daemon_thread(
             if on_cancel is not None:
                 on_cancel()
             raise
+    if not outcome:
+        raise RuntimeError(f"the {name} thread ended without a result")
     ok, value = outcome[0]
     if ok:
         return value  # type: ignore[no-any-return]
