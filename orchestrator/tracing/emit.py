@@ -105,6 +105,14 @@ def _plain(attributes: Mapping[str, Any], limit: int | None) -> bool:
     return (limit is None or len(attributes) <= limit) and all(type(v) in _PLAIN for v in attributes.values())
 
 
+def _sampled_attributes(attributes: Mapping[str, Any] | None, limit: int | None) -> Any:
+    """The attributes a sampler decided on, as the span keeps them: a dict while they are
+    plain and within ``limit``, else cleaned by the SDK's ``BoundedAttributes`` (a sampler
+    may add values of its own of any type)."""
+    kept = dict(attributes or {})
+    return kept if _plain(kept, limit) else BoundedAttributes(limit, kept, immutable=False)
+
+
 class _DirectEmitter:
     """Finished spans handed straight to an SDK tracer's span processors."""
 
@@ -185,9 +193,7 @@ class _DirectEmitter:
         )
         if sampling.decision is Decision.DROP:
             return trace.NonRecordingSpan(span_context)
-        kept: Any = dict(sampling.attributes or {})
-        if not _plain(kept, limits.max_span_attributes):  # a sampler's own attributes: cleaned
-            kept = BoundedAttributes(limits.max_span_attributes, kept, immutable=False)
+        kept = _sampled_attributes(sampling.attributes, limits.max_span_attributes)
         span = _LiveSpan(name, span_context, parent_context, kept, self, start_ns or time.time_ns())
         self.processor.on_start(cast(Any, span), parent_context=context)
         return span
@@ -210,11 +216,7 @@ class _DirectEmitter:
         if sampling.decision is Decision.DROP:
             return True
         flags = _flags(tracer, sampling.decision, parent)
-        span_attributes: Any = sampling.attributes if sampling.attributes is not None else {}
-        if not _plain(span_attributes, self.limits.max_span_attributes):  # a sampler's own attributes: cleaned
-            span_attributes = BoundedAttributes(self.limits.max_span_attributes, span_attributes, immutable=False)
-        else:
-            span_attributes = dict(span_attributes)
+        span_attributes = _sampled_attributes(sampling.attributes, self.limits.max_span_attributes)
         status = Status(StatusCode.UNSET)
         if record.status_code != STATUS_UNSET:
             message = record.status_message if record.status_code == STATUS_ERROR else None
