@@ -55,6 +55,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otel import files, logs
+from otel.environment import EXPORT_QUEUE_SIZE, TelemetryConfigError, check_environment, export_queue_size
 from otel.ids import JobIdGenerator
 from otel.tallies import TalliedReader, TallyBoard, reader_temporality, register_board
 from otel.vocabulary import INSTRUMENTATION_SCOPE, Metric, OperationEvent
@@ -203,6 +204,7 @@ def setup_telemetry(
     env = os.environ if env is None else env
     if _env("OTEL_SDK_DISABLED", env).lower() in _TRUE:
         return Telemetry(mode="disabled")
+    check_environment(env)  # a value the SDK would raise on: one typed error naming it
 
     resource = Resource.create({SERVICE_VERSION: service_version, SERVICE_INSTANCE_ID: str(uuid.uuid4())})
     service_name = str(resource.attributes.get(SERVICE_NAME, ""))
@@ -242,7 +244,8 @@ def setup_telemetry(
     tracer_provider = TracerProvider(resource=resource, id_generator=JobIdGenerator(), shutdown_on_exit=False)
     # Observed: what the exporter confirmed is what a job's trace counts as delivered.
     observed_span_pipeline(
-        tracer_provider, _CountingSpanExporter(span_exporter, counted("traces")), max_queue_size=4096
+        tracer_provider, _CountingSpanExporter(span_exporter, counted("traces")),
+        max_queue_size=export_queue_size(env, "OTEL_BSP") or EXPORT_QUEUE_SIZE,
     )
     telemetry.tracer_provider = tracer_provider
     telemetry.sampler = tracer_provider.sampler
@@ -250,7 +253,8 @@ def setup_telemetry(
     log_limits = LogRecordLimits()  # from OTEL_LOGRECORD_ATTRIBUTE_* / OTEL_ATTRIBUTE_*
     logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False, log_record_limits=log_limits)
     log_processor = _DirectBatchLogRecordProcessor(
-        _CountingLogExporter(log_exporter, counted("logs")), max_queue_size=4096
+        _CountingLogExporter(log_exporter, counted("logs")),
+        max_queue_size=export_queue_size(env, "OTEL_BLRP") or EXPORT_QUEUE_SIZE,
     )
     logger_provider.add_log_record_processor(log_processor)
     telemetry.logger_provider = logger_provider
@@ -392,8 +396,15 @@ def _prometheus_reader(env: Mapping[str, str]) -> MetricReader:
         pass
 
     host = _env("OTEL_EXPORTER_PROMETHEUS_HOST", env) or "localhost"
-    port = int(_env("OTEL_EXPORTER_PROMETHEUS_PORT", env) or 9464)
-    start_http_server(port=port, addr=host)
+    port = int(_env("OTEL_EXPORTER_PROMETHEUS_PORT", env) or 9464)  # checked by check_environment
+    try:
+        start_http_server(port=port, addr=host)
+    except OSError as exc:  # the port taken, the host not resolved or not this machine's
+        raise TelemetryConfigError(
+            "OTEL_EXPORTER_PROMETHEUS_PORT",
+            f"cannot serve Prometheus metrics on {host}:{port} (OTEL_EXPORTER_PROMETHEUS_HOST, "
+            f"OTEL_EXPORTER_PROMETHEUS_PORT): {exc.strerror or exc}",
+        ) from None
     logs.event(log, logging.INFO, OperationEvent.TELEMETRY_PROMETHEUS, f"metrics exposed on http://{host}:{port}/metrics")
     return TalliedPrometheusReader()
 

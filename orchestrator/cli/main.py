@@ -38,6 +38,7 @@ from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.modules.runners import leave_blocked_threads
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
+from otel.environment import TelemetryConfigError
 from otel.logs import EVENT_KEY, configure_logging
 from otel.setup import Telemetry, setup_telemetry
 
@@ -232,11 +233,14 @@ def _main(argv: Sequence[str] | None) -> int:
         stream.setFormatter(_BriefPluginErrors(stream.formatter))
     if not explicit and args.log_level is None and args.log_level_default is not None:
         stream.addFilter(_ShownElsewhere())
-    telemetry = (
-        setup_telemetry(service_version=__version__, telemetry_dir=settings.telemetry_dir)
-        if args.telemetry
-        else Telemetry(mode="disabled")
-    )
+    try:
+        telemetry = (
+            setup_telemetry(service_version=__version__, telemetry_dir=settings.telemetry_dir)
+            if args.telemetry
+            else Telemetry(mode="disabled")
+        )
+    except TelemetryConfigError as exc:  # an OTEL_* value, or the Prometheus port taken
+        return _fail(exc.message, EXIT_USAGE)
     # SIGTERM ends the process like Ctrl-C does, so telemetry is still flushed on exit.
     previous = signal.signal(signal.SIGTERM, _sigterm)
     handler: Handler = args.handler
