@@ -135,7 +135,8 @@ class Settings(BaseSettings):
     @field_validator("source_roots")
     @classmethod
     def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
-        relative = [str(p) for p in value if not p.is_absolute()]
+        # (a name that is not UTF-8 shown by its bytes: pydantic cannot carry a lone surrogate)
+        relative = [os.fsencode(p).decode("utf-8", "backslashreplace") for p in value if not p.is_absolute()]
         if relative:
             raise ValueError(f"must be absolute paths (got {', '.join(relative)})")
         return value

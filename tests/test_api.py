@@ -231,6 +231,7 @@ INVALID_BODIES = [
     pytest.param({"options": {"concurrency": 0}}, "options.concurrency", id="bad-concurrency"),
     pytest.param({"options": {"failure_policy": "sometimes"}}, "options.failure_policy", id="bad-policy"),
     pytest.param({"options": {"module_options": {"other": {}}}}, "options.module_options", id="foreign-options"),
+    pytest.param({"options": {"ignore": ["**/[z-a]"]}}, "options.ignore", id="reversed-range-pattern"),
 ]
 
 
@@ -303,6 +304,27 @@ async def test_malformed_and_wrongly_typed_bodies_are_422(app: App) -> None:
             assert_error(response, 422, "validation_error")
         wrong_type = await client.post("/v1/jobs", json={"project_id": 12, "source": ["x"]})
         assert_error(wrong_type, 422, "validation_error")
+
+
+async def test_a_lone_surrogate_the_error_quotes_is_escaped_in_a_422(tmp_path: Path) -> None:
+    """A module that declares its options refused the key, quoting it as received
+    ("\\ud800" in JSON: a lone surrogate), and encoding the error body failed: a 500."""
+    from orchestrator.modules.builtin.todos import TodosModule
+
+    source = make_source(tmp_path)
+    content = (
+        f'{{"project_id": "acme", "source": "{source}", "modules": ["todos"], '
+        '"options": {"module_options": {"todos": {"\\ud800": 1}}}}'
+    )
+    registry = ModuleRegistry([TodosModule()])
+    async with open_backend_app("sqlite", tmp_path, registry=registry) as opened, api_client(create_api(opened)) as c:
+        response = await c.post("/v1/jobs", content=content, headers={"content-type": "application/json"})
+        listed = await c.get("/v1/jobs")
+    assert_error(response, 422, "validation_error", "options.module_options.todos")
+    assert response.json()["error"]["message"] == (
+        "options.module_options.todos: todos has no option \\ud800 (it takes no options)"
+    )
+    assert listed.json()["items"] == []
 
 
 async def test_a_body_nested_too_deeply_is_a_documented_422(app: App, source: Path) -> None:

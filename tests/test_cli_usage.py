@@ -320,6 +320,74 @@ def test_bad_job_options_name_the_flag(env: Env, project: Path, args: list[str],
     assert one_line_error(env.run("submit", "--source", str(project), "--modules", "echo", *args)) == message
 
 
+def test_options_json_reads_a_regular_file_only_and_never_waits(env: Env, project: Path, tmp_path: Path) -> None:
+    """A FIFO blocked the command until it was killed; a device would never end."""
+    fifo = tmp_path / "options.fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    big.write_text('{"module_options": {"echo": {"x": "' + "y" * (1024 * 1024) + '"}}}')
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"module_options": {"echo": {"x": "\xe9"}}}')
+    missing = tmp_path / "missing.json"
+    refused = {
+        fifo: f"--options-json: {fifo} is not a regular file",
+        tmp_path: f"--options-json: {tmp_path} is not a regular file",
+        Path("/dev/zero"): "--options-json: /dev/zero is not a regular file",
+        missing: f"--options-json: cannot read {missing}: No such file or directory",
+        big: f"--options-json: {big} is larger than 1024 KiB",
+        latin: f"--options-json: {latin} is not UTF-8 text",
+    }
+    for path, message in refused.items():
+        done = env.run("submit", "--source", str(project), "--modules", "echo", "--options-json", f"@{path}",
+                       timeout=60)
+        assert one_line_error(done) == message
+    good = tmp_path / "good.json"
+    good.write_text('{"module_options": {"echo": {"from_file": true}}}')
+    job = env.json("run", "--source", str(project), "--modules", "echo", "--options-json", f"@{good}")
+    assert job["results"][0]["summary"] == {"options": {"from_file": True}}
+
+
+def test_a_refused_setting_names_the_flag_that_gave_it(env: Env, project: Path) -> None:
+    done = env.run("worker", "--concurrency", "0")
+    assert one_line_error(done) == (
+        "invalid setting concurrency (--concurrency): Input should be greater than or equal to 1"
+    )
+    done = env.run("jobs", env={"ORCHESTRATOR_CONCURRENCY": "0"})
+    assert one_line_error(done) == (
+        "invalid setting concurrency (ORCHESTRATOR_CONCURRENCY): Input should be greater than or equal to 1"
+    )
+
+
+def test_a_reversed_range_in_an_ignore_pattern_is_refused_or_dropped(env: Env, project: Path) -> None:
+    """``[z-a]`` failed in the regular expression, past the pattern check: a traceback on
+    every command (setting), on run/submit (flag), and a panic of every module of a job
+    whose tree had it in a .gitignore."""
+    done = env.run("jobs", env={"ORCHESTRATOR_ANALYSIS_IGNORE": "[z-a]"})
+    assert one_line_error(done).startswith(
+        "invalid setting analysis_ignore (ORCHESTRATOR_ANALYSIS_IGNORE): Value error, pattern '[z-a]': "
+        "bad character range z-a"
+    )
+    done = env.run("submit", "--source", str(project), "--options-json", '{"ignore": ["[z-a]"]}')
+    assert one_line_error(done).startswith("--options-json (ignore): pattern '[z-a]': bad character range z-a")
+    (project / ".gitignore").write_text("[z-a]\n*.log\n")
+    (project / "debug.log").write_text("TODO: not read\n")
+    job = env.json("run", "--source", str(project), "--modules", "inventory")
+    assert job["status"] == "completed", job
+    assert job["results"][0]["summary"]["total_files"] == len(
+        [p for p in project.rglob("*") if p.is_file() and p.suffix != ".log"]
+    )
+
+
+def test_a_source_root_that_is_not_utf8_is_one_line_showing_its_bytes(env: Env) -> None:
+    """pydantic could not carry the path's lone surrogates into its message: a traceback
+    on every command."""
+    done = env.run("jobs", env={"ORCHESTRATOR_SOURCE_ROOTS": os.fsdecode(b"rel\xff\xfe")})
+    assert one_line_error(done) == (
+        "invalid setting source_roots (ORCHESTRATOR_SOURCE_ROOTS): Value error, "
+        "must be absolute paths (got rel\\xff\\xfe)"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

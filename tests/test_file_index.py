@@ -91,7 +91,7 @@ def test_a_job_can_bring_back_a_default_or_drop_the_defaults(tmp_path: Path) -> 
 
 
 def test_gitignore_files_are_honoured_at_every_level_and_deeper_ones_win(tmp_path: Path) -> None:
-    write(tmp_path, ".gitignore", "*.log\n/generated/\nsecret*.txt\n[invalid\n\\\n")  # invalid lines dropped
+    write(tmp_path, ".gitignore", "*.log\n/generated/\nsecret*.txt\n[invalid\n\\\n[z-a]\n")  # invalid lines dropped
     write(tmp_path, "app.log")
     write(tmp_path, "app.py")
     write(tmp_path, "generated/out.py")
@@ -123,7 +123,12 @@ def test_the_job_wins_over_the_gitignore_which_wins_over_the_defaults(tmp_path: 
 
 def test_invalid_job_patterns_are_refused_with_the_reason() -> None:
     assert check_patterns(["*.log", "!keep.log", "build/"]) == ["*.log", "!keep.log", "build/"]
-    for bad, reason in (("!", "Invalid git pattern"), ("a\nb", "control character"), ("x" * 2000, "longer than")):
+    for bad, reason in (
+        ("!", "Invalid git pattern"),
+        ("a\nb", "control character"),
+        ("x" * 2000, "longer than"),
+        ("**/[z-a]", "bad character range z-a"),  # the regular expression's error, not pathspec's
+    ):
         with pytest.raises(InvalidPattern, match=reason):
             check_patterns([bad])
 

@@ -34,11 +34,23 @@ def error_response(
     field: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"status": status_code, "code": code, "message": message, "field": field}}
+    # A message may quote what the client sent, lone surrogates included ("\ud800" in a
+    # JSON key): escaped, or encoding the body would fail and turn a 4xx into a 500.
+    body = {"error": {"status": status_code, "code": code, "message": _encodable(message),
+                      "field": None if field is None else _encodable(field)}}
     extra = dict(headers or {})
     if status_code == 401:
         extra.setdefault("WWW-Authenticate", "Bearer")
     return JSONResponse(body, status_code=status_code, headers=extra or None)
+
+
+def _encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) written as ``\\udXXX``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class ApiRefusal(Exception):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
+import stat
 import unicodedata
 from pathlib import Path
 from typing import Any, Final
@@ -104,10 +106,7 @@ def parse_option(text: str) -> tuple[str, str, Any]:
 def _options_json(raw: str) -> dict[str, Any]:
     text = raw
     if raw.startswith("@"):
-        try:
-            text = Path(raw[1:]).expanduser().read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"--options-json: cannot read {raw[1:]}: {exc.__class__.__name__}") from None
+        text = _options_file(raw[1:])
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -115,6 +114,31 @@ def _options_json(raw: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest(f"--options-json: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+#: The largest ``--options-json @FILE`` read (the API's default body limit).
+MAX_OPTIONS_FILE_BYTES: Final = 1024 * 1024
+
+
+def _options_file(name: str) -> str:
+    """The text of a regular file: a FIFO, a device or a socket would block the command
+    or never end, so it is opened without waiting (``O_NONBLOCK``) and refused."""
+    path = Path(name).expanduser()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InvalidRequest(f"--options-json: cannot read {name}: {exc.strerror or exc.__class__.__name__}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidRequest(f"--options-json: {name} is not a regular file")
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_OPTIONS_FILE_BYTES + 1)
+    if len(data) > MAX_OPTIONS_FILE_BYTES:
+        raise InvalidRequest(f"--options-json: {name} is larger than {MAX_OPTIONS_FILE_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"--options-json: {name} is not UTF-8 text") from None
 
 
 def request_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -183,24 +183,27 @@ async def _serve(ctx: Context) -> int:
     return await serve(ctx.settings, ctx.telemetry, options)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings the command line gives (the rest comes from ``ORCHESTRATOR_*``), and
+    the flag that gave each, to name it if the value is refused."""
     overrides: dict[str, Any] = {}
+    flags: dict[str, str] = {}
     if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
+        overrides["data_dir"], flags["data_dir"] = args.data_dir, "--data-dir"
     if args.command == "demo":
         # Its own directory and the embedded SQLite database, whatever the environment
         # names: the demo starts afresh there and must never touch a user's jobs.
-        overrides["data_dir"] = args.dir
+        overrides["data_dir"], flags["data_dir"] = args.dir, "demo --dir"
         overrides["database_url"] = None
     if args.log_level is not None:
         overrides["log_level"] = args.log_level
     if args.log_format is not None:
         overrides["log_format"] = args.log_format
     if getattr(args, "concurrency", None) is not None:
-        overrides["concurrency"] = args.concurrency
+        overrides["concurrency"], flags["concurrency"] = args.concurrency, "--concurrency"
     if getattr(args, "no_migrate", False):
         overrides["auto_migrate"] = False
-    return Settings(**overrides)
+    return overrides, flags
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,12 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    overrides, flags = _settings(args)
     try:
-        settings = _settings(args)
+        settings = Settings(**overrides)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        return _fail(f"invalid setting {field} (ORCHESTRATOR_{field.upper()}): {first['msg']}", EXIT_USAGE)
+        given = flags.get(field, f"ORCHESTRATOR_{field.upper()}")  # the flag when the value came from one
+        return _fail(f"invalid setting {field} ({given}): {first['msg']}", EXIT_USAGE)
     # --log-level, else ORCHESTRATOR_LOG_LEVEL when set, else the command's own default
     # (quiet for one-shot commands, info for the worker).
     explicit = "log_level" in settings.model_fields_set

@@ -66,6 +66,9 @@ VIRTUALENV_MARKER: Final = "pyvenv.cfg"
 MAX_PATTERN_CHARS: Final = 1024
 MAX_PATTERNS: Final = 256
 _GLOB: Final = re.compile(r"[*?\[\\]")
+#: What pathspec raises for a line it cannot compile: its own ValueError, or the regular
+#: expression's error for a bracket it translates as is (``[z-a]``: a reversed range).
+_PATTERN_ERRORS: Final = (ValueError, TypeError, re.error)
 
 
 class InvalidPattern(ValueError):
@@ -84,7 +87,7 @@ def check_patterns(patterns: Iterable[str]) -> list[str]:
             raise InvalidPattern(f"pattern {pattern[:40]!r} contains a control character")
         try:
             pathspec.GitIgnoreSpec.from_lines([pattern])
-        except (ValueError, TypeError) as exc:
+        except _PATTERN_ERRORS as exc:
             raise InvalidPattern(f"pattern {pattern[:40]!r}: {exc}") from None
     return checked
 
@@ -92,7 +95,7 @@ def check_patterns(patterns: Iterable[str]) -> list[str]:
 def _valid(*lines: str) -> bool:
     try:
         pathspec.GitIgnoreSpec.from_lines(lines)
-    except ValueError:
+    except _PATTERN_ERRORS:
         return False
     return True
 
