@@ -378,6 +378,36 @@ def test_a_reversed_range_in_an_ignore_pattern_is_refused_or_dropped(env: Env, p
     )
 
 
+def test_a_data_directory_that_cannot_be_one_is_one_line_naming_where_it_came_from(
+    env: Env, project: Path, tmp_path: Path
+) -> None:
+    """The store's error said only "failed to open (error id ...)", followed by the
+    telemetry files' own failures in the same place."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    for data_dir, flag, message in (
+        (a_file, "ORCHESTRATOR_DATA_DIR", f"{a_file} is not a directory"),
+        (a_file / "sub", "ORCHESTRATOR_DATA_DIR", f"{a_file} is not a directory"),
+        (Path("/dev/null"), "ORCHESTRATOR_DATA_DIR", "/dev/null is not a directory"),
+    ):
+        done = env.run("run", "--source", str(project), env={"ORCHESTRATOR_DATA_DIR": str(data_dir)})
+        assert one_line_error(done) == f"the data directory {data_dir} ({flag}) cannot be used: {message}"
+    done = env.run("--data-dir", str(a_file), "jobs")
+    assert one_line_error(done) == (
+        f"the data directory {a_file} (--data-dir) cannot be used: {a_file} is not a directory"
+    )
+    assert a_file.read_text() == "not a directory\n"
+    # A directory where the database file should be: SQLite's reason is in the line.
+    data_dir = tmp_path / "data"
+    (data_dir / "orchestrator.db").mkdir(parents=True)
+    done = env.run("jobs", env={"ORCHESTRATOR_DATA_DIR": str(data_dir)})
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"orchestrator: error: the sqlite store at {data_dir / 'orchestrator.db'} failed to open: "
+        "unable to open database file (error id "
+    ) in done.stderr
+
+
 def test_a_source_root_that_is_not_utf8_is_one_line_showing_its_bytes(env: Env) -> None:
     """pydantic could not carry the path's lone surrogates into its message: a traceback
     on every command."""

@@ -206,6 +206,20 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]
     return overrides, flags
 
 
+def _not_a_directory(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a directory: it, or the nearest part of it that
+    exists, is something else (a file, a device). Nothing is created here."""
+    for part in (path, *path.parents):
+        try:
+            if part.is_dir():
+                return None
+            if part.exists() or part.is_symlink():
+                return f"{part} is not a directory"
+        except OSError as exc:  # a name too long, a loop of links
+            return exc.strerror or str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _main(argv)
@@ -229,6 +243,10 @@ def _main(argv: Sequence[str] | None) -> int:
         field = ".".join(str(p) for p in first["loc"])
         given = flags.get(field, f"ORCHESTRATOR_{field.upper()}")  # the flag when the value came from one
         return _fail(f"invalid setting {field} ({given}): {first['msg']}", EXIT_USAGE)
+    unusable = _not_a_directory(settings.data_dir)
+    if unusable is not None:  # before the store and the telemetry files each fail in it
+        given = flags.get("data_dir", "ORCHESTRATOR_DATA_DIR")
+        return _fail(f"the data directory {settings.data_dir} ({given}) cannot be used: {unusable}", EXIT_USAGE)
     # --log-level, else ORCHESTRATOR_LOG_LEVEL when set, else the command's own default
     # (quiet for one-shot commands, info for the worker).
     explicit = "log_level" in settings.model_fields_set

@@ -205,8 +205,12 @@ class SQLiteConnector:
             error_type=type(exc).__name__,
             path=self.target,
         )
+        # Opening fails for a reason the user can act on (a directory that cannot be
+        # created or written, a file that is not a database): say it, not only the id.
+        reason = f": {exc.strerror or exc}" if isinstance(exc, OSError) else f": {exc}" if operation == "open" else ""
         error = PersistenceError(
-            f"the sqlite store at {self.target} failed to {operation} (error id {error_id}; details in the log)",
+            f"the sqlite store at {self.target} failed to {operation}{reason} "
+            f"(error id {error_id}; details in the log)",
             error_id=error_id,
             transient=isinstance(exc, sqlite3.OperationalError) and _is_locked(exc),
         )
