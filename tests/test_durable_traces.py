@@ -646,6 +646,43 @@ async def test_a_failed_export_is_rebuilt_even_while_its_emitter_lives(
     assert root_ids(pipeline.spans()) == [job.trace.span_id]
 
 
+async def test_while_spans_cannot_be_exported_a_pass_rebuilds_one_trace_to_probe(
+    store: JobStore, tmp_path: Path, harness: TelemetryHarness
+) -> None:
+    """A collector down for long: every rebuilt trace was lost again, claimed anew when
+    its claim expired, rebuilt and logged again (a warning per job per pass, thousands
+    an hour, and the worker's time), for as long as the outage lasted."""
+    clock = WallClock()
+    async with app_on(tmp_path, harness.telemetry, store=second_store(store)) as app:
+        jobs = await dead_jobs(app, app.store, tmp_path, 8)
+    pipe = observed()
+    try:
+        clock.skip(GRACE_S + 1)
+        rebuilding = keeper(store, pipe, clock)
+        pipe.exporter.failing = True
+        assert await rebuilding.reconcile() == 8  # no export has failed yet: a full pass
+        await confirm(rebuilding, pipe)
+        assert pipe.ledger.failing
+        for _ in range(3):  # the outage lasts: each pass, once the claims expired, rebuilds one
+            clock.skip(rebuilding.config.claim_seconds + 1)
+            assert await rebuilding.reconcile() == 1
+            await confirm(rebuilding, pipe)
+        assert pipe.spans() == []
+        pipe.exporter.failing = False  # the collector is back: the next probe goes through
+        clock.skip(rebuilding.config.claim_seconds + 1)
+        assert await rebuilding.reconcile() == 1
+        await confirm(rebuilding, pipe)
+        assert not pipe.ledger.failing
+        clock.skip(rebuilding.config.claim_seconds + 1)
+        assert await rebuilding.reconcile() == 7  # the rest in one pass
+        await confirm(rebuilding, pipe)
+        assert root_ids(pipe.spans()) == sorted(j.trace.span_id for j in jobs)
+        clock.skip(rebuilding.config.claim_seconds + 1)
+        assert await rebuilding.reconcile() == 0
+    finally:
+        pipe.shutdown()
+
+
 async def test_an_emitter_whose_watermark_moves_is_waited_for(
     store: JobStore, tmp_path: Path, harness: TelemetryHarness, pipeline: Observed
 ) -> None:

@@ -12,7 +12,8 @@ Every worker runs one, beside its reaper:
   the store (:func:`~orchestrator.tracing.records.spans_from_store`, the live ids), emit
   them marked ``reconstructed``, count them and log each; the ledger records them done
   once this process's exporter confirmed every span. A rebuild whose export fails is
-  left to its claim's expiry and retried, by this worker or another.
+  left to its claim's expiry and retried, by this worker or another; while this
+  process's exports fail, a pass rebuilds one trace only (a probe for the recovery).
 
 Logs and metrics are never re-emitted: a counter incremented again would count the job
 twice; the trace is the signal that is made durable.
@@ -161,10 +162,16 @@ class TraceKeeper:
     async def reconcile(self) -> int:
         """One pass; returns how many traces it rebuilt and emitted."""
         rebuilt = 0
-        for _ in range(self.config.rounds):
-            claimed, count = await self._round()
+        # While the span exporter fails (the collector is down), a rebuilt trace is lost
+        # again: claimed anew once its claim expires, rebuilt and logged again, as long as
+        # the outage lasts. A pass then rebuilds one trace, which probes for the recovery
+        # (an idle worker exports nothing else); once an export went through, passes
+        # rebuild at full speed again.
+        batch, rounds = (1, 1) if self.ledger.failing else (self.config.batch, self.config.rounds)
+        for _ in range(rounds):
+            claimed, count = await self._round(batch)
             rebuilt += count
-            if claimed < self.config.batch:
+            if claimed < batch:
                 break
         if time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
             self._pruned_at = time.monotonic()
@@ -172,15 +179,15 @@ class TraceKeeper:
             await self.store.trace_prune_emitters(before_ns=self._clock() - int(retention * 1e9))
         return rebuilt
 
-    async def _round(self) -> tuple[int, int]:
-        """Claim one batch and rebuild it: (claimed, rebuilt)."""
+    async def _round(self, batch: int) -> tuple[int, int]:
+        """Claim up to ``batch`` jobs and rebuild them: (claimed, rebuilt)."""
         now = self._clock()
         claimed = await self.store.trace_claim(
             owner=self.owner,
             now_ns=now,
             before_ns=now - int(self.config.grace_seconds * 1e9),
             expires_ns=now + int(self.config.claim_seconds * 1e9),
-            limit=self.config.batch,
+            limit=batch,
         )
         rebuilt = 0
         if claimed:
