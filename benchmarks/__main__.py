@@ -574,6 +574,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    harness.interrupt_on_sigterm()
     harness.WORKER_ENV.update(harness.parse_worker_env(args.worker_env))
     configure_logging("WARNING", "json")
     logging.getLogger("opentelemetry").setLevel(logging.ERROR)

@@ -47,6 +47,7 @@ __all__ = [
     "RssSampler",
     "Target",
     "clean_env",
+    "interrupt_on_sigterm",
     "ours_round",
     "parse_worker_env",
     "percentile",
@@ -132,6 +133,16 @@ def running(procs: list[Proc]) -> Iterator[list[Proc]]:
                     proc.popen.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.stop()
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a CI runner) ends a benchmark as Ctrl-C does, so its workers,
+    sink and databases are stopped and dropped on the way out instead of left running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def python_m(module: str, *args: str) -> list[str]:

@@ -34,6 +34,7 @@ from benchmarks.harness import (
     ProducerTelemetry,
     RoundSpec,
     clean_env,
+    interrupt_on_sigterm,
     ours_round,
     parse_worker_env,
     postgres_target,
@@ -141,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker-env", nargs="+", default=[], metavar="NAME=VALUE",
                         help="ORCHESTRATOR_* settings for the worker")
     args = parser.parse_args(argv)
+    interrupt_on_sigterm()
     WORKER_ENV.update(parse_worker_env(args.worker_env))
     configure_logging("WARNING", "json")
     mode: Mode = args.mode

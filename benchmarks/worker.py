@@ -10,15 +10,19 @@ telemetry.
 ``ORCHESTRATOR_LOG_LEVEL`` sets the project's loggers (default ``warning``); stderr only
 ever shows warnings and errors, so a run at ``info`` exports the lifecycle records over
 OTLP (or to the files) without formatting them on stderr. ``BENCH_CPROFILE=path`` writes a
-cProfile of the whole run to ``path``.
+cProfile of the whole run to ``path``; ``BENCH_TRACEMALLOC=folder`` writes heap snapshots
+(``BENCH_TRACEMALLOC_EVERY`` seconds apart) for ``python -m benchmarks.heap``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 import anyio
 
@@ -56,12 +60,38 @@ async def _run(settings: Settings, telemetry: Telemetry) -> None:
             print(f"terminal transitions: {writes.items} in {writes.groups} writes", file=sys.stderr, flush=True)
 
 
+def _snapshot_heap(folder: Path, every: float) -> None:
+    """Trace allocations (``tracemalloc``, 12 frames) and write a snapshot of the live heap
+    every ``every`` seconds, after a full collection, to ``folder/heap-NN.pickle``
+    (``python -m benchmarks.heap`` reads them)."""
+    import gc
+    import pickle
+    import threading
+    import tracemalloc
+
+    tracemalloc.start(12)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def take() -> None:
+        for n in itertools.count():
+            time.sleep(every)
+            gc.collect()
+            snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            with (folder / f"heap-{n:03d}.pickle").open("wb") as out:
+                pickle.dump(snapshot, out)
+
+    threading.Thread(target=take, name="bench-heap", daemon=True).start()
+
+
 def main() -> int:
     settings = Settings()
     level = os.environ.get("ORCHESTRATOR_LOG_LEVEL", "warning").upper()
     stream = configure_logging(level, "json")
     stream.setLevel(logging.WARNING)
     telemetry = setup_telemetry(service_version=__version__, telemetry_dir=settings.telemetry_dir)
+    heap_dir = os.environ.get("BENCH_TRACEMALLOC")
+    if heap_dir:
+        _snapshot_heap(Path(heap_dir), float(os.environ.get("BENCH_TRACEMALLOC_EVERY", "30")))
     profile_path = os.environ.get("BENCH_CPROFILE")
     try:
         if profile_path:
