@@ -302,6 +302,10 @@ async def test_malformed_and_wrongly_typed_bodies_are_422(app: App) -> None:
         ):
             response = await client.post("/v1/jobs", content=content, headers={"content-type": "application/json"})
             assert_error(response, 422, "validation_error")
+            # The body is named, not a character position ("field": "1") nor nothing.
+            assert response.json()["error"]["field"] in ("body", "project_id"), (content, response.text)
+        broken = await client.post("/v1/jobs", content=b'{"project_id": ', headers={"content-type": "application/json"})
+        assert broken.json()["error"]["message"] == "request body is not valid JSON: Expecting value at character 15"
         wrong_type = await client.post("/v1/jobs", json={"project_id": 12, "source": ["x"]})
         assert_error(wrong_type, 422, "validation_error")
 
@@ -344,7 +348,7 @@ async def test_a_body_nested_too_deeply_is_a_documented_422(app: App, source: Pa
                 "status": 422,
                 "code": "validation_error",
                 "message": "request body is not valid JSON: nested too deeply",
-                "field": None,
+                "field": "body",
             }
         },
     )

@@ -81,8 +81,15 @@ def install_error_handlers(api: FastAPI) -> None:
     @on(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        field = ".".join(loc) or None
+        where = tuple(first.get("loc", ()))
+        if first.get("type") == "json_invalid":
+            # The location is a character position, not a field: the body is what is wrong.
+            detail = (first.get("ctx") or {}).get("error") or first.get("msg")
+            at = f" at character {where[1]}" if len(where) > 1 else ""
+            return error_response(422, "validation_error", f"request body is not valid JSON: {detail}{at}", "body")
+        loc = [str(p) for p in where if p not in ("body", "query", "path", "header")]
+        # Nothing below the body itself: the body is missing or not an object.
+        field = ".".join(loc) or ("body" if where[:1] == ("body",) else None)
         message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
         return error_response(422, "validation_error", message, field)
 
@@ -115,10 +122,12 @@ def install_error_handlers(api: FastAPI) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
             # FastAPI's "error parsing the body" (a body that is not UTF-8, say): malformed
             # JSON like any other, so the documented 422 rather than an undocumented 400.
-            return error_response(422, "validation_error", f"request body is not valid JSON: {exc.__cause__}")
+            return error_response(
+                422, "validation_error", f"request body is not valid JSON: {exc.__cause__}", "body"
+            )
         if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
             # Brackets nested deeper than the parser recurses, well within the body limit.
-            return error_response(422, "validation_error", "request body is not valid JSON: nested too deeply")
+            return error_response(422, "validation_error", "request body is not valid JSON: nested too deeply", "body")
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     @on(Exception)
