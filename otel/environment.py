@@ -74,7 +74,8 @@ _PROVIDERS: Final = {
 
 def check_environment(env: Mapping[str, str] | None = None) -> None:
     """Raise :class:`TelemetryConfigError` for the first ``OTEL_*`` value in ``env``
-    (the process environment by default) that OpenTelemetry would refuse."""
+    (the process environment by default) that OpenTelemetry would refuse (the problems
+    are generated in order; only the first is looked for)."""
     env = os.environ if env is None else env
     for problem in _problems(env):
         raise problem
@@ -102,25 +103,16 @@ def _problems(env: Mapping[str, str]) -> Iterator[TelemetryConfigError]:
         )
     yield from _propagator_problems(env)
     for name, group in _PROVIDERS.items():
-        if name in env and not entry_points(group=group, name=env[name]):
-            known = ", ".join(sorted(e.name for e in entry_points(group=group))) or "none installed"
-            yield TelemetryConfigError(name, f"{name}={_shown(env[name])}: no such provider installed (known: {known})")
+        if name in env:
+            yield from _missing(name, env[name], group, env[name], "provider")
     context = env.get("OTEL_PYTHON_CONTEXT")
-    if context and not entry_points(group="opentelemetry_context", name=context):
-        known = ", ".join(sorted(e.name for e in entry_points(group="opentelemetry_context")))
-        yield TelemetryConfigError(
-            "OTEL_PYTHON_CONTEXT", f"OTEL_PYTHON_CONTEXT={_shown(context)}: no such context installed (known: {known})"
-        )
+    if context:
+        yield from _missing("OTEL_PYTHON_CONTEXT", context, "opentelemetry_context", context, "context")
     detectors = env.get("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "")
     for name in (n.strip() for n in detectors.split(",")):
-        if name and name != "*" and not entry_points(group="opentelemetry_resource_detector", name=name):
-            known = ", ".join(sorted(e.name for e in entry_points(group="opentelemetry_resource_detector")))
-            yield TelemetryConfigError(
-                "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
-                f"OTEL_EXPERIMENTAL_RESOURCE_DETECTORS={_shown(detectors)}: no resource detector named "
-                f"{_shown(name)} is installed (known: {known}, *)",
-            )
-            break
+        if name and name != "*":
+            yield from _missing("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", detectors, "opentelemetry_resource_detector",
+                                name, "resource detector", also="*")
     interval = env.get("OTEL_METRIC_EXPORT_INTERVAL", "")
     if interval and not _is_wait(interval):
         yield TelemetryConfigError(
@@ -187,14 +179,21 @@ def _propagator_problems(env: Mapping[str, str]) -> Iterator[TelemetryConfigErro
     for name in names:
         if name.lower() == "none":
             return
-        if not entry_points(group="opentelemetry_propagator", name=name):
-            known = ", ".join(sorted(e.name for e in entry_points(group="opentelemetry_propagator")))
-            yield TelemetryConfigError(
-                "OTEL_PROPAGATORS",
-                f"OTEL_PROPAGATORS={_shown(configured)}: no propagator named {_shown(name)} is installed "
-                f"(known: {known}, none)",
-            )
-            return
+        yield from _missing("OTEL_PROPAGATORS", configured, "opentelemetry_propagator", name, "propagator", also="none")
+
+
+def _missing(
+    variable: str, value: str, group: str, name: str, what: str, *, also: str = ""
+) -> Iterator[TelemetryConfigError]:
+    """An error when no installed package registers ``name`` in the entry-point ``group``
+    (``also``: a name the API itself understands)."""
+    if entry_points(group=group, name=name):
+        return
+    known = ", ".join([*sorted(e.name for e in entry_points(group=group)), *([also] if also else [])])
+    yield TelemetryConfigError(
+        variable,
+        f"{variable}={_shown(value)}: no {what} named {_shown(name)} is installed (known: {known or 'none'})",
+    )
 
 
 def _is_int(raw: str, *, minimum: int | None) -> bool:
