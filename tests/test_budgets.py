@@ -19,6 +19,7 @@ from orchestrator.api.app import create_api
 from orchestrator.bootstrap import App, open_app
 from orchestrator.domain import InvalidRequest, JobOptions, ModuleOutcome
 from orchestrator.domain.job import ModuleBudget
+from orchestrator.modules import job_files, job_run
 from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
 from orchestrator.modules.budget import Budget, BudgetPolicy, JobBudgets, parse_module_seconds
 from orchestrator.modules.index import FileIndex, IndexConfig, WalkStats, build_index
@@ -39,6 +40,34 @@ class Declared(BaseModule):
         index = await context.index()  # the tree is walked (and the budget scaled) before it ends
         assert context.budget is not None
         return {"files": len(index)}
+
+
+class Quick(BaseModule):
+    """Returns at once, never looking at the files."""
+
+    name: ClassVar[str] = "quick"
+    expected_runtime: ClassVar[float] = 2.0
+    timeout: ClassVar[float] = 20.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        assert context.job_files is not None
+        return {"walked": context.job_files.walked is not None}
+
+
+class Patient(BaseModule):
+    """Never asks for the index, but runs until the job's walk (started for the budgets
+    alone) has finished."""
+
+    name: ClassVar[str] = "patient"
+    expected_runtime: ClassVar[float] = 2.0
+    timeout: ClassVar[float] = 20.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        assert context.job_files is not None
+        with anyio.fail_after(10):
+            while context.job_files.walked is None:
+                await anyio.sleep(0.001)
+        return {"files": len(context.job_files.walked)}
 
 
 class Waits(BaseModule):
@@ -221,7 +250,7 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
         budget_reference_files=10,
         budget_reference_bytes=0,
     )
-    async with open_app(settings, registry=ModuleRegistry([Declared(), Waits()])) as opened:
+    async with open_app(settings, registry=ModuleRegistry([Declared(), Waits(), Quick(), Patient()])) as opened:
         yield opened
 
 
@@ -245,6 +274,43 @@ async def test_a_larger_tree_gets_a_larger_budget(tmp_path: Path, app: App) -> N
     large = await run(app, tree(tmp_path / "large", 30), ["declared"])
     assert [(r.expected_ms, r.timeout_ms) for r in small.results] == [(500.0, 20_000.0)]  # under the reference
     assert [(r.expected_ms, r.timeout_ms) for r in large.results] == [(1_500.0, 60_000.0)]  # 30 / 10 = 3x
+
+
+async def test_a_module_that_never_asks_for_the_index_still_runs_under_a_sized_budget(
+    tmp_path: Path, app: App
+) -> None:
+    final = await run(app, tree(tmp_path / "large", 30), ["patient"])
+    [result] = final.results
+    assert result.outcome is ModuleOutcome.OK
+    assert result.summary == {"files": 30}
+    assert (result.expected_ms, result.timeout_ms) == (6_000.0, 60_000.0)  # 30 / 10 = 3x
+
+
+async def test_a_job_whose_modules_end_before_the_walk_delay_is_not_walked(
+    tmp_path: Path, app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (The delay made long, so that "before it" holds on a loaded machine too.)
+    monkeypatch.setattr(job_run, "WALK_DELAY_SECONDS", 3600.0)
+    started: list[Path] = []
+
+    in_thread = job_files.run_in_daemon_thread
+
+    async def recording(fn: Any, root: Path, *args: Any, **kwargs: Any) -> Any:
+        started.append(root)
+        return await in_thread(fn, root, *args, **kwargs)
+
+    monkeypatch.setattr(job_files, "run_in_daemon_thread", recording)
+    final = await run(app, tree(tmp_path / "large", 30), ["quick"])
+    [result] = final.results
+    assert (result.outcome, result.summary) == (ModuleOutcome.OK, {"walked": False})
+    # Judged by the unscaled numbers: sizing could only have raised them.
+    assert (result.expected_ms, result.timeout_ms) == (2_000.0, 20_000.0)
+    assert started == []
+    # A module that asks for the index starts the walk at once, delay or not.
+    asked = await run(app, tree(tmp_path / "asked", 30), ["declared"])
+    [declared] = asked.results
+    assert (declared.outcome, declared.summary, declared.expected_ms) == (ModuleOutcome.OK, {"files": 30}, 1_500.0)
+    assert started == [(tmp_path / "asked").resolve()]
 
 
 async def test_a_jobs_own_numbers_are_used_as_given(tmp_path: Path, app: App) -> None:

@@ -8,6 +8,7 @@ stays about statuses and outcomes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -32,9 +33,16 @@ if TYPE_CHECKING:
     from orchestrator.domain import Job
     from orchestrator.telemetry import JobTelemetry
 
-__all__ = ["JobAnalysis"]
+__all__ = ["WALK_DELAY_SECONDS", "JobAnalysis"]
 
 log = logging.getLogger(__name__)
+
+#: The walk starts this long after the job's modules do, unless a module asks for the
+#: index first (then at once) or all of them have finished by then (then never). Such a
+#: job keeps its unscaled budgets, which sizing could only have raised; what it saves is
+#: the walk's hand-off to a thread and the cancel of its task, about a quarter of the
+#: worker's CPU for a no-op job.
+WALK_DELAY_SECONDS = 0.005
 
 
 class JobAnalysis:
@@ -64,6 +72,7 @@ class JobAnalysis:
         self._execute_span = trace.get_current_span()
         self._token: Any = None
         self._loop_thread = 0
+        self._walk_timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> JobAnalysis:
         self._token = anyio.lowlevel.current_token()
@@ -73,11 +82,15 @@ class JobAnalysis:
         # While it walks, deadlines follow the files found so far (a huge tree is not
         # cut off by the unscaled timeout before it is sized).
         self.files.when_walking(lambda files: self.budgets.growing(files, 0))
-        # Walked at once, whatever the modules do: budgets scale with its size.
-        self.files.start_walk()
+        # Walked whatever the modules do (budgets scale with its size), unless they are all
+        # done before WALK_DELAY_SECONDS.
+        self._walk_timer = asyncio.get_running_loop().call_later(WALK_DELAY_SECONDS, self.files.start_walk)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        if self._walk_timer is not None:
+            self._walk_timer.cancel()
+            self._walk_timer = None
         await self.files.__aexit__(*exc_info)
 
     def _sized(self, index: FileIndex) -> None:
