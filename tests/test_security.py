@@ -25,6 +25,7 @@ from api_helpers import Served, serve_env, start_serve
 from webhook_receiver import Reply, receiver
 
 from orchestrator.domain import InvalidRequest
+from orchestrator.usecases import sources
 from orchestrator.usecases.sources import SourcePolicy
 
 TOKEN = "tok-" + "a1b2c3d4" * 6  # long, printable, and easy to grep for
@@ -780,3 +781,23 @@ def test_the_cli_is_trusted_with_readable_paths_but_never_with_pseudo_filesystem
     with pytest.raises(InvalidRequest) as missing:
         trusted.check(str(tmp_path / "nope"))
     assert missing.value.message == f"source: {tmp_path / 'nope'} does not exist"  # the local user gets details
+
+
+def test_a_path_is_on_a_pseudo_filesystem_exactly_when_it_lies_under_one_of_its_mounts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mounts = (Path("/mnt/a b"), Path("/srv/kernel/debug"))
+    monkeypatch.setattr(sources, "_pseudo_mounts", lambda: mounts)
+    sources._pseudo_roots.cache_clear()
+    try:
+        roots = (Path("/proc"), Path("/sys"), Path("/dev"), *mounts)
+        for text in (
+            "/proc", "/proc/self/status", "/procfs", "/procfs/x", "/pro", "/sys", "/sysroot/usr", "/dev/null",
+            "/devices", "/mnt/a b", "/mnt/a b/c", "/mnt/a bc", "/mnt/a", "/srv/kernel/debug/tracing",
+            "/srv/kernel/debugger", "/srv/kernel", "/", "/work/main",
+        ):
+            path = Path(text)
+            expected = any(path.is_relative_to(root) for root in roots)  # pathlib's own answer
+            assert sources.is_pseudo_filesystem(path) is expected, text
+    finally:
+        sources._pseudo_roots.cache_clear()
