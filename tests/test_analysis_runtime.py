@@ -256,8 +256,10 @@ async def test_leaving_the_job_files_stops_what_still_runs_and_nothing_when_all_
     assert not walked_only._tg.cancel_scope.cancel_called
 
     release = threading.Event()
+    told: list[Any] = []
 
     def held_walk(source: Path, config: IndexConfig, *, cancelled: Any, **kw: Any) -> FileIndex:
+        told.append(cancelled)
         release.wait(60)
         return build_index(source, config, cancelled=cancelled, **kw)
 
@@ -265,9 +267,10 @@ async def test_leaving_the_job_files_stops_what_still_runs_and_nothing_when_all_
         with anyio.fail_after(10):  # leaving waits for nothing: the walk is told to stop, the scan task cancelled
             async with JobFiles(root, walk=held_walk) as held:
                 held.start_walk()
-                await anyio.lowlevel.checkpoint()
+                await wait_until(lambda: bool(told), timeout=10, what="the walk thread never started")
         assert held._tg is not None
         assert held._tg.cancel_scope.cancel_called
+        assert [stop() for stop in told] == [True]  # the walk thread, still held, reads that it must stop
         async with JobFiles(root) as scanned:
             assert (await scanned.scan(Lines())).files == 31  # leaves its dispatcher waiting for work
         assert scanned._tasks == 0

@@ -21,7 +21,6 @@ cancelled, which kills its worker process. Cancelling the job cancels everything
 from __future__ import annotations
 
 import functools
-import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -139,7 +138,10 @@ class JobFiles:
         self._index_error: BaseException | None = None
         self._walked = anyio.Event()
         self._walk_started = False
-        self._walk_stop = threading.Event()
+        #: Set when the job leaves: the walk thread reads it between entries. A plain flag
+        #: (one attribute store, seen by the other thread under the GIL) rather than a
+        #: ``threading.Event``, whose lock and condition every job paid for, walked or not.
+        self._walk_stopped = False
         self._batches: list[_Batch] | None = None
         self._pending: deque[_Batch] = deque()
         self._work = anyio.Event()
@@ -165,10 +167,16 @@ class JobFiles:
         # The body's own exception (if any) propagates unchanged: it is not handed to the
         # task group, which would wrap it in an ExceptionGroup.
         assert self._tg is not None
-        self._walk_stop.set()
+        self._walk_stopped = True
         if self._tasks:  # (cancelling a scope with nothing left in it still costs a round of the loop)
             self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
+
+    def _stop_walk(self) -> None:
+        self._walk_stopped = True
+
+    def _walk_cancelled(self) -> bool:
+        return self._walk_stopped
 
     def _start(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
         """``fn(*args)`` in the job's task group, counted while it runs."""
@@ -240,12 +248,12 @@ class JobFiles:
         try:
             self._index = await run_in_daemon_thread(
                 functools.partial(
-                    self._build, cancelled=self._walk_stop.is_set, resolved=self._resolved, stats=self.walk_stats
+                    self._build, cancelled=self._walk_cancelled, resolved=self._resolved, stats=self.walk_stats
                 ),
                 self.source,
                 self.config,
                 name="job-files-walk",
-                on_cancel=self._walk_stop.set,
+                on_cancel=self._stop_walk,
                 every=min(self._warm_check_seconds, self._walk_report_seconds),
                 on_tick=check,
             )
