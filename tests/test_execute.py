@@ -495,3 +495,44 @@ async def test_a_worker_survives_every_kind_of_module_failure(app: App, tmp_path
     assert extra_final.status is JobStatus.COMPLETED
     assert worker.jobs_run == len(kinds) + 1
     assert worker.in_flight == {}
+
+
+# --- module concurrency ------------------------------------------------------------------------
+
+
+class Crowd:
+    """How many of the gated modules run at once; the gate opens when ``expected`` do."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected, self.running, self.peak = expected, 0, 0
+        self.gate = anyio.Event()
+
+
+class GatedModule(BaseModule):
+    timeout: ClassVar[float] = 10.0
+
+    def __init__(self, name: str, crowd: Crowd) -> None:
+        self.name = name  # type: ignore[misc]
+        self.crowd = crowd
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        crowd = self.crowd
+        crowd.running += 1
+        crowd.peak = max(crowd.peak, crowd.running)
+        if crowd.running >= crowd.expected:
+            crowd.gate.set()
+        with anyio.fail_after(5):
+            await crowd.gate.wait()
+        crowd.running -= 1
+        return {}
+
+
+@pytest.mark.parametrize(("limit", "peak"), [(1, 1), (2, 2), (3, 3), (4, 4), (16, 4)])
+async def test_a_job_runs_at_most_its_concurrency_of_modules_at_once(tmp_path: Path, limit: int, peak: int) -> None:
+    crowd = Crowd(expected=min(limit, 4))
+    names = [f"gated{index}" for index in range(4)]
+    settings = Settings(data_dir=tmp_path / "data", poll_seconds=0.05)
+    async with open_app(settings, registry=ModuleRegistry([GatedModule(n, crowd) for n in names])) as app:
+        final = await run_job(app, tmp_path, names, concurrency=limit)
+    assert final.status is JobStatus.COMPLETED
+    assert crowd.peak == peak

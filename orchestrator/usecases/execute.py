@@ -12,6 +12,7 @@ can escape: module errors, timeouts and panics all become results.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -171,7 +172,10 @@ class ExecuteAnalysisJobUseCase:
     async def _fan_out(self, job: Job, control: JobControl) -> tuple[ModuleResult, ...]:
         total = len(job.modules)
         results: dict[str, ModuleResult] = {}
-        limiter = anyio.CapacityLimiter(job.options.concurrency or self._module_concurrency)
+        limit = job.options.concurrency or self._module_concurrency
+        # A limiter only when it can hold a module back: one that never fills costs an
+        # acquire, a release and their checkpoints per module for nothing.
+        limiter = anyio.CapacityLimiter(limit) if limit < total else _UNLIMITED
         fail_fast = job.options.failure_policy is FailurePolicy.FAIL_FAST
 
         def counts() -> tuple[int, int, int]:
@@ -206,7 +210,7 @@ class ExecuteAnalysisJobUseCase:
         self,
         job: Job,
         name: str,
-        limiter: anyio.CapacityLimiter,
+        limiter: anyio.CapacityLimiter | contextlib.nullcontext[None],
         on_result: Callable[[ModuleResult], None],
         analysis: JobAnalysis,
     ) -> None:
@@ -384,6 +388,9 @@ def _result(
         error_type=type(exc).__name__ if exc is not None else None,
     )
 
+
+#: The "limiter" of a job whose modules all fit its concurrency (reentrant: one for all).
+_UNLIMITED: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 _MAX_SUMMARY_BYTES = 256 * 1024
 
