@@ -474,15 +474,30 @@ def _peers_cell(env: Env, processes: int) -> None:
                 peers.peer_round(name, url, jobs=max(20, args.jobs // 10), producers=args.producers, tag="warmup",
                                  check=harness.alive_check(peer_procs[name]))
             values: dict[str, list[float]] = {"ours": [], **{name: [] for name in urls}}
+            # CPU per job of each system's processes, ms: worker(s), producer, PostgreSQL.
+            cpu: dict[str, dict[str, list[float]]] = {
+                name: {"worker": [], "producer": [], "PostgreSQL": []} for name in values
+            }
+            server = harness.ServerCpu(target.url or "")
             for rep in range(args.repeats):
-                values["ours"].append(env.round(target, "otlp", env.spec(args.jobs), ours).throughput)
+                result = env.round(target, "otlp", env.spec(args.jobs), ours)
+                values["ours"].append(result.throughput)
+                _add_cpu(cpu["ours"], result.worker_cpu_ms, result.producer_cpu_ms, result.server_cpu_ms)
                 for name, url in urls.items():
                     check = harness.alive_check(peer_procs[name])
-                    seconds, _, failed = peers.peer_round(name, url, jobs=args.jobs, producers=args.producers,
-                                                          tag=f"rep{rep}", check=check)
+                    server_before = server.seconds()
+                    workers_before = sum(harness.cpu_seconds(p.pid) for p in peer_procs[name])
+                    seconds, _, failed, producer_cpu = peers.peer_round(
+                        name, url, jobs=args.jobs, producers=args.producers, tag=f"rep{rep}", check=check
+                    )
+                    worker_cpu = sum(harness.cpu_seconds(p.pid) for p in peer_procs[name]) - workers_before
+                    server_cpu = harness.cpu_delta(server_before, server.seconds())
                     if failed:
                         raise RuntimeError(f"{name}: {failed} jobs failed")
                     values[name].append(args.jobs / seconds)
+                    per_job = 1000 / args.jobs
+                    _add_cpu(cpu[name], worker_cpu * per_job, producer_cpu * per_job,
+                             None if server_cpu is None else server_cpu * per_job)
     plural = "es" if processes > 1 else ""
     config = f"{processes} worker process{plural} x concurrency {args.concurrency}, no-op job"
     versions = env.report.extra["peer_versions"]
@@ -492,6 +507,23 @@ def _peers_cell(env: Env, processes: int) -> None:
     for name in urls:
         ratios = [o / p for o, p in zip(values["ours"], values[name], strict=True)]
         env.report.add("peers", "PostgreSQL", config, f"ours / {name}", "ratio", ratios)
+    for name, parts in cpu.items():
+        label = "ours" if name == "ours" else f"{name} {versions[name]}"
+        for part, ms in parts.items():
+            if ms:
+                env.report.add("peers", "PostgreSQL", config, f"CPU per job, {label}: {part}", "ms", ms)
+        if all(parts.values()):
+            totals = [sum(t) for t in zip(*parts.values(), strict=True)]
+            env.report.add("peers", "PostgreSQL", config, f"CPU per job, {label}: all three", "ms", totals)
+
+
+def _add_cpu(parts: dict[str, list[float]], worker: float, producer: float, server: float | None) -> None:
+    """One round's CPU per job (ms) of a system's worker processes, producer and
+    PostgreSQL server (None: the server is not a process of this machine)."""
+    parts["worker"].append(worker)
+    parts["producer"].append(producer)
+    if server is not None:
+        parts["PostgreSQL"].append(server)
 
 
 # -- 6. ceiling ---------------------------------------------------------------------------

@@ -45,8 +45,11 @@ __all__ = [
     "ProducerTelemetry",
     "RoundResult",
     "RssSampler",
+    "ServerCpu",
     "Target",
     "clean_env",
+    "cpu_delta",
+    "cpu_seconds",
     "interrupt_on_sigterm",
     "ours_round",
     "parse_worker_env",
@@ -331,6 +334,8 @@ class RoundResult:
     worker_cpu: float = 0.0
     #: CPU seconds this (the producing) process used during the round.
     producer_cpu: float = 0.0
+    #: CPU seconds the PostgreSQL server used during the round (None: not measurable here).
+    server_cpu: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -345,18 +350,63 @@ class RoundResult:
     def producer_cpu_ms(self) -> float:
         return self.producer_cpu * 1000 / self.jobs
 
+    @property
+    def server_cpu_ms(self) -> float | None:
+        return None if self.server_cpu is None else self.server_cpu * 1000 / self.jobs
+
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads)."""
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command (field 3, the state, first)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
+            return stat.read().rpartition(")")[2].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = _stat(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+class ServerCpu:
+    """CPU seconds a PostgreSQL server on this machine has used so far: its postmaster,
+    every process it runs now (backends, WAL writer, checkpointer, autovacuum) and every
+    one it has already reaped (the postmaster's children times), so a backend that came
+    and went between two readings counts too. The postmaster is the parent of the
+    backend serving a connection to ``url``; ``seconds()`` is None when the server is not
+    a process of this machine (or /proc does not show it)."""
+
+    def __init__(self, url: str) -> None:
+        self.postmaster: int | None = None
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        fields = _stat(row[0]) if row is not None else None
+        if fields is not None and _stat(int(fields[1])) is not None:
+            self.postmaster = int(fields[1])
+
+    def seconds(self) -> float | None:
+        if self.postmaster is None:
+            return None
+        own = _stat(self.postmaster)
+        if own is None:
+            return None
+        ticks = sum(int(v) for v in own[11:15])  # utime, stime, cutime, cstime
+        parent = str(self.postmaster)
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                fields = _stat(entry.name)
+                if fields is not None and fields[1] == parent:
+                    ticks += int(fields[11]) + int(fields[12])
+        return ticks / _TICKS
+
+
+def cpu_delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 _DONE_SQL = (
@@ -475,7 +525,9 @@ def ours_round(
 
     async def go() -> RoundResult:
         settings = target.settings(pool=spec.producers + 1)
+        server = ServerCpu(target.url) if target.url else None
         async with open_app(settings, registry=registry(), telemetry=telemetry.job) as app:
+            server_before = server.seconds() if server is not None else None
             workers_before = sum(cpu_seconds(p.pid) for p in procs)
             producer_before = time.process_time()
             start_ns = time.time_ns()
@@ -487,8 +539,10 @@ def ours_round(
                     measure, project_id, spec.jobs, within=spec.timeout, check=alive_check(procs)
                 )
             worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - workers_before
+            server_cpu = cpu_delta(server_before, server.seconds() if server is not None else None)
         return RoundResult(
-            spec.jobs, (last_ns - start_ns) / 1e9, (produced_ns - start_ns) / 1e9, failed, worker_cpu, producer_cpu
+            spec.jobs, (last_ns - start_ns) / 1e9, (produced_ns - start_ns) / 1e9, failed, worker_cpu, producer_cpu,
+            server_cpu,
         )
 
     return anyio.run(go)

@@ -146,17 +146,20 @@ async def install(name: str, url: str) -> None:
 
 def peer_round(
     name: str, url: str, *, jobs: int, producers: int, tag: str, check: Callable[[], None], timeout: float = 300.0
-) -> tuple[float, float, int]:
-    """Create ``jobs`` no-op jobs; (seconds to the last completion, seconds producing, failed)."""
+) -> tuple[float, float, int, float]:
+    """Create ``jobs`` no-op jobs; (seconds to the last completion, seconds producing,
+    failed, CPU seconds this process spent producing: measured as ours is)."""
 
-    async def go() -> tuple[float, float, int]:
+    async def go() -> tuple[float, float, int, float]:
         ids: list[int] = []
         start_ns = time.time_ns()
+        cpu_before = time.process_time()
         if name == "procrastinate":
             await _procrastinate_produce(url, jobs, producers, tag)
         else:
             await _pgqueuer_produce(url, jobs, producers, ids)
         produced_ns = time.time_ns()
+        producer_cpu = time.process_time() - cpu_before
         query, params = (
             (_PROCRASTINATE_DONE, {"tag": tag}) if name == "procrastinate" else (_PGQUEUER_DONE, {"ids": ids})
         )
@@ -173,7 +176,7 @@ def peer_round(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name}: {done} of {jobs} jobs done after {timeout:.0f} s")
                 await asyncio.sleep(0.02)
-        return (float(last) * 1e9 - start_ns) / 1e9, (produced_ns - start_ns) / 1e9, failed
+        return (float(last) * 1e9 - start_ns) / 1e9, (produced_ns - start_ns) / 1e9, failed, producer_cpu
 
     return asyncio.run(go())
 

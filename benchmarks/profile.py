@@ -168,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stack.enter_context(recording(os.getpid(), outputs["producer"], args.rate))
                     result = ours_round(target, telemetry, RoundSpec(jobs=args.jobs), procs)
     print(f"# {args.backend}, {mode}, {args.jobs} no-op jobs: {result.throughput:.0f} jobs/s, worker CPU "
-          f"{result.worker_cpu_ms:.2f} ms/job, producer CPU {result.producer_cpu_ms:.2f} ms/job\n")
+          f"{result.worker_cpu_ms:.2f} ms/job, producer CPU {result.producer_cpu_ms:.2f} ms/job"
+          + (f", PostgreSQL CPU {result.server_cpu_ms:.2f} ms/job" if result.server_cpu_ms is not None else "")
+          + "\n")
     print(report("worker", read_collapsed(outputs["worker"])))
     if args.producer:
         print()
