@@ -747,3 +747,38 @@ async def test_close_stops_a_pending_wait_for_work(postgres_url: str, pg_schema:
     assert max(waited) < 2.0
     with pytest.raises(PersistenceError):
         await worker.get("any")
+
+
+async def test_a_transition_writes_outbox_rows_only_for_the_subscriptions_that_want_it(store: JobStore) -> None:
+    """The outbox trigger skips its join while no subscription exists at all (migration
+    0006): no rows then, and once one exists every transition of a subscribed project
+    gets exactly one row per subscription wanting its event, as before."""
+    from orchestrator.webhooks.models import Subscription
+    from orchestrator.webhooks.store import webhook_store
+
+    hooks = webhook_store(store)
+    t0 = now_ns()
+    before = await running_job(store, at_ns=t0)  # created, queued and claimed with no subscription
+    assert await hooks.list_deliveries(job_id=before.id) == []
+
+    def subscription(sid: str, project_id: str, *events: str) -> Subscription:
+        return Subscription(
+            id=sid, project_id=project_id, url="https://hooks.example.com/x", secret="s", events=events, created_ns=t0
+        )
+
+    await hooks.add_subscription(subscription("sub-all", "proj-a", "job.lifecycle.complete", "job.lifecycle.start"))
+    await hooks.add_subscription(subscription("sub-fail", "proj-a", "job.lifecycle.fail"))
+    await hooks.add_subscription(subscription("sub-other", "proj-b", "job.lifecycle.complete"))
+    await store.apply(transition(before, JobStatus.COMPLETED, at_ns=t0 + 10, reason="done"))
+    after = await running_job(store, at_ns=t0 + 20)
+
+    found = {(d.job_id, d.subscription_id, d.event) for d in await hooks.list_deliveries(limit=100)}
+    assert found == {
+        (before.id, "sub-all", "job.lifecycle.complete"),
+        (after.id, "sub-all", "job.lifecycle.start"),
+    }
+
+    for sid in ("sub-all", "sub-fail", "sub-other"):
+        await hooks.delete_subscription(sid)
+    await store.apply(transition(after, JobStatus.COMPLETED, at_ns=t0 + 30, reason="done"))
+    assert await hooks.list_deliveries(limit=100) == []  # the deliveries went with their subscriptions
