@@ -1,10 +1,11 @@
 """The store's transition code, on both databases, where the mutation run found gaps: a
-group of terminal transitions is written by one batch that succeeds (not by the
-one-by-one fallback, which would hide a broken batch), a lost compare-and-set names its
+group of terminal transitions is written by one statement that succeeds (not by the
+one-by-one fallback, which would hide a broken group statement), a lost compare-and-set names its
 job, a claimed batch comes back in queue order, and an unknown job is named."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -52,34 +53,37 @@ def move(job: Job, target: JobStatus, at_ns: int) -> Transition:
     )
 
 
-async def test_a_group_of_terminal_transitions_is_written_by_one_successful_batch(
+async def test_a_group_of_terminal_transitions_is_written_by_one_successful_statement(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert isinstance(store, SQLJobStore)
     jobs = await running_jobs(store, 12)
-    batches: list[tuple[list[str], bool]] = []
-    batch = store.connector.batch
+    statements: list[tuple[str, int, bool, int]] = []  # (query, transitions sent, succeeded, rows back)
+    fetchall = store.connector.fetchall
 
-    async def recording(calls: Any) -> Any:
-        names = [name for name, _ in calls]
+    async def recording(name: str, params: Any = None) -> Any:
+        sent = len(json.loads(params["transitions"])) if name == "apply_transitions" else 1
         try:
-            found = await batch(calls)
+            found = await fetchall(name, params)
         except BaseException:
-            batches.append((names, False))
+            statements.append((name, sent, False, 0))
             raise
-        batches.append((names, True))
+        statements.append((name, sent, True, len(found)))
         return found
 
-    monkeypatch.setattr(store.connector, "batch", recording)
+    monkeypatch.setattr(store.connector, "fetchall", recording)
     outcomes = await apply_together(store, [finish(job) for job in jobs])
 
     assert all(isinstance(outcomes[job.id], tuple) for job in jobs), outcomes
-    grouped = [(names, ok) for names, ok in batches if names.count("apply_transition") > 1]
-    assert grouped, "no group was written together"
-    for names, ok in grouped:
-        assert ok, f"a group's batch failed and was applied one by one: {names}"
-        # each transition returns its own history: one statement per job, nothing else
-        assert names == ["apply_transition"] * len(names)
+    grouped = [s for s in statements if s[0] == "apply_transitions"]
+    assert grouped, f"no group was written together: {statements}"
+    for _, sent, ok, back in grouped:
+        assert ok, f"a group's statement failed and was applied one by one: {statements}"
+        assert sent > 1
+        assert back == sent  # every job of the group written by that one statement, its row returned
+    # each job written exactly once: by a group or alone, nothing else ran
+    assert sum(s[1] for s in statements) == len(jobs), statements
+    assert {s[0] for s in statements} <= {"apply_transitions", "apply_transition"}
 
 
 async def test_a_lost_compare_and_set_names_the_job_and_what_it_found(store: JobStore) -> None:
@@ -125,3 +129,78 @@ def test_a_store_says_where_it_is(tmp_path: Any) -> None:
     from orchestrator.stores.sqlite import SQLiteJobStore
 
     assert repr(SQLiteJobStore(tmp_path / "jobs.db")) == f"SQLiteJobStore({str(tmp_path / 'jobs.db')!r})"
+
+
+async def test_a_group_statement_writes_exactly_what_each_transition_alone_writes(store: JobStore) -> None:
+    """``apply_transitions`` (a group) against ``apply_transition`` (one at a time), on twin
+    jobs: the same stored rows, the same returned jobs and histories, the same refusals.
+    Kinds: completed with results and history, failed with a category and phase, a
+    cancel-requested job that may only end Cancelled (refused otherwise), a lost
+    compare-and-set, a cancel-requested job ending Cancelled, a sampled job's emitter stamp."""
+    from test_store_grouping import RecordingStamps
+
+    from orchestrator.domain import ErrorCategory, Phase
+
+    assert isinstance(store, SQLJobStore)
+    store.root_stamps = RecordingStamps()
+    grouped, alone = await running_jobs(store, 6), await running_jobs(store, 6)
+    for pair in (grouped, alone):
+        for job in (pair[2], pair[4]):
+            await store.request_cancel(job.id, "stop it", requested_by="tester", at_ns=NS + 1)
+
+    def kinds(jobs: list[Job]) -> list[tuple[Transition, bool]]:
+        a, b, c, d, e, f = jobs
+        return [
+            (finish(a), True),
+            (finish(b, JobStatus.FAILED, error_category=ErrorCategory.MODULE, error_phase=Phase.EXECUTE), False),
+            (finish(c), True),  # cancel requested: may only end Cancelled
+            (finish(d, attempt=d.attempt + 1, new_attempt=d.attempt + 1), False),  # a lost compare-and-set
+            (finish(e, JobStatus.CANCELLED, results=()), True),
+            (finish(f, reason="a reason with\\nnewlines and é"), True),
+        ]
+
+    together = await store._apply_group(kinds(grouped))
+    one_by_one = [await store._apply_group([pair]) for pair in kinds(alone)]
+
+    def shape(outcome: Any) -> Any:
+        if isinstance(outcome, BaseException):
+            return type(outcome).__name__
+        job, history = outcome
+        return (
+            job.status,
+            job.reason.replace(job.id, "<id>"),
+            job.error_category,
+            job.error_phase,
+            [(r.module, r.outcome, r.summary["n"] == job.id) for r in job.results],
+            [(h.status_from, h.status_to, h.reason.replace(job.id, "<id>")) for h in history],
+        )
+
+    assert [shape(o) for o in together] == [shape(o[0]) for o in one_by_one]
+    assert [type(o).__name__ for o in together].count("CancelPending") == 1
+    assert [type(o).__name__ for o in together].count("TransitionConflict") == 1
+
+    ignored = {
+        "id",
+        "status_ns",
+        "finished_ns",
+        "created_ns",
+        "queued_ns",
+        "started_ns",
+        "trace_id",
+        "root_span_id",
+        "trace_seq",
+        "results",
+        "trace_lost_ns",
+        "lease_expires_ns",
+    }
+    for g, a in zip(grouped, alone, strict=True):
+        row_g = dict(await store.connector.fetchone("get_job", {"id": g.id}) or {})
+        row_a = dict(await store.connector.fetchone("get_job", {"id": a.id}) or {})
+        assert {k: v for k, v in row_g.items() if k not in ignored} == {
+            k: (v.replace(a.id, g.id) if isinstance(v, str) else v) for k, v in row_a.items() if k not in ignored
+        }
+        for when in ("trace_lost_ns", "lease_expires_ns", "finished_ns"):  # times: set alike or not
+            assert (row_g[when] is None) == (row_a[when] is None), when
+        assert [(h.event, h.status_from, h.status_to) for h in await store.history(g.id)] == [
+            (h.event, h.status_from, h.status_to) for h in await store.history(a.id)
+        ]

@@ -6,8 +6,8 @@ domain objects, retention. The SQL is in ``queries/*.sql`` and the lifecycle rul
 (legal transitions, history rows, webhook outbox) in the schema's triggers, the same
 on both databases. Each operation is one named query (or one batch), so on PostgreSQL it
 stays one round trip. Terminal transitions that arrive while one is being written are
-written together, in one transaction (:mod:`orchestrator.stores.grouping`), each with
-its own compare-and-set.
+written together, in one statement (``apply_transitions``, see
+:mod:`orchestrator.stores.grouping`), each row with its own compare-and-set.
 """
 
 from __future__ import annotations
@@ -170,10 +170,11 @@ class SQLJobStore:
         return job, rows.history_after(row, job, t) if with_history else []
 
     async def _apply_group(self, group: Sequence[tuple[Transition, bool]]) -> list[_Applied | BaseException]:
-        """Several transitions (of distinct jobs) in one transaction: each its own
-        compare-and-set ``apply_transition``, in job id order (the order rows are locked
-        in), then the histories of the sampled ones. When the write fails, each is
-        applied alone: one job's write that the database refuses fails only that job."""
+        """Several transitions (of distinct jobs) in one statement, ``apply_transitions``:
+        each row its own compare-and-set, as ``apply_transition`` writes it, the rows
+        locked in job id order, the histories of the sampled jobs returned with them.
+        When the write fails, each is applied alone: one job's write that the database
+        refuses fails only that job."""
         if len(group) == 1:
             t, with_history = group[0]
             try:
@@ -182,20 +183,20 @@ class SQLJobStore:
                 return [exc]
         order = sorted(range(len(group)), key=lambda i: group[i][0].job_id)
         stamps = {i: self._stamp(*group[i]) for i in order}
-        calls: list[tuple[str, Params]] = [
-            ("apply_transition", self._params(group[i][0], stamps[i], group[i][1])) for i in order
-        ]
+        params = rows.json_text_of([self._params(group[i][0], stamps[i], group[i][1]) for i in order])
         try:
-            results = await self.connector.batch(calls)
+            written = await self.connector.fetchall("apply_transitions", {"transitions": params})
         except Exception as exc:  # noqa: BLE001 - each alone, below
             refused = isinstance(exc, TransitionRefused)  # rolled back: nothing of it was stored
             for stamp in stamps.values():
                 if stamp is not None:
                     (stamp.stamps.void if refused else stamp.stamps.unknown)(stamp.seq)
             return [await self._outcome(t, with_history, after_group=not refused) for t, with_history in group]
+        by_id = {row["id"]: row for row in written}
         outcomes: dict[int, _Applied | BaseException] = {}
-        for i, found in zip(order, results, strict=True):
+        for i in order:
             t, with_history = group[i]
+            found = [by_id[t.job_id]] if t.job_id in by_id else []
             stamp = stamps[i]
             if not found:
                 _void(stamp)

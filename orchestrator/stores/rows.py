@@ -10,7 +10,7 @@ the read, so a listing still answers and the job can be pruned.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -30,7 +30,15 @@ from orchestrator.domain.events import LifecycleEvent
 from orchestrator.domain.values import canonical_json, canonical_reason, canonical_text
 from orchestrator.stores.connector import UNDECODABLE, JSONText, Row
 
-__all__ = ["entry_from_row", "job_from_row", "job_params", "json_text", "json_value", "transition_params"]
+__all__ = [
+    "entry_from_row",
+    "job_from_row",
+    "job_params",
+    "json_text",
+    "json_text_of",
+    "json_value",
+    "transition_params",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +46,12 @@ T = TypeVar("T")
 def json_text(value: Any) -> JSONText:
     """``value`` in canonical form, as the JSON text bound to a JSON column."""
     return JSONText(json.dumps(canonical_json(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+
+
+def json_text_of(params: Sequence[Mapping[str, Any]]) -> JSONText:
+    """Query parameters already in canonical form (``transition_params``), as one JSON
+    array bound to a single parameter (a statement writing several rows)."""
+    return JSONText(json.dumps(params, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
 
 
 def _text(value: str | None) -> str | None:

@@ -98,3 +98,44 @@ UPDATE jobs SET trace_lost_ns = COALESCE(trace_lost_ns, :now_ns) WHERE id = ANY(
 -- name: trace_mark_done
 -- These jobs' rebuilt traces were confirmed exported.
 UPDATE jobs SET trace_done_ns = :now_ns, trace_claim = NULL, trace_claim_ns = NULL WHERE id = ANY(:ids);
+
+-- name: apply_transitions
+-- Several transitions of distinct jobs in one statement (a group commit: see
+-- stores/grouping.py), :transitions a JSON array of apply_transition's parameters. Each
+-- row is apply_transition for its own job: the same compare-and-set on (status, attempt),
+-- the same columns, the same triggers (history, outbox, emitter), its history with it
+-- when asked. The rows are locked in job id order first, as one writer of several
+-- jobs must. A transition the database refuses fails the whole statement.
+WITH t AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(:transitions) AS r(
+        job_id TEXT, status_from TEXT, status_to TEXT, reason TEXT, at_ns BIGINT, attempt INTEGER,
+        new_attempt INTEGER, worker_id TEXT, error_category TEXT, error_phase TEXT, results TEXT,
+        lease_owner TEXT, lease_expires_ns BIGINT, trace_emitter TEXT, trace_seq BIGINT, with_history BOOLEAN)
+), locked AS MATERIALIZED (
+    SELECT j.id FROM jobs j WHERE j.id IN (SELECT job_id FROM t) ORDER BY j.id FOR UPDATE OF j
+)
+UPDATE jobs SET
+    status = t.status_to,
+    status_ns = t.at_ns,
+    attempt = t.new_attempt,
+    reason = t.reason,
+    worker_id = t.worker_id,
+    queued_ns = CASE WHEN t.status_to = 'queued' THEN t.at_ns ELSE jobs.queued_ns END,
+    started_ns = CASE WHEN t.status_to = 'running' THEN t.at_ns ELSE jobs.started_ns END,
+    finished_ns = CASE WHEN t.status_to IN ('completed', 'failed', 'cancelled') THEN t.at_ns ELSE jobs.finished_ns END,
+    error_category = COALESCE(t.error_category, jobs.error_category),
+    error_phase = COALESCE(t.error_phase, jobs.error_phase),
+    results = COALESCE(CAST(t.results AS JSONB), jobs.results),
+    lease_owner = t.lease_owner,
+    lease_expires_ns = t.lease_expires_ns,
+    cancel_requested = CASE WHEN t.status_to = 'running' THEN jobs.cancel_requested ELSE NULL END,
+    trace_emitter = COALESCE(t.trace_emitter, jobs.trace_emitter),
+    trace_seq = COALESCE(t.trace_seq, jobs.trace_seq),
+    trace_lost_ns = CASE WHEN t.status_to IN ('completed', 'failed', 'cancelled') AND jobs.trace_sampled = TRUE
+                          AND t.trace_emitter IS NULL
+                         THEN COALESCE(jobs.trace_lost_ns, t.at_ns) ELSE jobs.trace_lost_ns END
+FROM t
+WHERE jobs.id = t.job_id AND jobs.id IN (SELECT id FROM locked)
+  AND jobs.status = t.status_from AND jobs.attempt = t.attempt
+  AND (jobs.cancel_requested IS NULL OR jobs.status <> 'running' OR t.status_to = 'cancelled')
+RETURNING jobs.*, CASE WHEN t.with_history THEN {{history_json}} END AS history;

@@ -76,3 +76,44 @@ UPDATE jobs SET trace_lost_ns = COALESCE(trace_lost_ns, :now_ns) WHERE id IN (SE
 -- name: trace_mark_done
 -- These jobs' rebuilt traces were confirmed exported.
 UPDATE jobs SET trace_done_ns = :now_ns, trace_claim = NULL, trace_claim_ns = NULL WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: apply_transitions
+-- Several transitions of distinct jobs in one statement (see postgres.sql), :transitions
+-- a JSON array of apply_transition's parameters; each row is apply_transition for its own
+-- job. SQLite's RETURNING cannot name the FROM table, so each row returns its history and
+-- the caller keeps the ones it asked for.
+UPDATE jobs SET
+    status = t.status_to,
+    status_ns = t.at_ns,
+    attempt = t.new_attempt,
+    reason = t.reason,
+    worker_id = t.worker_id,
+    queued_ns = CASE WHEN t.status_to = 'queued' THEN t.at_ns ELSE jobs.queued_ns END,
+    started_ns = CASE WHEN t.status_to = 'running' THEN t.at_ns ELSE jobs.started_ns END,
+    finished_ns = CASE WHEN t.status_to IN ('completed', 'failed', 'cancelled') THEN t.at_ns ELSE jobs.finished_ns END,
+    error_category = COALESCE(t.error_category, jobs.error_category),
+    error_phase = COALESCE(t.error_phase, jobs.error_phase),
+    results = COALESCE(t.results, jobs.results),
+    lease_owner = t.lease_owner,
+    lease_expires_ns = t.lease_expires_ns,
+    cancel_requested = CASE WHEN t.status_to = 'running' THEN jobs.cancel_requested ELSE NULL END,
+    trace_emitter = COALESCE(t.trace_emitter, jobs.trace_emitter),
+    trace_seq = COALESCE(t.trace_seq, jobs.trace_seq),
+    trace_lost_ns = CASE WHEN t.status_to IN ('completed', 'failed', 'cancelled') AND jobs.trace_sampled = TRUE
+                          AND t.trace_emitter IS NULL
+                         THEN COALESCE(jobs.trace_lost_ns, t.at_ns) ELSE jobs.trace_lost_ns END
+FROM (
+    SELECT json_extract(value, '$.job_id') AS job_id, json_extract(value, '$.status_from') AS status_from,
+           json_extract(value, '$.status_to') AS status_to, json_extract(value, '$.reason') AS reason,
+           json_extract(value, '$.at_ns') AS at_ns, json_extract(value, '$.attempt') AS attempt,
+           json_extract(value, '$.new_attempt') AS new_attempt, json_extract(value, '$.worker_id') AS worker_id,
+           json_extract(value, '$.error_category') AS error_category,
+           json_extract(value, '$.error_phase') AS error_phase, json_extract(value, '$.results') AS results,
+           json_extract(value, '$.lease_owner') AS lease_owner,
+           json_extract(value, '$.lease_expires_ns') AS lease_expires_ns,
+           json_extract(value, '$.trace_emitter') AS trace_emitter, json_extract(value, '$.trace_seq') AS trace_seq
+    FROM json_each(:transitions)
+) AS t
+WHERE jobs.id = t.job_id AND jobs.status = t.status_from AND jobs.attempt = t.attempt
+  AND (jobs.cancel_requested IS NULL OR jobs.status <> 'running' OR t.status_to = 'cancelled')
+RETURNING *, {{history_json}} AS history;
