@@ -306,8 +306,10 @@ class _LiveSpan(trace.Span, ReadableSpan):
             parent=parent,
             resource=emitter.resource,
             attributes=attributes,
-            events=BoundedList(emitter.limits.max_events),
-            links=BoundedList(emitter.limits.max_links),
+            # Made at the first event or link (most live spans get none): two lists and
+            # their locks fewer per span.
+            events=(),
+            links=(),
             kind=SpanKind.INTERNAL,
             start_time=start_ns,
             instrumentation_scope=emitter.scope,
@@ -354,6 +356,8 @@ class _LiveSpan(trace.Span, ReadableSpan):
             if self._end_time is not None:
                 _logger.warning("Tried calling _add_event on an ended span.")
                 return
+            if type(self._events) is not BoundedList:
+                self._events = BoundedList(limits.max_events)
             cast("BoundedList[Event]", self._events).append(Event(name, attributes, timestamp))
 
     def add_link(self, context: SpanContext, attributes: Any = None) -> None:
@@ -362,6 +366,8 @@ class _LiveSpan(trace.Span, ReadableSpan):
         link = Link(context, BoundedAttributes(self.limits.max_link_attributes, attributes, immutable=True))
         with self._lock:
             if self._end_time is None:
+                if type(self._links) is not BoundedList:
+                    self._links = BoundedList(self.limits.max_links)
                 cast("BoundedList[Link]", self._links).append(link)
 
     def update_name(self, name: str) -> None:
