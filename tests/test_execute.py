@@ -407,6 +407,26 @@ async def test_a_user_cancel_mid_run_ends_the_job_cancelled_within_a_second(
     )
 
 
+async def test_a_user_cancel_of_a_one_module_job_ends_it_cancelled_within_a_second(
+    app: App, tmp_path: Path, slow: SlowModule
+) -> None:
+    """A job of one module runs it in the job's own task (no task group): a cancel
+    reaches it there as it reaches a module task."""
+    running = await claim(app, await create(app, tmp_path, ["slow"]))
+
+    final, took = await execute_then_cancel(app, running, slow, CancelKind.USER, "stopped by the test")
+
+    assert took < 1.0
+    assert final.status is JobStatus.CANCELLED
+    assert (final.reason, final.error_category, final.error_phase) == (
+        "stopped by the test",
+        ErrorCategory.CANCELLED,
+        Phase.EXECUTE,
+    )
+    assert by_module(final)["slow"].outcome is ModuleOutcome.CANCELLED
+    assert await app.store.get(final.id) == final
+
+
 async def test_a_shutdown_cancel_sends_the_job_back_to_the_queue_with_the_next_attempt(
     app: App, tmp_path: Path, slow: SlowModule
 ) -> None:

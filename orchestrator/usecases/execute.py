@@ -193,12 +193,19 @@ class ExecuteAnalysisJobUseCase:
 
         analysis = JobAnalysis(job, self._analysis, self._batch_runner(), self._telemetry, self._progress_listeners)
         with control.scope:
-            async with analysis, anyio.create_task_group() as tg:
-                fan_out_scope = tg.cancel_scope
-                for name in job.modules:
-                    tg.start_soon(
-                        self._run_module, job, name, limiter, on_result, analysis, name=f"module:{name}"
-                    )
+            async with analysis:
+                if total == 1:
+                    # One module runs in the job's own task: a task group would only add a
+                    # task, its handle and their cancel scopes.
+                    with anyio.CancelScope() as fan_out_scope:
+                        await self._run_module(job, job.modules[0], limiter, on_result, analysis)
+                else:
+                    async with anyio.create_task_group() as tg:
+                        fan_out_scope = tg.cancel_scope
+                        for name in job.modules:
+                            tg.start_soon(
+                                self._run_module, job, name, limiter, on_result, analysis, name=f"module:{name}"
+                            )
         for name in job.modules:  # modules cancelled before they started
             if name not in results:
                 results[name] = self._not_started(job, name)
