@@ -385,7 +385,8 @@ class ServerCpu:
         self.postmaster: int | None = None
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        fields = _stat(row[0]) if row is not None else None
+            # Read while the connection is open: its backend exits when it closes.
+            fields = _stat(row[0]) if row is not None else None
         if fields is not None and _stat(int(fields[1])) is not None:
             self.postmaster = int(fields[1])
 
