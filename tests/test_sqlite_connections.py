@@ -137,3 +137,21 @@ async def test_an_operation_overtaken_by_close_opens_no_new_connection(
     assert len(outcome) == 1
     assert isinstance(outcome[0], PersistenceError), "a write succeeded on a closed store"
     assert connections.still_open() == []
+
+
+async def test_an_sqlite_library_too_old_for_the_store_is_refused_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's statements need RETURNING (3.35) and UPDATE ... FROM (3.33): an older
+    library is refused at open, naming both versions, before anything is created."""
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    store = SQLiteJobStore(tmp_path / "data" / "jobs.db")
+    with pytest.raises(PersistenceError) as refused:
+        await store.open()
+    assert "SQLite 3.34.1 is too old for the sqlite store" in str(refused.value)
+    assert "3.35.0 or newer" in str(refused.value)
+    assert not (tmp_path / "data").exists()
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 35, 0))
+    await store.open()  # the oldest it takes
+    await store.close()

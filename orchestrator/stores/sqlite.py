@@ -65,6 +65,23 @@ def _bind(params: Params | None) -> dict[str, Any]:
     return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in (params or {}).items()}
 
 
+#: The oldest SQLite the store's statements run on: they use RETURNING (3.35) and
+#: UPDATE ... FROM (3.33).
+MIN_SQLITE_VERSION: Final = (3, 35, 0)
+
+
+def check_sqlite_version() -> None:
+    """Refuse, at open, an SQLite library too old for the store's statements (they would
+    fail at the first write instead)."""
+    found = sqlite3.sqlite_version_info
+    if found < MIN_SQLITE_VERSION:
+        raise PersistenceError(
+            f"SQLite {'.'.join(map(str, found))} is too old for the sqlite store: it needs "
+            f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer (the library this Python's sqlite3 module uses); "
+            "run it with a Python built against a newer SQLite, or use PostgreSQL (ORCHESTRATOR_DATABASE_URL)"
+        )
+
+
 class SQLiteConnector:
     dialect = "sqlite"
 
@@ -83,6 +100,7 @@ class SQLiteConnector:
     async def open(self) -> None:
         if self._conn is not None:
             return
+        check_sqlite_version()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
