@@ -196,19 +196,19 @@ class SQLJobStore:
         outcomes: dict[int, _Applied | BaseException] = {}
         for i in order:
             t, with_history = group[i]
-            found = [by_id[t.job_id]] if t.job_id in by_id else []
+            row = by_id.get(t.job_id)
             stamp = stamps[i]
-            if not found:
+            if row is None:
                 _void(stamp)
                 try:
                     outcomes[i] = self._conflict(t, await self.connector.fetchone("get_job", {"id": t.job_id}))
                 except Exception as exc:  # noqa: BLE001 - this job's outcome only
                     outcomes[i] = exc
                 continue
-            job = rows.job_from_row(found[0])
+            job = rows.job_from_row(row)
             if stamp is not None:
                 stamp.stamps.committed(stamp.seq, job.trace.trace_id, job.trace.span_id)
-            outcomes[i] = (job, rows.history_after(found[0], job, t) if with_history else [])
+            outcomes[i] = (job, rows.history_after(row, job, t) if with_history else [])
         return [outcomes[i] for i in range(len(group))]
 
     async def _outcome(self, t: Transition, with_history: bool, *, after_group: bool) -> _Applied | BaseException:

@@ -43,15 +43,20 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _dumps(value: Any) -> JSONText:
+    """``value`` (already canonical) as the compact JSON text the store binds."""
+    return JSONText(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+
+
 def json_text(value: Any) -> JSONText:
     """``value`` in canonical form, as the JSON text bound to a JSON column."""
-    return JSONText(json.dumps(canonical_json(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+    return _dumps(canonical_json(value))
 
 
 def json_text_of(params: Sequence[Mapping[str, Any]]) -> JSONText:
     """Query parameters already in canonical form (``transition_params``), as one JSON
     array bound to a single parameter (a statement writing several rows)."""
-    return JSONText(json.dumps(params, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+    return _dumps(params)
 
 
 def _text(value: str | None) -> str | None:
@@ -65,8 +70,7 @@ def _reason(value: str | None) -> str | None:
 def _results(results: tuple[ModuleResult, ...]) -> JSONText:
     # Each field on its own: a summary keeps MAX_DEPTH levels counted from itself, not from
     # the column's root.
-    rows = [{k: canonical_json(v) for k, v in r.to_json().items()} for r in results]
-    return JSONText(json.dumps(rows, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+    return _dumps([{k: canonical_json(v) for k, v in r.to_json().items()} for r in results])
 
 
 def job_params(job: Job) -> dict[str, Any]:
