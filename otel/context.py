@@ -8,16 +8,19 @@ reach the module tasks and their worker threads.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
-from types import MappingProxyType
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from types import MappingProxyType, TracebackType
 from typing import Any
 
-__all__ = ["bind", "bound", "current_fields"]
+__all__ = ["bind", "bound", "current_fields", "pop", "push"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _fields: ContextVar[Mapping[str, Any]] = ContextVar("orchestrator_log_fields", default=_EMPTY)
+_MISSING = object()
+
+#: What :func:`push` returns and :func:`pop` takes: None when the fields were bound already.
+Pushed = Token[Mapping[str, Any]] | None
 
 
 def current_fields() -> Mapping[str, Any]:
@@ -25,17 +28,43 @@ def current_fields() -> Mapping[str, Any]:
     return _fields.get()
 
 
-@contextlib.contextmanager
-def bound(**fields: Any) -> Iterator[Mapping[str, Any]]:
+def push(fields: Mapping[str, Any]) -> Pushed:
+    """Bind ``fields`` (None values skipped) until :func:`pop` is given what this returns.
+
+    Binding what is bound already changes nothing and sets nothing: a job's fields, bound
+    by the worker that runs it, are bound again by each entry point the job passes."""
+    current = _fields.get()
+    merged: dict[str, Any] | None = None
+    for name, value in fields.items():
+        if value is not None and current.get(name, _MISSING) != value:
+            if merged is None:
+                merged = dict(current)
+            merged[name] = value
+    return None if merged is None else _fields.set(MappingProxyType(merged))
+
+
+def pop(pushed: Pushed) -> None:
+    """Unbind what :func:`push` bound (in the same context, innermost first)."""
+    if pushed is not None:
+        _fields.reset(pushed)
+
+
+class bound:
     """Bind fields for the duration of a ``with`` block (None values are skipped)."""
-    merged = {**_fields.get(), **{k: v for k, v in fields.items() if v is not None}}
-    token = _fields.set(MappingProxyType(merged))
-    try:
-        yield merged
-    finally:
-        _fields.reset(token)
+
+    __slots__ = ("_fields", "_pushed")
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+        self._pushed: Pushed = None
+
+    def __enter__(self) -> None:
+        self._pushed = push(self._fields)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        pop(self._pushed)
 
 
 def bind(**fields: Any) -> None:
     """Bind fields for the rest of the current context (a task or a thread's run)."""
-    _fields.set(MappingProxyType({**_fields.get(), **{k: v for k, v in fields.items() if v is not None}}))
+    push(fields)

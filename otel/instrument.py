@@ -14,7 +14,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
 from otel import context, logs
@@ -91,17 +91,15 @@ def instrument(
                 **extra,
             )
 
-        @contextlib.contextmanager
-        def reported(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[None]:
-            """One call: its fields bound, its start, then its finish or its error."""
-            with context.bound(**bind_fields(args, kwargs)):
-                started = time.perf_counter()
+        def started(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[context.Pushed, float]:
+            """A call begins: its fields bound, its start logged."""
+            pushed = context.push(bind_fields(args, kwargs))
+            if log.isEnabledFor(level):
                 logs.event(log, level, OperationEvent.START, f"{operation} started", operation=operation)
-                try:
-                    yield
-                except Exception as exc:
-                    on_error(exc, started)
-                    raise
+            return pushed, time.perf_counter()
+
+        def finished(started: float) -> None:
+            if log.isEnabledFor(level):
                 elapsed = _elapsed_ms(started)
                 logs.event(
                     log,
@@ -112,22 +110,42 @@ def instrument(
                     elapsed_ms=elapsed,
                 )
 
-        # Two thin wrappers around the same report: a coroutine function must stay one
-        # (awaited inside the report), a plain function must not become one.
+        # Two thin wrappers around the same report (plain try blocks: a context manager
+        # per call costs more than the report when it is not logged): a coroutine
+        # function must stay one (awaited inside the report), a plain function must not
+        # become one.
         if inspect.iscoroutinefunction(fn):
             async_fn = cast(Callable[P, Awaitable[Any]], fn)
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                with reported(args, kwargs):
-                    return await async_fn(*args, **kwargs)
+                pushed, began = started(args, kwargs)
+                try:
+                    result = await async_fn(*args, **kwargs)
+                except Exception as exc:
+                    on_error(exc, began)
+                    raise
+                else:
+                    finished(began)
+                    return result
+                finally:
+                    context.pop(pushed)
 
             return cast(Callable[P, R], async_wrapper)
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with reported(args, kwargs):
-                return fn(*args, **kwargs)
+            pushed, began = started(args, kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                on_error(exc, began)
+                raise
+            else:
+                finished(began)
+                return result
+            finally:
+                context.pop(pushed)
 
         return sync_wrapper
 

@@ -52,9 +52,11 @@ class Captured(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
+        self.bound_at_emit: list[dict[str, Any]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+        self.bound_at_emit.append(dict(context.current_fields()))
 
 
 @pytest.fixture
@@ -168,3 +170,39 @@ def test_a_call_that_does_not_fit_fails_before_its_start_record(
     with pytest.raises(TypeError):
         wrapped(*args, **kwargs)
     assert caught.records == []
+
+
+@pytest.mark.parametrize(("fn", "operation"), CASES)
+def test_the_error_record_carries_the_fields_and_they_are_unbound_after(
+    caught: Captured, fn: Callable[..., Any], operation: str
+) -> None:
+    with pytest.raises(ValueError, match="bad"):
+        call(fn, "j-4", fail=ValueError("bad"))
+    error = next(r for r in caught.records if getattr(r, EVENT_KEY) == "operation.error")
+    assert context.current_fields() == {}
+    # The record was written while the call's fields were bound (the logging layer reads
+    # them from the context: the record itself holds only the call's own fields).
+    assert caught.bound_at_emit[caught.records.index(error)] == {"job_id": "j-4"}
+
+
+@pytest.mark.parametrize(("fn", "operation"), CASES)
+def test_a_base_exception_unbinds_the_fields(caught: Captured, fn: Callable[..., Any], operation: str) -> None:
+    with context.bound(run="outer"):
+        with pytest.raises(KeyboardInterrupt):
+            call(fn, "j-5", fail=KeyboardInterrupt())
+        assert context.current_fields() == {"run": "outer"}
+    assert context.current_fields() == {}
+
+
+def test_binding_what_is_bound_sets_nothing_and_every_block_restores_what_it_found() -> None:
+    with context.bound(job_id="j-6", project_id="p"):
+        outer = context.current_fields()
+        with context.bound(job_id="j-6", module=None):  # the same, and a None (skipped)
+            assert context.current_fields() is outer
+            with context.bound(job_id="j-7", module="m"):
+                assert context.current_fields() == {"job_id": "j-7", "project_id": "p", "module": "m"}
+            assert context.current_fields() is outer
+        with context.bound(project_id="p", module="m"):
+            assert context.current_fields() == {"job_id": "j-6", "project_id": "p", "module": "m"}
+        assert context.current_fields() == {"job_id": "j-6", "project_id": "p"}
+    assert context.current_fields() == {}
