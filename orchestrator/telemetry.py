@@ -21,7 +21,8 @@ import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from types import TracebackType
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -146,20 +147,14 @@ class JobTelemetry:
         """An OpenTelemetry context whose current span is the job's (remote) root."""
         return trace.set_span_in_context(NonRecordingSpan(_root_span_context(job.trace)))
 
-    @contextlib.contextmanager
-    def _in_job_trace(self, job: Job) -> Iterator[None]:
+    def _in_job_trace(self, job: Job) -> object | None:
         """Make the job's root span current unless a span of the job's trace already is:
         records written outside one (a claim, a reaper's recovery, a cancel from another
-        process) still carry the job's trace id."""
+        process) still carry the job's trace id. Returns what :func:`_leave` takes."""
         current = trace.get_current_span().get_span_context()
         if current.is_valid and format(current.trace_id, "032x") == job.trace.trace_id:
-            yield
-            return
-        token = otel_context.attach(self.root_context(job))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
+            return None
+        return otel_context.attach(self.root_context(job))
 
     def _add(self, spec: MetricSpec, value: float, **attributes: str) -> None:
         self._instruments[spec.name].add(value, attributes)
@@ -196,7 +191,8 @@ class JobTelemetry:
         """Log and count one applied transition (the root span event comes from the
         persisted history when the root span is emitted)."""
         name = lifecycle_event(t.status_from, t.status_to)
-        with self._in_job_trace(after):
+        entered = self._in_job_trace(after)
+        try:
             logs.event(
                 log,
                 _LEVEL_BY_TARGET.get(t.status_to, logging.INFO),
@@ -213,6 +209,8 @@ class JobTelemetry:
                 error_category=t.error_category and str(t.error_category),
                 phase=t.error_phase and str(t.error_phase),
             )
+        finally:
+            _leave(entered)
         self._add(Metric.TRANSITIONS, 1, status_from=str(t.status_from), status_to=str(t.status_to))
         self._record(Metric.PHASE_DURATION, t.duration_ms / 1000, phase=str(t.status_from))
         if t.status_from is JobStatus.QUEUED and t.status_to is JobStatus.RUNNING:
@@ -235,7 +233,8 @@ class JobTelemetry:
     def cancel_requested(self, job: Job, *, reason: str, requested_by: str) -> None:
         """A cancellation was asked of a Running job (its history has the row, its root
         span gets the event when it is emitted)."""
-        with self._in_job_trace(job):
+        entered = self._in_job_trace(job)
+        try:
             logs.event(
                 log,
                 logging.INFO,
@@ -249,6 +248,8 @@ class JobTelemetry:
                 requested_by=requested_by,
                 attempt=job.attempt,
             )
+        finally:
+            _leave(entered)
 
     def transition_refused(self, job: Job, target: JobStatus, error: OrchestratorError) -> None:
         mark_logged(error)
@@ -283,7 +284,8 @@ class JobTelemetry:
         """A job's trace was rebuilt from the store and emitted again (its live export
         was lost): counted, and logged once per trace."""
         self._add(Metric.TRACES_RECONSTRUCTED, 1, reason=reason)
-        with self._in_job_trace(job):
+        entered = self._in_job_trace(job)
+        try:
             logs.event(
                 log,
                 logging.WARNING,
@@ -296,6 +298,8 @@ class JobTelemetry:
                 spans=spans,
                 status=str(job.status),
             )
+        finally:
+            _leave(entered)
 
     # -- phase spans ------------------------------------------------------------------
 
@@ -516,10 +520,29 @@ class JobTelemetry:
             self._add(Metric.FAILURES, 1, phase=str(Phase.NOTIFY), error_category=str(ErrorCategory.WEBHOOK))
 
 
-def as_current(span: trace.Span) -> contextlib.AbstractContextManager[trace.Span]:
+class as_current:
     """Make ``span`` current without ending it, recording an exception on it or setting
-    its status: whoever owns the span reports its outcome, once."""
-    return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+    its status: whoever owns the span reports its outcome, once (what ``trace.use_span``
+    does with all three turned off, without a generator per use)."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+        self._token: object = None
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        otel_context.detach(cast(Any, self._token))
+
+
+def _leave(entered: object | None) -> None:
+    """Undo what ``JobTelemetry._in_job_trace`` did."""
+    if entered is not None:
+        otel_context.detach(cast(Any, entered))
 
 
 def _mark_error(span: trace.Span, exc: BaseException) -> None:

@@ -36,6 +36,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import Attributes
 
+from orchestrator.telemetry import as_current
 from orchestrator.tracing import emit
 from orchestrator.tracing.records import STATUS_ERROR, STATUS_OK, SpanEvent, SpanRecord
 from otel.ids import JobIdGenerator
@@ -344,3 +345,29 @@ def test_a_live_span_follows_the_sampler_as_on_the_sdk_path(sampler: Sampler, mo
     if isinstance(sampler, RecordOnly):
         assert len(direct) == 1
         assert not span.get_span_context().trace_flags.sampled
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_as_current_does_what_use_span_does_with_its_three_switches_off(fail: bool) -> None:
+    """Whoever owns a span reports its outcome: ``as_current`` only makes it current."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    outer = tracer.start_span("outer")
+    inner = tracer.start_span("inner")
+    with trace.use_span(outer, end_on_exit=False):
+        try:
+            with as_current(inner) as entered:
+                assert entered is inner
+                assert trace.get_current_span() is inner
+                if fail:
+                    raise ValueError("the owner reports this")
+        except ValueError:
+            assert fail
+        assert trace.get_current_span() is outer
+    assert inner.is_recording()  # not ended
+    inner.end()
+    outer.end()
+    (exported,) = [s for s in exporter.get_finished_spans() if s.name == "inner"]
+    assert (exported.status.status_code, exported.events) == (trace.StatusCode.UNSET, ())

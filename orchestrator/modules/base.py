@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +95,9 @@ class BaseModule(abc.ABC):
         """Analyse ``context.source`` and return a JSON-serialisable summary."""
 
 
+_MODULES_LOGGER = logging.getLogger("orchestrator.modules")
+
+
 @dataclass
 class ModuleContext:
     job_id: str
@@ -104,25 +106,27 @@ class ModuleContext:
     module: str
     attempt: int
     options: Mapping[str, Any] = field(default_factory=dict)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("orchestrator.modules"))
+    logger: logging.Logger = _MODULES_LOGGER
     #: This run's timeout and expected runtime (scaled to the tree once it is walked).
     budget: Budget | None = None
     #: The job's shared index and pass; None outside a job (a private one is used).
     job_files: JobFiles | None = field(default=None, repr=False)
     progress_reporter: ProgressReporter | None = field(default=None, repr=False)
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: Set by :meth:`cancel` from the event loop, read by a module's threads (a flag
+    #: nothing waits on: one attribute, no lock and condition per context).
+    _cancelled: bool = field(default=False, repr=False)
 
     def check_cancelled(self) -> None:
         """Raise :class:`ModuleCancelled` if the module was cancelled (call it in loops)."""
-        if self._cancelled.is_set():
+        if self._cancelled:
             raise ModuleCancelled(self.module)
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` in a daemon thread (context fields go with it).
