@@ -174,7 +174,9 @@ class DeliveryLedger:
             return
         trace_id, span_id, job_id = found
         with self._lock:
-            entry = self._traces.setdefault(trace_id, _Trace(job_id))
+            entry = self._traces.get(trace_id)
+            if entry is None:
+                entry = self._traces[trace_id] = _Trace(job_id)
             entry.outstanding[span_id] = self._clock()
             root = self._roots.get(entry.root_seq) if entry.root_seq is not None else None
             if root is not None and root.span_id == span_id:
