@@ -188,17 +188,18 @@ class ExecuteAnalysisJobUseCase:
             results[result.module] = result
             done, failed, cancelled = counts()
             self._telemetry.fanout(job, done=done, failed=failed, cancelled=cancelled, total=total, final=False)
-            if fail_fast and result.outcome.failed:
+            if fail_fast and result.outcome.failed and fan_out_scope is not None:
                 fan_out_scope.cancel()
 
         analysis = JobAnalysis(job, self._analysis, self._batch_runner(), self._telemetry, self._progress_listeners)
+        # What fail-fast cancels: the other modules (a job of one has none left to stop).
+        fan_out_scope: anyio.CancelScope | None = None
         with control.scope:
             async with analysis:
                 if total == 1:
                     # One module runs in the job's own task: a task group would only add a
                     # task, its handle and their cancel scopes.
-                    with anyio.CancelScope() as fan_out_scope:
-                        await self._run_module(job, job.modules[0], limiter, on_result, analysis)
+                    await self._run_module(job, job.modules[0], limiter, on_result, analysis)
                 else:
                     async with anyio.create_task_group() as tg:
                         fan_out_scope = tg.cancel_scope
