@@ -801,3 +801,27 @@ def test_a_path_is_on_a_pseudo_filesystem_exactly_when_it_lies_under_one_of_its_
             assert sources.is_pseudo_filesystem(path) is expected, text
     finally:
         sources._pseudo_roots.cache_clear()
+
+
+def test_the_source_check_reads_the_mount_table_as_the_walk_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One parser and one list of types for both: a selinuxfs mount (a type the source
+    check's own list once lacked) and a mount point with an escaped blank are refused."""
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "22 1 0:21 / /sys/fs/selinux rw,relatime shared:6 - selinuxfs selinuxfs rw\n"
+        "23 1 0:22 / /srv/odd\\040place rw - debugfs debugfs rw\n"
+        "24 1 8:1 / /srv/data rw,relatime shared:1 master:2 - ext4 /dev/sda1 rw\n"
+        "not a mount line\n"
+    )
+    monkeypatch.setattr(sources, "MOUNTINFO", table)
+    sources._pseudo_mounts.cache_clear()
+    sources._pseudo_roots.cache_clear()
+    try:
+        assert sources._pseudo_mounts() == (Path("/sys/fs/selinux"), Path("/srv/odd place"))
+        assert sources.is_pseudo_filesystem(Path("/srv/odd place/x"))
+        assert not sources.is_pseudo_filesystem(Path("/srv/data/x"))
+    finally:
+        sources._pseudo_mounts.cache_clear()
+        sources._pseudo_roots.cache_clear()

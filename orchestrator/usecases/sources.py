@@ -18,7 +18,6 @@ server itself.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,11 +25,11 @@ from pathlib import Path
 from typing import Final
 
 from orchestrator.domain import InvalidRequest
+from orchestrator.modules.mounts import MOUNTINFO, PSEUDO_FS_TYPES, PSEUDO_PATHS, parse_mountinfo
 
 __all__ = [
     "NOT_ALLOWED",
     "NO_ROOTS",
-    "PSEUDO_FILESYSTEM_TYPES",
     "SourcePolicy",
     "is_pseudo_filesystem",
     "resolved_roots",
@@ -44,59 +43,23 @@ NO_ROOTS: Final = (
     "ORCHESTRATOR_SOURCE_ROOTS to the directories jobs may analyse"
 )
 
-_PSEUDO_PREFIXES: Final = (Path("/proc"), Path("/sys"), Path("/dev"))
-#: Mount types whose files are not data to analyse (kernel interfaces, devices).
-PSEUDO_FILESYSTEM_TYPES: Final = frozenset(
-    {
-        "proc",
-        "sysfs",
-        "devtmpfs",
-        "devpts",
-        "cgroup",
-        "cgroup2",
-        "debugfs",
-        "tracefs",
-        "securityfs",
-        "configfs",
-        "fusectl",
-        "bpf",
-        "pstore",
-        "mqueue",
-        "hugetlbfs",
-        "efivarfs",
-        "binfmt_misc",
-        "autofs",
-        "rpc_pipefs",
-        "nsfs",
-    }
-)
-
 
 @lru_cache(maxsize=1)
 def _pseudo_mounts() -> tuple[Path, ...]:
-    """Mount points of pseudo-filesystems (Linux; none elsewhere). Read once per process:
-    mounts made later are still caught by the fixed prefixes when they sit there."""
+    """Mount points of pseudo-filesystems (Linux; none elsewhere), from the same mount
+    table parser and list of types as the walk's. Read once per process: mounts made
+    later are still caught by the fixed prefixes when they sit there."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
+        text = MOUNTINFO.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError:
         return ()
-    found = []
-    for line in lines:
-        fields = line.split()
-        if " - " not in line or len(fields) < 5:
-            continue
-        fs_type = line.split(" - ", 1)[1].split()[0]
-        if fs_type in PSEUDO_FILESYSTEM_TYPES:
-            # Mount points escape blanks as octal (\040).
-            found.append(Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])))
-    return tuple(found)
+    return tuple(Path(m.mount_point) for m in parse_mountinfo(text) if m.fs_type in PSEUDO_FS_TYPES)
 
 
 @lru_cache(maxsize=1)
 def _pseudo_roots() -> tuple[tuple[str, str], ...]:
     """Each pseudo-filesystem root as (itself, itself with one trailing separator)."""
-    return tuple((str(root), str(root).rstrip("/") + "/") for root in (*_PSEUDO_PREFIXES, *_pseudo_mounts()))
+    return tuple((str(root), str(root).rstrip("/") + "/") for root in (*PSEUDO_PATHS, *_pseudo_mounts()))
 
 
 def is_pseudo_filesystem(resolved: Path) -> bool:
