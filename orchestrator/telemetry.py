@@ -17,9 +17,8 @@ deterministic id (:func:`otel.ids.span_id_for`), so a span rebuilt from the stor
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, cast
@@ -303,11 +302,14 @@ class JobTelemetry:
 
     # -- phase spans ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def phase(self, job: Job, name: str, *, start_ns: int | None = None, **attributes: Any) -> Iterator[trace.Span]:
-        """A child span of the job's root (create, execute, finalize, notify); the
+    def phase(self, job: Job, name: str, *, start_ns: int | None = None, **attributes: Any) -> _Phase:
+        """A child span of the job's root (create, execute, finalize, notify), current
+        in a ``with`` block and ended at its exit (its error recorded if it raises); the
         create span (once per job) and each attempt's execute and finalize spans get
         their deterministic ids."""
+        return _Phase(self, job, name, start_ns, attributes)
+
+    def _open_phase(self, job: Job, name: str, start_ns: int | None, attributes: Mapping[str, Any]) -> trace.Span:
         place = _PHASE_PLACES.get(name)
         attempt = 0 if place is SpanPlace.CREATE else job.attempt
         span_id = span_id_for(job.trace.trace_id, place, attempt) if place is not None else 0
@@ -320,14 +322,7 @@ class JobTelemetry:
             ids=(int(job.trace.trace_id, 16), span_id) if span_id else None,
         )
         self._open_phases[id(span)] = (name.removeprefix("job."), start_ns or now_ns())
-        with as_current(span):
-            try:
-                yield span
-            except BaseException as exc:
-                _mark_error(span, exc)
-                raise
-            finally:
-                self._close_phase(span)
+        return span
 
     def _close_phase(self, span: trace.Span, end_ns: int | None = None) -> None:
         """End a phase span (once) and record its duration."""
@@ -537,6 +532,39 @@ class as_current:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         otel_context.detach(cast(Any, self._token))
+
+
+class _Phase:
+    """One phase span's ``with`` block (see :meth:`JobTelemetry.phase`): a class, not a
+    generator, as three of them open for every job."""
+
+    __slots__ = ("_attributes", "_job", "_name", "_span", "_start_ns", "_telemetry", "_token")
+
+    def __init__(
+        self, telemetry: JobTelemetry, job: Job, name: str, start_ns: int | None, attributes: Mapping[str, Any]
+    ) -> None:
+        self._telemetry, self._job, self._name = telemetry, job, name
+        self._start_ns, self._attributes = start_ns, attributes
+        self._span: trace.Span = trace.INVALID_SPAN
+        self._token: object = None
+
+    def __enter__(self) -> trace.Span:
+        self._span = self._telemetry._open_phase(self._job, self._name, self._start_ns, self._attributes)
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Ended (and its duration recorded) while it is still current, as before it is left.
+        try:
+            if error is not None:
+                _mark_error(self._span, error)
+        finally:
+            try:
+                self._telemetry._close_phase(self._span)
+            finally:
+                otel_context.detach(cast(Any, self._token))
 
 
 def _leave(entered: object | None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
@@ -34,11 +35,11 @@ from telemetry_helpers import (
 )
 
 from orchestrator.bootstrap import App, open_app
-from orchestrator.domain import JobStatus, now_ns
+from orchestrator.domain import Job, JobOptions, JobStatus, TraceContext, now_ns
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
 from orchestrator.usecases.execute import CancelKind, JobControl
-from otel.vocabulary import Attr, LifecycleEvent, ModuleEvent, SpanName
+from otel.vocabulary import Attr, LifecycleEvent, Metric, ModuleEvent, SpanName
 
 pytestmark = pytest.mark.anyio
 
@@ -405,3 +406,28 @@ async def test_sampled_out_job_exports_no_spans_but_logs(tmp_path: Path, sampler
                 assert format(r.log_record.trace_id or 0, "032x") == job.trace.trace_id, r.log_record.event_name
     finally:
         sampled_out.shutdown()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_phase_span_is_current_in_its_block_and_ended_with_its_outcome_at_the_exit(fail: bool) -> None:
+    harness = build_harness()
+    job = Job.new(project_id="p", source="/x", modules=("a",), options=JobOptions(), trace=TraceContext.new())
+    before = otel_trace.get_current_span()
+    try:
+        with harness.telemetry.phase(job, SpanName.FINALIZE, worker_id="w") as span:
+            assert otel_trace.get_current_span() is span
+            assert span.is_recording()
+            if fail:
+                raise ValueError("refused")
+    except ValueError:
+        assert fail
+    assert otel_trace.get_current_span() is before
+    (ended,) = harness.spans()
+    assert ended.name == SpanName.FINALIZE
+    assert format(ended.context.trace_id, "032x") == job.trace.trace_id
+    assert (ended.attributes or {})["worker_id"] == "w"
+    assert ended.status.status_code is (StatusCode.ERROR if fail else StatusCode.UNSET)
+    assert [e.name for e in ended.events] == (["exception"] if fail else [])
+    # Its duration recorded under the phase's name, once.
+    assert harness.histogram_counts(Metric.PHASE_DURATION, "phase") == {("finalize",): 1}
+    harness.shutdown()
