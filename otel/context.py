@@ -31,12 +31,13 @@ def current_fields() -> Mapping[str, Any]:
 def push(fields: Mapping[str, Any]) -> Pushed:
     """Bind ``fields`` (None values skipped) until :func:`pop` is given what this returns.
 
-    Binding what is bound already changes nothing and sets nothing: a job's fields, bound
-    by the worker that runs it, are bound again by each entry point the job passes."""
+    Binding what is bound already (the same objects) changes nothing and sets nothing: a
+    job's fields, bound by the worker that runs it, are bound again by each entry point the
+    job passes. Compared by identity: a value's own ``__eq__`` is never called."""
     current = _fields.get()
     merged: dict[str, Any] | None = None
     for name, value in fields.items():
-        if value is not None and current.get(name, _MISSING) != value:
+        if value is not None and current.get(name, _MISSING) is not value:
             if merged is None:
                 merged = dict(current)
             merged[name] = value

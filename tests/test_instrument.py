@@ -206,3 +206,22 @@ def test_binding_what_is_bound_sets_nothing_and_every_block_restores_what_it_fou
             assert context.current_fields() == {"job_id": "j-6", "project_id": "p", "module": "m"}
         assert context.current_fields() == {"job_id": "j-6", "project_id": "p"}
     assert context.current_fields() == {}
+
+
+def test_binding_compares_values_by_identity_only() -> None:
+    class Loud:
+        def __eq__(self, other: object) -> bool:
+            raise AssertionError("compared")
+
+        __hash__ = object.__hash__
+
+    first, second = Loud(), Loud()
+    with context.bound(thing=first):
+        bound = context.current_fields()
+        with context.bound(thing=first):
+            assert context.current_fields() is bound
+        with context.bound(thing=second):
+            assert context.current_fields()["thing"] is second
+        with context.bound(thing="j-8" + str(len("x"))):  # equal strings, maybe other objects
+            assert context.current_fields()["thing"] == "j-81"
+        assert context.current_fields()["thing"] is first
