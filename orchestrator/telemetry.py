@@ -17,6 +17,7 @@ deterministic id (:func:`otel.ids.span_id_for`), so a span rebuilt from the stor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -72,6 +73,8 @@ _LEVEL_BY_TARGET: Mapping[JobStatus, int] = {
     JobStatus.CANCELLED: logging.WARNING,
 }
 _TRACEPARENT = TraceContextTextMapPropagator()
+#: What ``_in_job_trace`` returns when the job's trace is current already (reusable).
+_UNCHANGED: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 #: The phase spans whose place in a job gives them a deterministic id (create once per job).
 _PHASE_PLACES: Mapping[str, SpanPlace] = {
     SpanName.CREATE: SpanPlace.CREATE,
@@ -146,14 +149,14 @@ class JobTelemetry:
         """An OpenTelemetry context whose current span is the job's (remote) root."""
         return trace.set_span_in_context(NonRecordingSpan(_root_span_context(job.trace)))
 
-    def _in_job_trace(self, job: Job) -> object | None:
+    def _in_job_trace(self, job: Job) -> contextlib.AbstractContextManager[object]:
         """Make the job's root span current unless a span of the job's trace already is:
         records written outside one (a claim, a reaper's recovery, a cancel from another
-        process) still carry the job's trace id. Returns what :func:`_leave` takes."""
+        process) still carry the job's trace id."""
         current = trace.get_current_span().get_span_context()
         if current.is_valid and format(current.trace_id, "032x") == job.trace.trace_id:
-            return None
-        return otel_context.attach(self.root_context(job))
+            return _UNCHANGED
+        return as_current(NonRecordingSpan(_root_span_context(job.trace)))
 
     def _add(self, spec: MetricSpec, value: float, **attributes: str) -> None:
         self._instruments[spec.name].add(value, attributes)
@@ -190,8 +193,7 @@ class JobTelemetry:
         """Log and count one applied transition (the root span event comes from the
         persisted history when the root span is emitted)."""
         name = lifecycle_event(t.status_from, t.status_to)
-        entered = self._in_job_trace(after)
-        try:
+        with self._in_job_trace(after):
             logs.event(
                 log,
                 _LEVEL_BY_TARGET.get(t.status_to, logging.INFO),
@@ -208,8 +210,6 @@ class JobTelemetry:
                 error_category=t.error_category and str(t.error_category),
                 phase=t.error_phase and str(t.error_phase),
             )
-        finally:
-            _leave(entered)
         self._add(Metric.TRANSITIONS, 1, status_from=str(t.status_from), status_to=str(t.status_to))
         self._record(Metric.PHASE_DURATION, t.duration_ms / 1000, phase=str(t.status_from))
         if t.status_from is JobStatus.QUEUED and t.status_to is JobStatus.RUNNING:
@@ -232,8 +232,7 @@ class JobTelemetry:
     def cancel_requested(self, job: Job, *, reason: str, requested_by: str) -> None:
         """A cancellation was asked of a Running job (its history has the row, its root
         span gets the event when it is emitted)."""
-        entered = self._in_job_trace(job)
-        try:
+        with self._in_job_trace(job):
             logs.event(
                 log,
                 logging.INFO,
@@ -247,8 +246,6 @@ class JobTelemetry:
                 requested_by=requested_by,
                 attempt=job.attempt,
             )
-        finally:
-            _leave(entered)
 
     def transition_refused(self, job: Job, target: JobStatus, error: OrchestratorError) -> None:
         mark_logged(error)
@@ -283,8 +280,7 @@ class JobTelemetry:
         """A job's trace was rebuilt from the store and emitted again (its live export
         was lost): counted, and logged once per trace."""
         self._add(Metric.TRACES_RECONSTRUCTED, 1, reason=reason)
-        entered = self._in_job_trace(job)
-        try:
+        with self._in_job_trace(job):
             logs.event(
                 log,
                 logging.WARNING,
@@ -297,8 +293,6 @@ class JobTelemetry:
                 spans=spans,
                 status=str(job.status),
             )
-        finally:
-            _leave(entered)
 
     # -- phase spans ------------------------------------------------------------------
 
@@ -565,12 +559,6 @@ class _Phase:
                 self._telemetry._close_phase(self._span)
             finally:
                 otel_context.detach(cast(Any, self._token))
-
-
-def _leave(entered: object | None) -> None:
-    """Undo what ``JobTelemetry._in_job_trace`` did."""
-    if entered is not None:
-        otel_context.detach(cast(Any, entered))
 
 
 def _mark_error(span: trace.Span, exc: BaseException) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Final
 from opentelemetry import metrics, trace
 from opentelemetry.context import get_current
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import Exemplar, ExemplarFilter, TraceBasedExemplarFilter
+from opentelemetry.sdk.metrics import Exemplar, ExemplarFilter
 from opentelemetry.sdk.metrics import Histogram as SdkHistogram
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -164,20 +164,11 @@ class HistogramTally:
             return
         now = time.time_ns()
         context = get_current()
-        exemplar: tuple[float, int, Mapping[str, str], int | None, int | None] | None = None
-        sieve = self._board.exemplar_filter
-        if type(sieve) is TraceBasedExemplarFilter:
-            # The default filter, decided as it decides (a current span, sampled) from one
-            # lookup of the current span instead of two.
+        exemplar = None
+        if self._board.exemplar_filter.should_sample(value, now, attributes, context):
             span = trace.get_current_span(context)
-            if span is not trace.INVALID_SPAN:
-                ids = span.get_span_context()
-                if ids.trace_flags.sampled:
-                    exemplar = (value, now, attributes, ids.span_id, ids.trace_id)
-        elif sieve.should_sample(value, now, attributes, context):
-            span = trace.get_current_span(context)
-            found = span.get_span_context() if span is not trace.INVALID_SPAN else None
-            exemplar = (value, now, attributes, found.span_id if found else None, found.trace_id if found else None)
+            ids = span.get_span_context() if span is not trace.INVALID_SPAN else None
+            exemplar = (value, now, attributes, ids.span_id if ids else None, ids.trace_id if ids else None)
         key = tuple(sorted(attributes.items()))
         index = bisect.bisect_left(self._bounds, value)
         with self._lock:
