@@ -815,11 +815,15 @@ def test_the_source_check_reads_the_mount_table_as_the_walk_does(
         "24 1 8:1 / /srv/data rw,relatime shared:1 master:2 - ext4 /dev/sda1 rw\n"
         "not a mount line\n"
     )
+    with table.open("ab") as fh:  # a mount point that is not UTF-8, as the kernel writes it
+        fh.write(b"25 1 0:23 / /srv/caf\xe9 rw - proc proc rw\n")
     monkeypatch.setattr(sources, "MOUNTINFO", table)
     sources._pseudo_mounts.cache_clear()
     sources._pseudo_roots.cache_clear()
     try:
-        assert sources._pseudo_mounts() == (Path("/sys/fs/selinux"), Path("/srv/odd place"))
+        odd = Path(os.fsdecode(b"/srv/caf\xe9"))  # how a realpath of it reads
+        assert sources._pseudo_mounts() == (Path("/sys/fs/selinux"), Path("/srv/odd place"), odd)
+        assert sources.is_pseudo_filesystem(odd / "x")
         assert sources.is_pseudo_filesystem(Path("/srv/odd place/x"))
         assert not sources.is_pseudo_filesystem(Path("/srv/data/x"))
     finally:
