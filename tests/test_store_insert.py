@@ -7,12 +7,15 @@ returns what a separate read would; and the database itself refuses illegal tran
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import anyio
 import pytest
 
 from orchestrator.domain import (
     IllegalTransition,
     Job,
+    JobNotFound,
     JobOptions,
     JobStatus,
     PersistenceError,
@@ -21,7 +24,9 @@ from orchestrator.domain import (
     TransitionConflict,
     now_ns,
 )
+from orchestrator.domain.values import canonical_text
 from orchestrator.stores.base import JobStore
+from orchestrator.stores.core import SQLJobStore
 from orchestrator.webhooks.models import Subscription
 from orchestrator.webhooks.store import webhook_store
 
@@ -166,3 +171,187 @@ async def test_apply_with_history_refuses_a_stale_transition_like_apply(store: J
     with pytest.raises(TransitionConflict):
         await store.apply_with_history(stale)
     assert len(await store.history(job.id)) == 2
+
+
+# -- new jobs inserted together ---------------------------------------------------------------
+
+
+class HeldInserts:
+    """Wraps a store's connector: records the statements run and, while ``hold`` is set,
+    keeps a lone insert in flight so that the inserts arriving meanwhile queue up."""
+
+    def __init__(self, store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        assert isinstance(store, SQLJobStore)
+        self.names: list[str] = []
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+        self.fail_after_group = False
+        connector = store.connector
+        fetchone, fetchall = connector.fetchone, connector.fetchall
+
+        async def held_fetchone(name: str, params: Any = None) -> Any:
+            self.names.append(name)
+            if name == "insert_job" and not self.release.is_set():
+                self.entered.set()
+                await self.release.wait()
+            return await fetchone(name, params)
+
+        async def failing_fetchall(name: str, params: Any = None) -> Any:
+            if name == "insert_jobs":  # (a connector's fetchone may run its fetchall)
+                self.names.append(name)
+            rows = await fetchall(name, params)
+            if name == "insert_jobs" and self.fail_after_group:
+                # Stored and committed, but the answer is lost on the way back.
+                raise PersistenceError("connection lost", transient=True)
+            return rows
+
+        monkeypatch.setattr(connector, "fetchone", held_fetchone)
+        monkeypatch.setattr(connector, "fetchall", failing_fetchall)
+
+
+async def insert_together(store: JobStore, held: HeldInserts, first: Job, jobs: list[Job]) -> dict[str, object]:
+    """Insert ``first`` (held in flight), then ``jobs`` while it is: outcome by job id."""
+    outcomes: dict[str, object] = {}
+
+    async def one(job: Job) -> None:
+        try:
+            outcomes[job.id] = await store.insert(job)
+        except Exception as exc:
+            outcomes[job.id] = exc
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, first)
+            await held.entered.wait()
+            for job in jobs:
+                tg.start_soon(one, job)
+            await anyio.wait_all_tasks_blocked()
+            held.release.set()
+    return outcomes
+
+
+def _masked(job: Job) -> dict[str, Any]:
+    """A stored job without what differs between two jobs made alike (ids, times, trace)."""
+    return {k: v for k, v in dataclasses.asdict(job).items() if k not in {"id", "created_ns", "status_ns",
+                                                                           "queued_ns", "trace"}}
+
+
+async def test_new_jobs_arriving_while_one_is_inserted_go_together_stored_as_alone(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks = webhook_store(store)
+    await hooks.add_subscription(Subscription("sub1", "proj", "https://example.com/h", "s3cret",
+                                              ("job.lifecycle.enqueue",), now_ns()))
+    held = HeldInserts(store, monkeypatch)
+    first = _job("proj")
+    jobs = [_job("proj") for _ in range(5)]
+    queued = {job.id: _queued(job, _enqueue(job)) for job in (first, *jobs)}
+
+    outcomes = await insert_together(store, held, queued[first.id], [queued[job.id] for job in jobs])
+
+    # The lone one at once, the five that arrived meanwhile in one statement.
+    assert held.names.count("insert_job") == 1
+    assert held.names.count("insert_jobs") == 1
+    alone = outcomes[first.id]
+    assert isinstance(alone, Job)
+    for job in jobs:
+        stored = outcomes[job.id]
+        assert isinstance(stored, Job), stored
+        assert stored == await store.get(job.id)
+        assert _masked(stored) == _masked(alone)  # stored exactly as a job inserted alone
+        assert (stored.created_ns, stored.queued_ns, stored.trace) == (job.created_ns, queued[job.id].queued_ns,
+                                                                        job.trace)
+        # Its own history and outbox rows, as the insert of a lone job writes them.
+        history = await store.history(job.id)
+        assert [(e.seq, e.status_from, e.status_to, e.reason, e.event, e.at_ns) for e in history] == [
+            (1, None, JobStatus.PENDING, "created", "job.lifecycle.create", job.created_ns),
+            (2, JobStatus.PENDING, JobStatus.QUEUED, "enqueued", "job.lifecycle.enqueue", queued[job.id].queued_ns),
+        ]
+        deliveries = await hooks.list_deliveries(job_id=job.id)
+        assert [(d.subscription_id, d.event, d.payload["job_id"]) for d in deliveries] == [
+            ("sub1", "job.lifecycle.enqueue", job.id)
+        ]
+    # And a worker claims them all, oldest first.
+    claimed = await store.claim_batch(worker_id="w1", lease_ns=30 * 10**9, now_ns=now_ns(), limit=10)
+    assert {job.id for job in claimed} == {first.id, *(job.id for job in jobs)}
+
+
+async def test_a_new_job_the_database_refuses_in_a_group_fails_only_its_caller(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = _job("proj")
+    await store.insert(_queued(existing, _enqueue(existing)))
+    held = HeldInserts(store, monkeypatch)
+    first, good = _job("proj"), [_job("proj") for _ in range(3)]
+    finished = dataclasses.replace(_job("proj"), status=JobStatus.COMPLETED)  # the schema refuses it
+    again = dataclasses.replace(existing, created_ns=existing.created_ns + 1)  # an id already taken
+
+    outcomes = await insert_together(
+        store, held, first, [good[0], finished, good[1], _queued(again, _enqueue(again)), good[2]]
+    )
+
+    assert isinstance(outcomes[finished.id], IllegalTransition)
+    duplicate = outcomes[existing.id]
+    assert isinstance(duplicate, PersistenceError), duplicate
+    assert not isinstance(duplicate, IllegalTransition), duplicate
+    for job in (first, *good):
+        stored = outcomes[job.id]
+        assert isinstance(stored, Job), stored
+        assert stored == await store.get(job.id)
+        assert [e.status_to for e in await store.history(job.id)] == [JobStatus.PENDING]
+    with pytest.raises(JobNotFound):
+        await store.get(finished.id)
+    # The job that held the id is as it was.
+    assert (await store.get(existing.id)).created_ns == existing.created_ns
+    assert [e.seq for e in await store.history(existing.id)] == [1, 2]
+
+
+async def test_a_group_stored_before_its_answer_was_lost_is_stored_once(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldInserts(store, monkeypatch)
+    held.fail_after_group = True
+    first, jobs = _job("proj"), [_job("proj") for _ in range(4)]
+
+    outcomes = await insert_together(store, held, first, jobs)
+
+    assert held.names.count("insert_jobs") == 1
+    for job in (first, *jobs):
+        stored = outcomes[job.id]
+        assert isinstance(stored, Job), stored  # found stored: no duplicate-id error
+        assert stored == await store.get(job.id)
+        assert [e.seq for e in await store.history(job.id)] == [1]
+    assert len(await store.list_jobs()) == 5
+
+
+ODD_TEXT = [
+    "", 'a "quoted" word', "back\\slash and \\u0041 written out", "ünïcödé ✓ 🎉", "tab\tnewline\ncr\r",
+    "null", "[1, 2]", '{"k": 1}', "\u200b\u202eRTL", "x" * 10_000, canonical_text("lone \udc80 surrogate"),
+    canonical_text("a NUL \x00 inside"),
+]
+
+
+async def test_odd_values_are_stored_in_a_group_exactly_as_alone(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def odd_job(text: str) -> Job:
+        options = JobOptions(module_options={"a": {"text": text, "nested": [text, {text: -0.0}], "n": 2**62}},
+                             ignore=(text or "x",))
+        job = Job.new(project_id=f"p{text}", source=f"/srv/{text}", modules=("a", "b"), options=options,
+                      trace=TraceContext.new(link=None))
+        return _queued(job, _enqueue(job))
+
+    alone = [await store.insert(odd_job(text)) for text in ODD_TEXT]
+    held = HeldInserts(store, monkeypatch)
+    grouped = [odd_job(text) for text in ODD_TEXT]
+
+    outcomes = await insert_together(store, held, odd_job("first"), grouped)
+
+    assert held.names.count("insert_jobs") == 1
+    for reference, job in zip(alone, grouped, strict=True):
+        stored = outcomes[job.id]
+        assert isinstance(stored, Job), stored
+        assert stored == await store.get(job.id)
+        assert _masked(stored) == _masked(reference)
+        assert stored.project_id == reference.project_id
+        assert stored.options == reference.options

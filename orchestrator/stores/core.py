@@ -26,6 +26,7 @@ from orchestrator.domain import (
     JobNotFound,
     JobStatus,
     LifecycleEntry,
+    PersistenceError,
     Transition,
     TransitionConflict,
 )
@@ -58,6 +59,8 @@ class SQLJobStore:
         self._terminal_writes: GroupedWrites[tuple[Transition, bool], _Applied] = GroupedWrites(
             self._apply_group, key=lambda item: item[0].job_id
         )
+        #: This process's new jobs, inserted in groups (see insert).
+        self._inserts: GroupedWrites[Job, Job] = GroupedWrites(self._insert_group, key=lambda job: job.id)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.connector.target!r})"
@@ -98,15 +101,52 @@ class SQLJobStore:
     # -- writes -----------------------------------------------------------------------
 
     async def insert(self, job: Job) -> Job:
+        # New jobs arriving while one is being inserted go together in the next write (one
+        # statement, one round trip), each row with its own triggers and outcome.
+        stored = await self._inserts.submit(job)
+        if stored.status is JobStatus.QUEUED:
+            self.connector.wake_local()
+        return stored
+
+    async def _insert_one(self, job: Job, *, after_group: bool = False) -> Job:
+        """One new job, alone. ``after_group``: it was in a group whose write failed
+        without saying whether it was stored; finding it stored is then a success."""
+        if after_group:
+            current = await self.connector.fetchone("get_job", {"id": job.id})
+            if current is not None and _is_stored(current, job):
+                return rows.job_from_row(current)
         try:
             row = await self.connector.fetchone("insert_job", rows.job_params(job))
         except TransitionRefused as refused:
             raise IllegalTransition(job.id, JobStatus.PENDING, job.status, project_id=job.project_id) from refused
         assert row is not None  # an INSERT ... RETURNING that did not raise returned its row
-        stored = rows.job_from_row(row)
-        if stored.status is JobStatus.QUEUED:
-            self.connector.wake_local()
-        return stored
+        return rows.job_from_row(row)
+
+    async def _insert_group(self, jobs: Sequence[Job]) -> list[Job | BaseException]:
+        """Several new jobs in one statement, ``insert_jobs``. When the write fails, each
+        is inserted alone: a job the database refuses fails only its own caller."""
+        if len(jobs) > 1:
+            try:
+                written = await self.connector.fetchall(
+                    "insert_jobs", {"jobs": rows.json_text_of([rows.job_params(job) for job in jobs])}
+                )
+            except Exception as exc:  # noqa: BLE001 - each alone, below
+                refused = isinstance(exc, TransitionRefused)  # rolled back: nothing of it was stored
+                return [await self._insert_outcome(job, after_group=not refused) for job in jobs]
+            by_id = {row["id"]: row for row in written}
+            return [
+                rows.job_from_row(by_id[job.id])
+                if job.id in by_id
+                else PersistenceError("the insert returned no row for this job", job_id=job.id)
+                for job in jobs
+            ]
+        return [await self._insert_outcome(jobs[0], after_group=False)]
+
+    async def _insert_outcome(self, job: Job, *, after_group: bool) -> Job | BaseException:
+        try:
+            return await self._insert_one(job, after_group=after_group)
+        except Exception as exc:  # noqa: BLE001 - the caller's outcome
+            return exc
 
     async def apply(self, transition: Transition) -> Job:
         job, _ = await self._apply(transition, with_history=False)
@@ -391,6 +431,16 @@ class _Stamp:
 def _void(stamp: _Stamp | None) -> None:
     if stamp is not None:
         stamp.stamps.void(stamp.seq)
+
+
+def _is_stored(row: Row, job: Job) -> bool:
+    """Whether the row is ``job`` as its insert wrote it (the same id, creation time and
+    trace, drawn at random): a write that failed after the database stored it."""
+    return bool(
+        row["created_ns"] == job.created_ns
+        and row["trace_id"] == job.trace.trace_id
+        and row["root_span_id"] == job.trace.span_id
+    )
 
 
 def _shows(row: Row, t: Transition) -> bool:

@@ -139,3 +139,23 @@ WHERE jobs.id = t.job_id AND jobs.id IN (SELECT id FROM locked)
   AND jobs.status = t.status_from AND jobs.attempt = t.attempt
   AND (jobs.cancel_requested IS NULL OR jobs.status <> 'running' OR t.status_to = 'cancelled')
 RETURNING jobs.*, CASE WHEN t.with_history THEN {{history_json}} END AS history;
+
+-- name: insert_jobs
+-- Several new jobs in one statement (a group commit, as apply_transitions): :jobs a JSON
+-- array of insert_job's parameters. Each row is insert_job's, with the same triggers (its
+-- history, its outbox rows, the workers' wake-up). A job the database refuses fails the
+-- whole statement.
+INSERT INTO jobs (id, project_id, source, modules, options, status, attempt, created_ns, status_ns,
+                  queued_ns, started_ns, finished_ns, reason, error_category, error_phase, results,
+                  trace_id, root_span_id, trace_sampled, trace_link, lease_owner, lease_expires_ns, worker_id)
+SELECT r.id, r.project_id, r.source, CAST(r.modules AS JSONB), CAST(r.options AS JSONB), r.status, r.attempt,
+       r.created_ns, r.status_ns, r.queued_ns, r.started_ns, r.finished_ns, r.reason, r.error_category,
+       r.error_phase, CAST(r.results AS JSONB), r.trace_id, r.root_span_id, r.trace_sampled, r.trace_link,
+       r.lease_owner, r.lease_expires_ns, r.worker_id
+FROM jsonb_to_recordset(:jobs) AS r(
+    id TEXT, project_id TEXT, source TEXT, modules TEXT, options TEXT, status TEXT, attempt INTEGER,
+    created_ns BIGINT, status_ns BIGINT, queued_ns BIGINT, started_ns BIGINT, finished_ns BIGINT, reason TEXT,
+    error_category TEXT, error_phase TEXT, results TEXT, trace_id TEXT, root_span_id TEXT, trace_sampled BOOLEAN,
+    trace_link TEXT, lease_owner TEXT, lease_expires_ns BIGINT, worker_id TEXT)
+ORDER BY r.id
+RETURNING *;

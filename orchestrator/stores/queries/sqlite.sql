@@ -117,3 +117,23 @@ FROM (
 WHERE jobs.id = t.job_id AND jobs.status = t.status_from AND jobs.attempt = t.attempt
   AND (jobs.cancel_requested IS NULL OR jobs.status <> 'running' OR t.status_to = 'cancelled')
 RETURNING *, {{history_json}} AS history;
+
+-- name: insert_jobs
+-- Several new jobs in one statement (see postgres.sql), :jobs a JSON array of insert_job's
+-- parameters; each row is insert_job's, with the same triggers.
+INSERT INTO jobs (id, project_id, source, modules, options, status, attempt, created_ns, status_ns,
+                  queued_ns, started_ns, finished_ns, reason, error_category, error_phase, results,
+                  trace_id, root_span_id, trace_sampled, trace_link, lease_owner, lease_expires_ns, worker_id)
+SELECT json_extract(value, '$.id'), json_extract(value, '$.project_id'), json_extract(value, '$.source'),
+       json_extract(value, '$.modules'), json_extract(value, '$.options'), json_extract(value, '$.status'),
+       json_extract(value, '$.attempt'), json_extract(value, '$.created_ns'), json_extract(value, '$.status_ns'),
+       json_extract(value, '$.queued_ns'), json_extract(value, '$.started_ns'),
+       json_extract(value, '$.finished_ns'), json_extract(value, '$.reason'),
+       json_extract(value, '$.error_category'), json_extract(value, '$.error_phase'),
+       json_extract(value, '$.results'), json_extract(value, '$.trace_id'), json_extract(value, '$.root_span_id'),
+       json_extract(value, '$.trace_sampled'), json_extract(value, '$.trace_link'),
+       json_extract(value, '$.lease_owner'), json_extract(value, '$.lease_expires_ns'),
+       json_extract(value, '$.worker_id')
+FROM json_each(:jobs)
+ORDER BY json_extract(value, '$.id')
+RETURNING *;
