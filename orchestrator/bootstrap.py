@@ -18,6 +18,7 @@ from orchestrator.telemetry import JobTelemetry
 from orchestrator.tracing.ledger import DeliveryLedger, ledger_for
 from orchestrator.tracing.reconciler import TraceConfig, TraceKeeper, export_window_seconds, settle
 from orchestrator.usecases import CreateAnalysisJobUseCase, ExecuteAnalysisJobUseCase
+from orchestrator.usecases.execute import JobExecutor
 from orchestrator.webhooks.dispatcher import DispatcherConfig, WebhookDispatcher
 from orchestrator.webhooks.store import webhook_store
 from orchestrator.workflow import JobWorkflow
@@ -37,7 +38,10 @@ class App:
     #: What this process's span exporter confirmed (None: its telemetry confirms nothing).
     deliveries: DeliveryLedger | None = None
 
-    def worker(self, *, concurrency: int | None = None, worker_id: str | None = None) -> Worker:
+    def worker(
+        self, *, concurrency: int | None = None, worker_id: str | None = None, executor: JobExecutor | None = None
+    ) -> Worker:
+        """A worker on this app's store; ``executor`` (default: the app's) runs each job it holds."""
         s = self.settings
         config = WorkerConfig(
             concurrency=concurrency or s.concurrency,
@@ -49,7 +53,7 @@ class App:
             max_attempts=s.max_attempts,
             shutdown_grace_seconds=s.shutdown_grace_seconds,
         )
-        worker = Worker(self.workflow, self.execute, self.telemetry, config, worker_id=worker_id)
+        worker = Worker(self.workflow, executor or self.execute, self.telemetry, config, worker_id=worker_id)
         if self.deliveries is not None:
             # Rebuilding traces needs an exporter that confirms: only then does it run.
             worker.traces = TraceKeeper(

@@ -67,6 +67,43 @@ def test_demo_exits_zero_and_shows_every_kind_of_outcome(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+FAST_DEMO = """\
+import functools, sys
+from orchestrator.cli import demo, main as cli
+
+# Projects so small that every job is done in a few milliseconds: a cancellation that
+# waits for the job to have run a while (or for a progress poll to see it) comes too late.
+demo.write_sample_projects = functools.partial(demo.write_sample_projects, large_files=1)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_demo_cancels_its_job_while_running_however_fast_it_runs(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ORCHESTRATOR_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", FAST_DEMO, "demo", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "NO_COLOR": "1"},
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = cli(tmp_path / "demo", "jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    by_project = {job["project_id"]: job for job in json.loads(listed.stdout)}
+    nightly = by_project["nightly-batch"]
+    assert (nightly["status"], nightly["reason"]) == ("cancelled", "cancelled by the demo while running")
+    assert nightly["started_at"] is not None, "cancelled while running, not while queued"
+    assert nightly["cancel_requested_by"] == "demo"
+    events = cli(tmp_path / "demo", "events", nightly["id"], "--json")
+    assert events.returncode == 0, events.stderr
+    path = [(e["status_from"], e["status_to"]) for e in json.loads(events.stdout)]
+    assert path[-2:] == [("running", "running"), ("running", "cancelled")], path
+    assert {job["status"] for job in by_project.values()} == {"completed", "failed", "cancelled"}
+
+
 def test_run_completes_a_job_and_prints_it_as_json(tmp_path: Path, project: Path) -> None:
     result = cli(tmp_path / "data", "run", "--source", str(project), "--project-id", "acme", "--json")
     assert result.returncode == 0, result.stderr

@@ -33,17 +33,20 @@ from rich.table import Table
 
 from orchestrator.cli import render
 from orchestrator.cli.main import Context, with_app
-from orchestrator.domain import InvalidRequest, Job, JobStatus
+from orchestrator.domain import InvalidRequest, Job
 from orchestrator.modules.builtin import BUILTIN_MODULES
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import App
+    from orchestrator.usecases.execute import JobControl, JobExecutor
+    from orchestrator.workflow import JobWorkflow
 
 __all__ = ["MARKER", "demo", "write_sample_projects"]
 
 #: The file that marks a directory as the demo's own (safe to start afresh).
 MARKER = ".orchestrator-demo"
 BUILTIN_NAMES = sorted(module.name for module in BUILTIN_MODULES)
+CANCEL_REASON = "cancelled by the demo while running"
 
 
 @dataclass(frozen=True)
@@ -159,11 +162,11 @@ async def demo(ctx: Context) -> int:
                     }
                 )
             )
-        cancel_ids = {j.id for j, s in zip(jobs, samples, strict=True) if s.cancel_while_running}
-        worker = app.worker(concurrency=2)
+        cancel_ids = frozenset(j.id for j, s in zip(jobs, samples, strict=True) if s.cancel_while_running)
+        worker = app.worker(concurrency=2, executor=_CancelledOnceRunning(app.execute, app.workflow, cancel_ids))
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
-            jobs = await _watch(app, jobs, cancel_ids)
+            jobs = await _watch(app, jobs)
             worker.stop()
         render.console.print()
         for job in jobs:
@@ -191,26 +194,32 @@ async def demo(ctx: Context) -> int:
     return code
 
 
-async def _watch(app: App, jobs: list[Job], cancel_ids: set[str]) -> list[Job]:
-    """Show progress until every job is terminal; cancel the chosen job once it runs."""
-    cancelled: set[str] = set()
+async def _watch(app: App, jobs: list[Job]) -> list[Job]:
+    """Show progress until every job is terminal."""
     with Live(_progress(jobs), console=render.console, refresh_per_second=8, transient=False) as live:
         while True:
             jobs = [await app.store.get(j.id) for j in jobs]
-            for job in jobs:
-                running_for = (time.time_ns() - (job.started_ns or time.time_ns())) / 1e9
-                if (
-                    job.id in cancel_ids
-                    and job.status is JobStatus.RUNNING
-                    and job.id not in cancelled
-                    and running_for > 0.3
-                ):
-                    await app.workflow.cancel(job.id, reason="cancelled by the demo while running")
-                    cancelled.add(job.id)
             live.update(_progress(jobs))
             if all(j.status.terminal for j in jobs):
                 return jobs
             await anyio.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class _CancelledOnceRunning:
+    """Runs jobs as ``executor`` does, and asks for the cancellation of those in
+    ``job_ids`` as they start running, the way ``orchestrator cancel`` would: flagged
+    while Running, such a job can only end Cancelled, however fast its modules are (a
+    progress poll that waited to see it running could find it finished instead)."""
+
+    executor: JobExecutor
+    workflow: JobWorkflow
+    job_ids: frozenset[str]
+
+    async def execute(self, job: Job, *, control: JobControl | None = None, worker_id: str | None = None) -> Job:
+        if job.id in self.job_ids:
+            await self.workflow.cancel(job.id, reason=CANCEL_REASON, requested_by="demo")
+        return await self.executor.execute(job, control=control, worker_id=worker_id)
 
 
 def _progress(jobs: list[Job]) -> Table:

@@ -41,7 +41,7 @@ from orchestrator.domain import (
 from orchestrator.stores import JobStore
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.tracing.reconciler import TraceKeeper
-from orchestrator.usecases.execute import CancelKind, ExecuteAnalysisJobUseCase, JobControl
+from orchestrator.usecases.execute import CancelKind, JobControl, JobExecutor
 from orchestrator.workflow import JobWorkflow
 from otel import context, logs
 from otel.vocabulary import OperationEvent
@@ -79,7 +79,7 @@ class Worker:
     def __init__(
         self,
         workflow: JobWorkflow,
-        executor: ExecuteAnalysisJobUseCase,
+        executor: JobExecutor,
         telemetry: JobTelemetry,
         config: WorkerConfig = WorkerConfig(),
         *,

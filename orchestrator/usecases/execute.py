@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from opentelemetry import trace
@@ -53,7 +53,7 @@ from otel import context, logs
 from otel.instrument import instrument
 from otel.vocabulary import Attr, OperationEvent, SpanName
 
-__all__ = ["CancelKind", "ExecuteAnalysisJobUseCase", "JobControl"]
+__all__ = ["CancelKind", "ExecuteAnalysisJobUseCase", "JobControl", "JobExecutor"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,12 @@ class JobControl:
         if self.kind is None:
             self.kind, self.reason = kind, reason
         self.scope.cancel()
+
+
+class JobExecutor(Protocol):
+    """What a worker runs each job it holds with (Running, its lease taken)."""
+
+    async def execute(self, job: Job, *, control: JobControl | None = None, worker_id: str | None = None) -> Job: ...
 
 
 class ExecuteAnalysisJobUseCase:
