@@ -42,7 +42,9 @@ class Echo(BaseModule):
 
 class Slow(BaseModule):
     name = "slow"
-    expected_runtime = 0.05
+    # Long enough that a run of 0 s never overruns it on a loaded machine (a 50 ms budget
+    # did: one stall of the process and a run that should be on time was not).
+    expected_runtime = 1.0
     timeout = 60.0
     description = "sleeps options['seconds']"
 

@@ -23,7 +23,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> tuple[Env, dict[str, s
     """Seven jobs, each with a known fate:
 
     A alpha  echo, slow 0 s      completed
-    B alpha  echo, slow 0.2 s    completed, slow overruns its 0.05 s
+    B alpha  echo, slow 1.2 s    completed, slow overruns its 1 s
     C beta   boom                failed: module
     D beta   panic               failed: module_panic
     E beta   hang                failed: module_timeout (0.3 s), and overran its 0.1 s
@@ -42,7 +42,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> tuple[Env, dict[str, s
         ids[label] = job["id"]
 
     run("A", "alpha", "--modules", "echo,slow", "--option", "slow.seconds=0")
-    run("B", "alpha", "--modules", "echo,slow", "--option", "slow.seconds=0.2")
+    run("B", "alpha", "--modules", "echo,slow", "--option", "slow.seconds=1.2")
     run("C", "beta", "--modules", "boom")
     run("D", "beta", "--modules", "panic")
     run("E", "beta", "--modules", "hang")
@@ -78,7 +78,7 @@ def test_the_report_reproduces_the_known_ground_truth(scenario: tuple[Env, dict[
         for row in report["modules"]
     ] == [
         ("hang", 1, 1, 0, 100.0),
-        ("slow", 2, 1, 0, 50.0),
+        ("slow", 2, 1, 0, 1000.0),
         ("boom", 1, 0, 0, 5000.0),
         ("echo", 2, 0, 0, 5000.0),
         ("panic", 1, 0, 0, 5000.0),
@@ -114,7 +114,7 @@ def test_the_report_reproduces_the_known_ground_truth(scenario: tuple[Env, dict[
         ("total", 7),
     ]
     slow = next(row for row in report["modules"] if row["module"] == "slow")
-    assert 200 <= slow["max_ms"] < 2000  # the 0.2 s sleep
+    assert 1200 <= slow["max_ms"] < 3000  # the 1.2 s sleep
     hang = next(row for row in report["modules"] if row["module"] == "hang")
     assert 300 <= hang["max_ms"] < 2000  # cut at its 0.3 s timeout
 
@@ -142,7 +142,10 @@ def test_the_report_from_the_store_matches_the_report_from_the_files(scenario: t
         for a, b in zip(store["time_in_phase"], files["time_in_phase"], strict=True):
             if a["phase"] in CLOCK_ROWS:
                 for key in ("p50_ms", "p95_ms", "max_ms"):
-                    assert abs(a[key] - b[key]) <= 5.0, (a, b)
+                    # the store's start of execution and the module span's are apart by
+                    # however long the process was held up between them: milliseconds,
+                    # more on a loaded machine; a unit error would be a factor of 1000
+                    assert abs(a[key] - b[key]) <= 50.0, (a, b)
 
 
 def test_report_filters_by_project_and_time_window(scenario: tuple[Env, dict[str, str]]) -> None:
