@@ -211,7 +211,7 @@ async def test_graceful_shutdown_requeues_a_job_that_outlives_the_grace_period(t
             await wait_until(lambda: _started(shared, job.id), timeout=3)
             took = await running.stop()
 
-        assert 0.2 <= took < 1.5
+        assert 0.2 <= took < 4.0  # the grace, then cut: not the 5 s slow sleeps (generous: a loaded machine)
         final = await app.store.get(job.id)
         assert final.status is JobStatus.QUEUED
         assert (final.reason, final.attempt) == ("worker_shutdown", 2)
@@ -228,14 +228,14 @@ async def test_graceful_shutdown_requeues_a_job_that_outlives_the_grace_period(t
 
 async def test_graceful_shutdown_lets_a_job_finish_within_the_grace_period(tmp_path: Path) -> None:
     shared = Shared(count_seconds=0.3)
-    async with open_apps(tmp_path, shared, 1, shutdown_grace_seconds=3.0) as (app,):
+    async with open_apps(tmp_path, shared, 1, shutdown_grace_seconds=10.0) as (app,):
         job = await create(app, tmp_path, ["count"])
         async with anyio.create_task_group() as tg:
             running = Running(app.worker(worker_id="w-grace")).start(tg)
             await wait_until(lambda: _counted(shared, job.id), timeout=3)
             took = await running.stop()
 
-        assert took < 2.0
+        assert took < 8.0  # the job's end, not the 10 s grace (generous: a loaded machine)
         final = await app.store.get(job.id)
         assert (final.status, final.attempt) == (JobStatus.COMPLETED, 1)
 
@@ -354,12 +354,12 @@ async def test_a_cancel_through_another_store_instance_reaches_the_running_job_q
             requested = time.perf_counter()
             flagged = await b.workflow.cancel(job.id, reason="cancelled from the CLI")
             assert (flagged.status, flagged.cancel_requested) == (JobStatus.RUNNING, "cancelled from the CLI")
-            await wait_until(lambda: status_is(b, job.id, JobStatus.CANCELLED), timeout=2)
+            await wait_until(lambda: status_is(b, job.id, JobStatus.CANCELLED), timeout=4)
             took = time.perf_counter() - requested
             assert not running.returned.is_set()
             await running.stop()
 
-        assert took < 2.0
+        assert took < 4.0  # cut, not the 5 s slow sleeps (generous: a loaded machine)
         final = await b.store.get(job.id)
         assert (final.status, final.reason, final.error_category) == (
             JobStatus.CANCELLED,
