@@ -25,9 +25,17 @@ ORCHESTRATOR = [sys.executable, "-m", "orchestrator"]
 PLUGIN_SOURCE = '''\
 """Analysis modules with known behaviour, for the CLI tests (loaded by entry point)."""
 
+import pathlib
+
 import anyio
 
 from orchestrator import BaseModule, ModuleError
+
+
+def _started(context):
+    """Write the file the option ``started_file`` names (a test waits for it: the module runs)."""
+    if "started_file" in context.options:
+        pathlib.Path(context.options["started_file"]).write_text("started")
 
 
 class Echo(BaseModule):
@@ -37,6 +45,7 @@ class Echo(BaseModule):
     description = "returns its options"
 
     async def run(self, context):
+        _started(context)
         return {"options": dict(context.options)}
 
 
@@ -49,6 +58,7 @@ class Slow(BaseModule):
     description = "sleeps options['seconds']"
 
     async def run(self, context):
+        _started(context)
         await anyio.sleep(float(context.options.get("seconds", 0)))
         return {"slept": float(context.options.get("seconds", 0))}
 

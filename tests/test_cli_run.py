@@ -93,8 +93,22 @@ def _running_job(env: Env, popen: subprocess.Popen[str]) -> str:
 
 
 def test_ctrl_c_cancels_the_running_job_cleanly(env: Env) -> None:
-    popen, stderr = _start_run(env, "--modules", "slow,echo", "--option", "slow.seconds=60")
+    slow_started, echo_started = env.cwd / "slow.started", env.cwd / "echo.started"
+    popen, stderr = _start_run(
+        env,
+        "--modules",
+        "slow,echo",
+        "--option",
+        "slow.seconds=60",
+        "--option",
+        f"slow.started_file={slow_started}",
+        "--option",
+        f"echo.started_file={echo_started}",
+    )
     job_id = _running_job(env, popen)
+    # Running in the database comes before `run` holds the job and its modules start: the
+    # interrupt waits for both modules (echo returns as it writes its file).
+    wait_for(lambda: slow_started.is_file() and echo_started.is_file(), what="both modules to start")
     popen.send_signal(signal.SIGINT)
     stdout, _ = popen.communicate(timeout=60)
     assert popen.returncode == 130, stderr.read_text()
