@@ -216,7 +216,9 @@ def test_cancelling_a_finished_job_says_it_already_finished(env: Env, project: P
 
 def test_cancel_says_what_happens_to_a_running_job_with_and_without_a_live_worker(env: Env, project: Path) -> None:
     database = env.data_dir / "orchestrator.db"
-    fast_leases = {"ORCHESTRATOR_LEASE_SECONDS": "1", "ORCHESTRATOR_HEARTBEAT_SECONDS": "0.2"}
+    # Short leases, so that the dead worker's expires soon, yet long enough that a live
+    # worker's lease never lapses between heartbeats on a loaded machine.
+    fast_leases = {"ORCHESTRATOR_LEASE_SECONDS": "4", "ORCHESTRATOR_HEARTBEAT_SECONDS": "0.5"}
     first = env.run(
         "submit", "--source", str(project), "--modules", "slow", "--option", "slow.seconds=60"
     ).stdout.strip()
@@ -238,7 +240,7 @@ def test_cancel_says_what_happens_to_a_running_job_with_and_without_a_live_worke
         worker.kill()  # no graceful stop: the second job stays Running with a lease nobody renews
 
     expires = job_row(database, second)["lease_expires_ns"]  # type: ignore[index]
-    wait_for(lambda: time.time_ns() > expires, timeout=10, what="the lease to expire")
+    wait_for(lambda: time.time_ns() > expires, timeout=20, what="the lease to expire")
     dead = env.run("cancel", second)
     assert dead.returncode == 0, dead.stderr
     assert dead.stdout.startswith(f"job {second} cancelled: no worker was running it (the lease of "), dead.stdout
