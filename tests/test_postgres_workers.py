@@ -434,7 +434,10 @@ async def test_an_idle_worker_picks_a_new_job_up_well_within_its_poll_interval(
     worker = cluster.start_worker("w", poll_seconds=5)
     latencies: list[float] = []
     async with _open_submitter(db_url, tmp_path, plugin) as app:
-        for _ in range(5):
+        # A first job, not measured: once it is done the worker has found the queue empty
+        # and listens (it starts listening as it first waits for work, however long its
+        # start took on a loaded machine).
+        for measured in (False, True, True, True, True, True):
             await anyio.sleep(1.0)  # idle: the worker is waiting for work
             job = await app.create.execute(request(tmp_path))
             with anyio.fail_after(15):
@@ -444,7 +447,8 @@ async def test_an_idle_worker_picks_a_new_job_up_well_within_its_poll_interval(
                     await anyio.sleep(0.02)
             assert current.queued_ns is not None
             assert current.started_ns is not None
-            latencies.append((current.started_ns - current.queued_ns) / 1e9)
+            if measured:
+                latencies.append((current.started_ns - current.queued_ns) / 1e9)
     assert stop(worker) == 0, worker.describe()
     print(f"\npickup latency (poll interval 5 s): {', '.join(f'{s * 1000:.1f} ms' for s in latencies)}")
     assert max(latencies) < 1.0, latencies
