@@ -177,8 +177,11 @@ async def test_apply_with_history_refuses_a_stale_transition_like_apply(store: J
 
 
 class HeldInserts:
-    """Wraps a store's connector: records the statements run and, while ``hold`` is set,
-    keeps a lone insert in flight so that the inserts arriving meanwhile queue up."""
+    """Wraps a store's connector: records the statements run and, until ``release`` is
+    set, keeps a lone insert in flight so that the inserts arriving meanwhile queue up.
+    ``hold_group`` (set it to an event) holds the group's statement until it is set (and
+    sets ``group_entered``); ``fail_group`` fails it before it runs; ``held_alone`` holds
+    the lone inserts of those job ids (after the first) until ``release_alone`` is set."""
 
     def __init__(self, store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
         assert isinstance(store, SQLJobStore)
@@ -186,6 +189,12 @@ class HeldInserts:
         self.entered = anyio.Event()
         self.release = anyio.Event()
         self.fail_after_group = False
+        self.fail_group = False
+        self.hold_group: anyio.Event | None = None
+        self.group_entered = anyio.Event()
+        self.held_alone: set[str] = set()
+        self.alone_entered = anyio.Event()
+        self.release_alone = anyio.Event()
         connector = store.connector
         fetchone, fetchall = connector.fetchone, connector.fetchall
 
@@ -194,11 +203,19 @@ class HeldInserts:
             if name == "insert_job" and not self.release.is_set():
                 self.entered.set()
                 await self.release.wait()
+            elif name == "insert_job" and params["id"] in self.held_alone:
+                self.alone_entered.set()
+                await self.release_alone.wait()
             return await fetchone(name, params)
 
         async def failing_fetchall(name: str, params: Any = None) -> Any:
             if name == "insert_jobs":  # (a connector's fetchone may run its fetchall)
                 self.names.append(name)
+                self.group_entered.set()
+                if self.hold_group is not None:
+                    await self.hold_group.wait()
+                if self.fail_group:
+                    raise PersistenceError("connection lost", transient=True)  # before anything was sent
             rows = await fetchall(name, params)
             if name == "insert_jobs" and self.fail_after_group:
                 # Stored and committed, but the answer is lost on the way back.
@@ -355,3 +372,144 @@ async def test_odd_values_are_stored_in_a_group_exactly_as_alone(
         assert _masked(stored) == _masked(reference)
         assert stored.project_id == reference.project_id
         assert stored.options == reference.options
+
+
+# -- cancellation, failures and deadlines of grouped inserts ------------------------------------
+
+
+async def test_a_job_inserted_alone_can_be_cancelled_as_without_grouping(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldInserts(store, monkeypatch)
+    job = _job("proj")
+    ended = anyio.Event()
+    outcome: list[object] = []
+
+    async def insert(scope: anyio.CancelScope) -> None:
+        with scope:
+            outcome.append(await store.insert(job))
+        ended.set()
+
+    scope = anyio.CancelScope()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(insert, scope)
+            await held.entered.wait()  # in flight, alone
+            scope.cancel()
+            with anyio.move_on_after(10):
+                await ended.wait()
+            assert ended.is_set(), "the cancelled insert kept waiting for the database"
+    finally:
+        held.release.set()  # (a shielded insert would be waiting here)
+    assert outcome == []
+    with pytest.raises(JobNotFound):
+        await store.get(job.id)
+
+
+async def test_a_caller_cancelled_while_its_group_is_written_gets_its_stored_job(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldInserts(store, monkeypatch)
+    held.hold_group = anyio.Event()
+    first, a, b = _job("proj"), _job("proj"), _job("proj")
+    outcomes: dict[str, object] = {}
+    b_scope = anyio.CancelScope()
+
+    async def insert(job: Job, scope: anyio.CancelScope) -> None:
+        with scope:
+            outcomes[job.id] = await store.insert(job)
+            return
+        outcomes[job.id] = "cancelled"
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(insert, first, anyio.CancelScope())
+            await held.entered.wait()
+            tg.start_soon(insert, a, anyio.CancelScope())
+            tg.start_soon(insert, b, b_scope)
+            await anyio.wait_all_tasks_blocked()
+            held.release.set()
+            await held.group_entered.wait()  # a and b are being written, together
+            b_scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            held.hold_group.set()
+
+    assert held.names.count("insert_jobs") == 1
+    for job in (first, a, b):
+        stored = outcomes[job.id]
+        assert isinstance(stored, Job), (job.id, stored)  # b's caller learns its job was stored
+        assert stored == await store.get(job.id)
+
+
+async def test_a_failed_group_is_inserted_by_each_caller_in_its_own_task(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldInserts(store, monkeypatch)
+    held.fail_group = True
+    first, jobs = _job("proj"), [_job("proj") for _ in range(3)]
+    held.held_alone = {jobs[0].id}  # the group's leader: its own insert alone is held
+    outcomes: dict[str, object] = {}
+
+    async def insert(job: Job) -> None:
+        outcomes[job.id] = await store.insert(job)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(insert, first)
+            await held.entered.wait()
+            for job in jobs:
+                tg.start_soon(insert, job)
+            await anyio.wait_all_tasks_blocked()
+            held.release.set()
+            await held.alone_entered.wait()
+            # The leader's own insert is held; the others' do not wait for it.
+            with anyio.move_on_after(10):
+                while not all(job.id in outcomes for job in jobs[1:]):
+                    await anyio.sleep(0.01)
+            done = set(outcomes)
+            held.release_alone.set()
+
+    assert done == {first.id, jobs[1].id, jobs[2].id}
+    assert held.names.count("insert_jobs") == 1
+    for job in (first, *jobs):
+        stored = outcomes[job.id]
+        assert isinstance(stored, Job), stored
+        assert stored == await store.get(job.id)
+        assert [e.seq for e in await store.history(job.id)] == [1]
+
+
+async def test_the_same_job_inserted_again_is_refused_in_a_group_as_alone(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = _queued(job := _job("proj"), _enqueue(job))
+    await store.insert(existing)
+    with pytest.raises(PersistenceError) as alone:
+        await store.insert(existing)
+    held = HeldInserts(store, monkeypatch)
+    good = _job("proj")
+
+    outcomes = await insert_together(store, held, _job("proj"), [good, existing])
+
+    assert held.names.count("insert_jobs") == 1
+    assert type(outcomes[existing.id]) is type(alone.value), outcomes[existing.id]
+    assert outcomes[good.id] == await store.get(good.id)
+    assert [e.seq for e in await store.history(existing.id)] == [1, 2]
+
+
+async def test_a_group_past_its_deadline_is_inserted_job_by_job_once_each(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchestrator.stores.core.INSERT_GROUP_SECONDS", 0.2)
+    held = HeldInserts(store, monkeypatch)
+    held.hold_group = anyio.Event()  # never set: a lock held for good
+    first, jobs = _job("proj"), [_job("proj") for _ in range(3)]
+
+    outcomes = await insert_together(store, held, first, jobs)
+
+    assert held.names.count("insert_jobs") == 1
+    for job in (first, *jobs):
+        stored = outcomes[job.id]
+        assert isinstance(stored, Job), stored
+        assert stored == await store.get(job.id)
+        assert [e.seq for e in await store.history(job.id)] == [1]
+    assert len(await store.list_jobs()) == 4

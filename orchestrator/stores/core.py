@@ -17,6 +17,9 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
+
+import anyio
 
 from orchestrator.domain import (
     CancelPending,
@@ -45,6 +48,9 @@ _Applied = tuple[Job, list[LifecycleEntry]]
 
 _BACKENDS = {"sqlite": "sqlite", "postgres": "postgresql"}
 
+#: Seconds a group of new jobs may take to be written before each is inserted alone.
+INSERT_GROUP_SECONDS: Final = 10.0
+
 
 class SQLJobStore:
     """The :class:`~orchestrator.stores.base.JobStore` over one connector."""
@@ -60,7 +66,10 @@ class SQLJobStore:
             self._apply_group, key=lambda item: item[0].job_id
         )
         #: This process's new jobs, inserted in groups (see insert).
-        self._inserts: GroupedWrites[Job, Job] = GroupedWrites(self._insert_group, key=lambda job: job.id)
+        # A job inserted alone stays cancellable, as without grouping (a group is shielded).
+        self._inserts: GroupedWrites[Job, Job] = GroupedWrites(
+            self._insert_group, key=lambda job: job.id, shield_alone=False
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.connector.target!r})"
@@ -103,7 +112,12 @@ class SQLJobStore:
     async def insert(self, job: Job) -> Job:
         # New jobs arriving while one is being inserted go together in the next write (one
         # statement, one round trip), each row with its own triggers and outcome.
-        stored = await self._inserts.submit(job)
+        try:
+            stored = await self._inserts.submit(job)
+        except _InsertAlone as alone:
+            # Its group's write failed: inserted alone, here in its caller's task (which a
+            # cancellation or a deadline can stop), not by the group's leader for all.
+            stored = await self._insert_one(job, after_group=alone.maybe_stored)
         if stored.status is JobStatus.QUEUED:
             self.connector.wake_local()
         return stored
@@ -124,15 +138,22 @@ class SQLJobStore:
 
     async def _insert_group(self, jobs: Sequence[Job]) -> list[Job | BaseException]:
         """Several new jobs in one statement, ``insert_jobs``. When the write fails, each
-        is inserted alone: a job the database refuses fails only its own caller."""
+        caller inserts its job alone (:class:`_InsertAlone`): a job the database refuses
+        fails only its own caller. The group's statement is shielded from its callers'
+        cancellation, so it gets a deadline of its own (a table lock held for good)."""
         if len(jobs) > 1:
             try:
-                written = await self.connector.fetchall(
-                    "insert_jobs", {"jobs": rows.json_text_of([rows.job_params(job) for job in jobs])}
-                )
-            except Exception as exc:  # noqa: BLE001 - each alone, below
-                refused = isinstance(exc, TransitionRefused)  # rolled back: nothing of it was stored
-                return [await self._insert_outcome(job, after_group=not refused) for job in jobs]
+                with anyio.fail_after(INSERT_GROUP_SECONDS):
+                    written = await self.connector.fetchall(
+                        "insert_jobs", {"jobs": rows.json_text_of([rows.job_params(job) for job in jobs])}
+                    )
+            except Exception as exc:  # noqa: BLE001 - each alone, by its caller
+                # The database answered with an error (a refusal, a constraint, a value it
+                # rejects): the statement was rolled back, nothing of it is stored, and a
+                # job found stored would be an earlier insert of the same job (a duplicate).
+                # No answer (the connection lost, the deadline): it may have been stored.
+                answered = isinstance(exc, PersistenceError) and not exc.transient
+                return [_InsertAlone(maybe_stored=not answered) for _ in jobs]
             by_id = {row["id"]: row for row in written}
             return [
                 rows.job_from_row(by_id[job.id])
@@ -420,6 +441,15 @@ class SQLJobStore:
 
     async def wait_for_work(self, *, max_wait: float) -> None:
         await self.connector.wait_for_notification(max_wait=max_wait)
+
+
+class _InsertAlone(Exception):
+    """The outcome of a new job whose group was not written: its caller inserts it alone
+    (``maybe_stored``: the group may have been stored before its answer was lost)."""
+
+    def __init__(self, *, maybe_stored: bool) -> None:
+        super().__init__("the group's write failed: insert this job alone")
+        self.maybe_stored = maybe_stored
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,13 @@ one round trip instead of one each. The window is the in-flight write itself; no
 delays anything.
 
 Each caller gets its own outcome (a result or an exception). Once a group is sent it is
-shielded from cancellation, so the outcome of every write in it reaches its caller; a
-caller cancelled while its write is still queued takes it out of the queue (it is never
-sent). Two writes with the same key never share a group: the second waits for the next.
+shielded from cancellation, so the outcome of every write in it reaches its caller: a
+caller cancelled while its write is being written waits for that outcome and returns it
+(the cancellation reaches it at its next checkpoint); a caller cancelled while its write
+is still queued takes it out of the queue (it is never sent). With ``shield_alone=False``
+a caller writing its own write alone is not shielded: it is the only one a cancellation
+of that write concerns (as for a write without grouping). Two writes with the same key
+never share a group: the second waits for the next.
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ class GroupedWrites(Generic[I, R]):
         *,
         key: Callable[[I], Hashable],
         max_size: int = 64,
+        shield_alone: bool = True,
     ) -> None:
         if max_size < 1:
             raise ValueError("a group holds at least one write")
         self._write, self._key, self._max_size = write, key, max_size
+        self._shield_alone = shield_alone
         self._queue: list[_Pending[I, R]] = []
         self._writing = False
         #: Groups written and items in them (for tests and benchmarks).
@@ -67,10 +73,21 @@ class GroupedWrites(Generic[I, R]):
         try:
             while not pending.done:
                 if not self._writing:
-                    await self._lead()
+                    await self._lead(pending)
                 else:
                     pending.wake = anyio.Event()
                     await pending.wake.wait()
+        except anyio.get_cancelled_exc_class():
+            if pending.done or pending in self._queue:
+                if not pending.done:
+                    self._queue.remove(pending)  # never sent
+                raise
+            # Sent, in the group being written (shielded): its outcome is on its way, and
+            # the caller must learn it (a job stored although its caller was told
+            # "cancelled" would be created again by a caller that retries).
+            assert pending.wake is not None  # it was waiting for the group's end
+            with anyio.CancelScope(shield=True):
+                await pending.wake.wait()
         except BaseException:
             if not pending.done and pending in self._queue:
                 self._queue.remove(pending)  # never sent
@@ -96,14 +113,14 @@ class GroupedWrites(Generic[I, R]):
         self._queue = [p for p in self._queue if id(p) not in taken]
         return group
 
-    async def _lead(self) -> None:
-        """Write the next group: the oldest queued writes (the caller's is among them,
-        unless a write with the same key is ahead of it: then it leads again after)."""
+    async def _lead(self, own: _Pending[I, R]) -> None:
+        """Write the next group: the oldest queued writes (the caller's, ``own``, is among
+        them, unless a write with the same key is ahead of it: then it leads again after)."""
         self._writing = True
         group = self._take()
         outcomes: Sequence[R | BaseException]
         try:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=self._shield_alone or group != [own]):
                 try:
                     outcomes = await self._write([p.item for p in group])
                     if len(outcomes) != len(group):
