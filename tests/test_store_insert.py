@@ -7,6 +7,7 @@ returns what a separate read would; and the database itself refuses illegal tran
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -226,15 +227,28 @@ class HeldInserts:
         monkeypatch.setattr(connector, "fetchall", failing_fetchall)
 
 
-async def insert_together(store: JobStore, held: HeldInserts, first: Job, jobs: list[Job]) -> dict[str, object]:
-    """Insert ``first`` (held in flight), then ``jobs`` while it is: outcome by job id."""
+async def insert_together(
+    store: JobStore,
+    held: HeldInserts,
+    first: Job,
+    jobs: list[Job],
+    *,
+    scopes: Mapping[str, anyio.CancelScope] | None = None,
+    meanwhile: Callable[[dict[str, object]], Awaitable[None]] | None = None,
+) -> dict[str, object]:
+    """Insert ``first`` (held in flight), then ``jobs`` while it is: outcome by job id
+    ("cancelled" for a caller whose scope in ``scopes`` ended it). ``meanwhile`` runs once
+    ``first`` is released, with the outcomes so far, while the others are inserted."""
     outcomes: dict[str, object] = {}
 
     async def one(job: Job) -> None:
-        try:
-            outcomes[job.id] = await store.insert(job)
-        except Exception as exc:
-            outcomes[job.id] = exc
+        with (scopes or {}).get(job.id) or anyio.CancelScope():
+            try:
+                outcomes[job.id] = await store.insert(job)
+            except Exception as exc:
+                outcomes[job.id] = exc
+            return
+        outcomes[job.id] = "cancelled"
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
@@ -244,6 +258,8 @@ async def insert_together(store: JobStore, held: HeldInserts, first: Job, jobs: 
                 tg.start_soon(one, job)
             await anyio.wait_all_tasks_blocked()
             held.release.set()
+            if meanwhile is not None:
+                await meanwhile(outcomes)
     return outcomes
 
 
@@ -412,27 +428,18 @@ async def test_a_caller_cancelled_while_its_group_is_written_gets_its_stored_job
     held = HeldInserts(store, monkeypatch)
     held.hold_group = anyio.Event()
     first, a, b = _job("proj"), _job("proj"), _job("proj")
-    outcomes: dict[str, object] = {}
     b_scope = anyio.CancelScope()
 
-    async def insert(job: Job, scope: anyio.CancelScope) -> None:
-        with scope:
-            outcomes[job.id] = await store.insert(job)
-            return
-        outcomes[job.id] = "cancelled"
+    async def cancel_b_while_written(_: dict[str, object]) -> None:
+        await held.group_entered.wait()  # a and b are being written, together
+        b_scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert held.hold_group is not None
+        held.hold_group.set()
 
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(insert, first, anyio.CancelScope())
-            await held.entered.wait()
-            tg.start_soon(insert, a, anyio.CancelScope())
-            tg.start_soon(insert, b, b_scope)
-            await anyio.wait_all_tasks_blocked()
-            held.release.set()
-            await held.group_entered.wait()  # a and b are being written, together
-            b_scope.cancel()
-            await anyio.wait_all_tasks_blocked()
-            held.hold_group.set()
+    outcomes = await insert_together(
+        store, held, first, [a, b], scopes={b.id: b_scope}, meanwhile=cancel_b_while_written
+    )
 
     assert held.names.count("insert_jobs") == 1
     for job in (first, a, b):
@@ -448,26 +455,17 @@ async def test_a_failed_group_is_inserted_by_each_caller_in_its_own_task(
     held.fail_group = True
     first, jobs = _job("proj"), [_job("proj") for _ in range(3)]
     held.held_alone = {jobs[0].id}  # the group's leader: its own insert alone is held
-    outcomes: dict[str, object] = {}
+    done: set[str] = set()
 
-    async def insert(job: Job) -> None:
-        outcomes[job.id] = await store.insert(job)
+    async def others_end_while_the_leader_is_held(outcomes: dict[str, object]) -> None:
+        await held.alone_entered.wait()
+        with anyio.move_on_after(10):
+            while not all(job.id in outcomes for job in jobs[1:]):
+                await anyio.sleep(0.01)
+        done.update(outcomes)
+        held.release_alone.set()
 
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(insert, first)
-            await held.entered.wait()
-            for job in jobs:
-                tg.start_soon(insert, job)
-            await anyio.wait_all_tasks_blocked()
-            held.release.set()
-            await held.alone_entered.wait()
-            # The leader's own insert is held; the others' do not wait for it.
-            with anyio.move_on_after(10):
-                while not all(job.id in outcomes for job in jobs[1:]):
-                    await anyio.sleep(0.01)
-            done = set(outcomes)
-            held.release_alone.set()
+    outcomes = await insert_together(store, held, first, jobs, meanwhile=others_end_while_the_leader_is_held)
 
     assert done == {first.id, jobs[1].id, jobs[2].id}
     assert held.names.count("insert_jobs") == 1

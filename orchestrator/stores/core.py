@@ -161,13 +161,7 @@ class SQLJobStore:
                 else PersistenceError("the insert returned no row for this job", job_id=job.id)
                 for job in jobs
             ]
-        return [await self._insert_outcome(jobs[0], after_group=False)]
-
-    async def _insert_outcome(self, job: Job, *, after_group: bool) -> Job | BaseException:
-        try:
-            return await self._insert_one(job, after_group=after_group)
-        except Exception as exc:  # noqa: BLE001 - the caller's outcome
-            return exc
+        return [await self._insert_one(jobs[0])]  # its error, if any, is its caller's (GroupedWrites)
 
     async def apply(self, transition: Transition) -> Job:
         job, _ = await self._apply(transition, with_history=False)

@@ -77,21 +77,18 @@ class GroupedWrites(Generic[I, R]):
                 else:
                     pending.wake = anyio.Event()
                     await pending.wake.wait()
-        except anyio.get_cancelled_exc_class():
-            if pending.done or pending in self._queue:
-                if not pending.done:
+        except BaseException as exc:
+            queued = not pending.done and pending in self._queue
+            if pending.done or queued or not isinstance(exc, anyio.get_cancelled_exc_class()):
+                if queued:
                     self._queue.remove(pending)  # never sent
                 raise
-            # Sent, in the group being written (shielded): its outcome is on its way, and
-            # the caller must learn it (a job stored although its caller was told
+            # Cancelled while its group is being written (shielded): its outcome is on its
+            # way, and the caller must learn it (a job stored although its caller was told
             # "cancelled" would be created again by a caller that retries).
             assert pending.wake is not None  # it was waiting for the group's end
             with anyio.CancelScope(shield=True):
                 await pending.wake.wait()
-        except BaseException:
-            if not pending.done and pending in self._queue:
-                self._queue.remove(pending)  # never sent
-            raise
         finally:
             self._hand_over()
         if pending.error is not None:
