@@ -86,6 +86,7 @@ def build_store(settings: Settings) -> JobStore:
             min_size=min(2, pool),
             max_size=pool,
             notify=settings.pg_notify,
+            lock_timeout=settings.pg_lock_timeout_seconds,
         )
     return SQLiteJobStore(settings.database_path)
 

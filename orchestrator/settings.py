@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     pg_pool_size: int | None = Field(default=None, ge=1, le=500)
     #: Send NOTIFY on every enqueue so idle workers wake at once (see README: Performance).
     pg_notify: bool = True
+    #: PostgreSQL: how long a statement waits for a lock another session holds (a row
+    #: locked by a forgotten psql session), instead of as long as it is held.
+    pg_lock_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     #: Jobs one worker runs at once.
     concurrency: int = Field(default=4, ge=1, le=256)
     #: Modules of one job that run at once (a job's own option may lower it).

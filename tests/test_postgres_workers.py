@@ -20,7 +20,9 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 import anyio
+import psycopg
 import pytest
+from faults.helpers import json_lines
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider
 from pg_helpers import (
@@ -421,6 +423,49 @@ def test_sigterm_requeues_a_running_job_after_the_grace_period_and_another_worke
     assert (final["status"], final["attempt"]) == ("completed", 2)
     summary = by_module(final)["sleepy"]["summary"]
     assert (summary["pid"], summary["attempt"], summary["slept"]) == (second.pid, 2, 0.0)
+
+
+@pytest.mark.postgres
+def test_a_row_lock_held_for_good_costs_a_worker_one_job_not_its_slot(
+    postgres_url: str, db_url: str, cluster: Cluster, tmp_path: Path, plugin: ModuleType
+) -> None:
+    worker = cluster.start_worker("w", FAST_LEASES, concurrency=1, pg_lock_timeout_seconds=2)
+    (held,) = submit(db_url, tmp_path, plugin, [request(tmp_path, "sleepy", seconds=1, until_attempt=1)])
+    wait_running_on(db_url, worker, held.id, attempt=1)
+    # A forgotten psql session holds the running job's row: the worker can write nothing
+    # about it (its lease renewal, its end). Its one slot must come back all the same.
+    with psycopg.connect(db_url) as locker:
+        assert locker.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (held.id,)).fetchall()
+        (other,) = submit(db_url, tmp_path, plugin, [request(tmp_path, "noop")])
+        done = wait_status(db_url, other.id, "completed", "failed", "cancelled", timeout=30)
+        assert (done["status"], done["attempt"]) == ("completed", 1)
+        row = job_row(db_url, held.id)
+        assert row is not None
+        assert (row["status"], row["attempt"]) == ("running", 1)  # nothing of it was written
+        problems = [
+            r
+            for r in json_lines(worker.output())
+            if r.get("level") in ("warning", "error") and r.get("job_id") == held.id
+        ]
+        messages = [str(r.get("message")) for r in problems]
+        # Said where it happened (the store, with the job's fields), and by the worker.
+        assert any(
+            m.startswith("postgresql apply_transition failed (") and "lock timeout (SQLSTATE 55P03)" in m
+            for m in messages
+        ), messages
+        assert any(m.startswith(f"job {held.id} left to lease-expiry recovery") for m in messages), messages
+        locker.rollback()
+
+    # The lock gone, its lease (not renewed since) has expired: the worker's own reaper
+    # returns it to the queue and it runs again (at least once, as promised).
+    final = wait_status(db_url, held.id, "completed", "failed", "cancelled", timeout=30)
+    assert stop(worker) == 0, worker.describe()
+    assert (final["status"], final["attempt"]) == ("completed", 2), final
+    assert transitions(history_rows(db_url, held.id))[3:] == [
+        ("running", "queued", "lease_expired", 2),
+        ("queued", "running", "claimed", 2),
+        ("running", "completed", "its module completed", 2),
+    ]
 
 
 # -- 6. pickup latency ------------------------------------------------------------------

@@ -5,11 +5,18 @@ outbox rows and outcome; one job's failure fails only that job."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import anyio
+import psycopg
 import pytest
+from faults.tcp_proxy import TcpProxy
+from pg_helpers import fresh_database, query
+from psycopg import sql
 
 from orchestrator.domain import (
     CancelPending,
@@ -19,6 +26,7 @@ from orchestrator.domain import (
     JobStatus,
     ModuleOutcome,
     ModuleResult,
+    PersistenceError,
     TraceContext,
     Transition,
     TransitionConflict,
@@ -27,6 +35,7 @@ from orchestrator.domain import (
 from orchestrator.stores.base import JobStore
 from orchestrator.stores.core import SQLJobStore
 from orchestrator.stores.grouping import GroupedWrites
+from orchestrator.stores.postgres import PostgresJobStore
 
 pytestmark = pytest.mark.anyio
 
@@ -385,3 +394,167 @@ async def test_a_job_ends_once_when_two_processes_end_it_at_the_same_time(store:
         history = await store.history(job.id)
         assert [e.status_to for e in history].count(won[0][0].status) == 1
         assert history[-1].status_to is won[0][0].status
+
+
+# -- a row lock held for good (PostgreSQL) ------------------------------------------------------
+
+
+@contextmanager
+def row_locks(url: str, schema: str, job_ids: Sequence[str]) -> Iterator[int]:
+    """Another session locks the jobs' rows (SELECT ... FOR UPDATE) and keeps its
+    transaction open, as a forgotten psql session would; yields its backend pid."""
+    with psycopg.connect(url) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        locked = conn.execute("SELECT id FROM jobs WHERE id = ANY(%s) FOR UPDATE", (list(job_ids),)).fetchall()
+        assert len(locked) == len(job_ids)
+        try:
+            yield conn.info.backend_pid
+        finally:
+            conn.rollback()
+
+
+def blocked_by(url: str, pid: int) -> int:
+    """Sessions waiting for a lock that session ``pid`` holds."""
+    rows = query(
+        url, "SELECT count(*) AS n FROM pg_stat_activity WHERE %(pid)s = ANY(pg_blocking_pids(pid))", {"pid": pid}
+    )
+    return int(rows[0]["n"])
+
+
+@asynccontextmanager
+async def pg_store(
+    url: str, schema: str | None, lock_timeout: float, write_seconds: float | None = None
+) -> AsyncIterator[PostgresJobStore]:
+    store = PostgresJobStore(url, schema=schema, lock_timeout=lock_timeout, write_seconds=write_seconds)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_transition_behind_a_row_lock_held_for_good_fails_typed_after_the_lock_timeout(
+    postgres_url: str, pg_schema: str
+) -> None:
+    async with pg_store(postgres_url, pg_schema, lock_timeout=1.0) as store:
+        (job,) = await running_jobs(store, 1)
+        with row_locks(postgres_url, pg_schema, [job.id]) as holder:
+            started = time.monotonic()
+            with anyio.fail_after(30), pytest.raises(PersistenceError) as raised:
+                await store.apply(finish(job))  # behind the lock: it waits, then gives up
+            waited = time.monotonic() - started
+            assert raised.value.transient
+            assert raised.value.message.startswith(
+                f"the postgresql store at {store.target} gave up after waiting 1 s for a lock another session "
+                "holds, to apply_transition (error id "
+            ), raised.value.message
+            assert waited >= 1.0
+            # Ended in the server, not only abandoned: nothing waits on the lock now, and
+            # the job is as it was (a read is not blocked by a row lock).
+            assert blocked_by(postgres_url, holder) == 0
+            assert (await store.get(job.id)).status is JobStatus.RUNNING
+        # Once the lock is gone, the same transition is written, once.
+        assert (await store.apply(finish(job))).status is JobStatus.COMPLETED
+        assert [e.status_to for e in await store.history(job.id)].count(JobStatus.COMPLETED) == 1
+
+
+@pytest.mark.postgres
+async def test_a_group_behind_a_row_lock_is_retried_by_each_caller_at_once_not_one_by_one(
+    postgres_url: str, pg_schema: str
+) -> None:
+    async with pg_store(postgres_url, pg_schema, lock_timeout=2.0) as store:
+        jobs = await running_jobs(store, 6)
+        most_waiting = 0
+        with row_locks(postgres_url, pg_schema, [job.id for job in jobs]) as holder:
+
+            async def watch() -> None:
+                nonlocal most_waiting
+                while True:
+                    most_waiting = max(most_waiting, await anyio.to_thread.run_sync(blocked_by, postgres_url, holder))
+                    await anyio.sleep(0.05)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                # The first is written alone, the five others queue behind it and go
+                # together next; once that group is past its deadline, each of the five
+                # is retried alone by its own caller, all five at the same time.
+                outcomes = await apply_together(store, [finish(job) for job in jobs])
+                tg.cancel_scope.cancel()
+            assert blocked_by(postgres_url, holder) == 0  # every statement cancelled in the server
+        assert most_waiting == 5
+        for job in jobs:
+            outcome = outcomes[job.id]
+            assert isinstance(outcome, PersistenceError), outcome
+            assert outcome.transient
+            assert "for a lock another session holds, to apply_transition (error id " in outcome.message
+            assert (await store.get(job.id)).status is JobStatus.RUNNING
+        # Written once the lock is gone.
+        again = await apply_together(store, [finish(job) for job in jobs])
+        assert all(isinstance(o, tuple) and o[0].status is JobStatus.COMPLETED for o in again.values()), again
+
+
+@pytest.mark.postgres
+async def test_a_transition_to_a_database_that_stops_answering_fails_typed_at_the_client_deadline(
+    postgres_url: str,
+) -> None:
+    with fresh_database(postgres_url) as url, TcpProxy("127.0.0.1", urlsplit(url).port or 5432) as proxy:
+        async with pg_store(proxy.url_for(url), None, lock_timeout=30.0, write_seconds=1.5) as store:
+            (job,) = await running_jobs(store, 1)
+            proxy.stall()  # a network that drops everything: no error, no answer, ever
+            started = time.monotonic()
+            with anyio.fail_after(60), pytest.raises(PersistenceError) as raised:
+                await store.apply(finish(job))
+            waited = time.monotonic() - started
+            assert raised.value.transient
+            assert raised.value.message.startswith(
+                f"the postgresql store did not write the transition of job {job.id} to completed within 1.5 s "
+                "(a lock held by another session, or the database overloaded or unreachable; error id "
+            ), raised.value.message
+            assert 1.5 <= waited < 30.0  # the client's deadline, not the server's lock timeout
+            proxy.resume()
+            # The statement held on the way may still reach the server (its outcome was
+            # unknown, as the error said): the job ends at most once, and the store works.
+            with anyio.fail_after(30):
+                current = await store.get(job.id)
+            if current.status is JobStatus.RUNNING:
+                current = await store.apply(finish(job))
+            assert current.status is JobStatus.COMPLETED
+            assert [e.status_to for e in await store.history(job.id)].count(JobStatus.COMPLETED) == 1
+
+
+@pytest.mark.postgres
+async def test_the_lock_timeout_leaves_migrations_waiting_for_each_other(postgres_url: str, pg_schema: str) -> None:
+    # Another process migrating the schema holds the migration lock for longer than the
+    # lock timeout: a store opening meanwhile waits for it instead of failing.
+    with psycopg.connect(postgres_url, autocommit=True) as migrating:
+        migrating.execute("SELECT pg_advisory_lock(8030590385584829554)")
+        holder = migrating.info.backend_pid
+        store = PostgresJobStore(postgres_url, schema=pg_schema, lock_timeout=0.2)
+        opened = anyio.Event()
+        failed: list[BaseException] = []
+
+        async def open_store() -> None:
+            try:
+                await store.open()
+            except Exception as exc:
+                failed.append(exc)
+            opened.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(open_store)
+                with anyio.fail_after(30):
+                    while not opened.is_set() and blocked_by(postgres_url, holder) == 0:
+                        await anyio.sleep(0.02)
+                # Five lock timeouts later, it still waits, and has not failed.
+                await anyio.sleep(1.0)
+                assert not failed, failed
+                assert not opened.is_set()
+                assert blocked_by(postgres_url, holder) == 1
+                migrating.execute("SELECT pg_advisory_unlock(8030590385584829554)")
+                with anyio.fail_after(30):
+                    await opened.wait()
+            assert not failed, failed
+        finally:
+            await store.close()

@@ -8,6 +8,13 @@ on both databases. Each operation is one named query (or one batch), so on Postg
 stays one round trip. Terminal transitions that arrive while one is being written are
 written together, in one statement (``apply_transitions``, see
 :mod:`orchestrator.stores.grouping`), each row with its own compare-and-set.
+
+A worker's own writes (its transitions, claims and lease renewals) have a deadline when
+the store is given one (``write_seconds``; PostgreSQL's, whose statements otherwise wait
+for a lock as long as it is held; SQLite's waits are bounded by its busy timeout): a row
+locked for good by another session costs the job its attempt (a typed, transient
+:class:`~orchestrator.domain.PersistenceError`; the lease then expires and the job is run
+again), never the worker its slot.
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import anyio
 
@@ -36,12 +43,17 @@ from orchestrator.domain import (
 from orchestrator.domain.values import canonical_reason, canonical_text, storable
 from orchestrator.stores import rows, sql
 from orchestrator.stores.base import RootStamps
-from orchestrator.stores.connector import Connector, Params, Row, TransitionRefused
+from orchestrator.stores.connector import Connector, Params, Row, TransitionRefused, new_error_id
 from orchestrator.stores.grouping import GroupedWrites
+from otel import logs
+from otel.instrument import mark_logged
+from otel.vocabulary import OperationEvent
 
 __all__ = ["SQLJobStore"]
 
 log = logging.getLogger("orchestrator.stores")
+
+T = TypeVar("T")
 
 #: A transition's outcome: the job as stored, and its history when it was asked for.
 _Applied = tuple[Job, list[LifecycleEntry]]
@@ -55,9 +67,11 @@ INSERT_GROUP_SECONDS: Final = 10.0
 class SQLJobStore:
     """The :class:`~orchestrator.stores.base.JobStore` over one connector."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: Connector, *, write_seconds: float | None = None) -> None:
         self.connector = connector
         self.backend = _BACKENDS[connector.dialect]
+        #: The deadline of a worker's own writes (None: the connector's own bounds).
+        self.write_seconds = write_seconds
         self.schema_version = 0
         #: Who emits the root spans of the sampled jobs this store ends (durable traces).
         self.root_stamps: RootStamps | None = None
@@ -175,7 +189,12 @@ class SQLJobStore:
         # next write (one transaction, one round trip): each keeps its own
         # compare-and-set statement, history row, outbox rows and outcome.
         if t.status_to.terminal:
-            return await self._terminal_writes.submit((t, with_history))
+            try:
+                return await self._terminal_writes.submit((t, with_history))
+            except _ApplyAlone as alone:
+                # Its group's write failed: applied alone, here in its caller's task, with
+                # a deadline of its own (not one after the other by the group's leader).
+                return await self._apply_one(t, with_history=with_history, after_group=alone.maybe_applied)
         return await self._apply_one(t, with_history=with_history)
 
     def _stamp(self, t: Transition, with_history: bool) -> _Stamp | None:
@@ -196,8 +215,19 @@ class SQLJobStore:
     async def _apply_one(
         self, t: Transition, *, with_history: bool, after_group: bool = False
     ) -> tuple[Job, list[LifecycleEntry]]:
-        """One transition, alone. ``after_group``: it was in a group whose write failed
-        without saying whether it was stored; finding it stored is then a success."""
+        """One transition, alone, within the write deadline. ``after_group``: it was in a
+        group whose write failed without saying whether it was stored; finding it stored
+        is then a success."""
+        return await self._within(
+            self._apply_alone(t, with_history=with_history, after_group=after_group),
+            f"write the transition of job {t.job_id} to {t.status_to}",
+            job_id=t.job_id,
+            status_to=str(t.status_to),
+        )
+
+    async def _apply_alone(
+        self, t: Transition, *, with_history: bool, after_group: bool
+    ) -> tuple[Job, list[LifecycleEntry]]:
         stamp = self._stamp(t, with_history)
         params = self._params(t, stamp, with_history)
         try:
@@ -228,8 +258,9 @@ class SQLJobStore:
         """Several transitions (of distinct jobs) in one statement, ``apply_transitions``:
         each row its own compare-and-set, as ``apply_transition`` writes it, the rows
         locked in job id order, the histories of the sampled jobs returned with them.
-        When the write fails, each is applied alone: one job's write that the database
-        refuses fails only that job."""
+        When the write fails, each caller applies its own alone (:class:`_ApplyAlone`):
+        one job's write that the database refuses fails only that job. The group's statement
+        has the write deadline too (it is shielded from its callers' cancellation)."""
         if len(group) == 1:
             t, with_history = group[0]
             try:
@@ -240,13 +271,16 @@ class SQLJobStore:
         stamps = {i: self._stamp(*group[i]) for i in order}
         params = rows.json_text_of([self._params(group[i][0], stamps[i], group[i][1]) for i in order])
         try:
-            written = await self.connector.fetchall("apply_transitions", {"transitions": params})
-        except Exception as exc:  # noqa: BLE001 - each alone, below
+            written = await self._within(
+                self.connector.fetchall("apply_transitions", {"transitions": params}),
+                f"write the transitions of {len(group)} jobs",
+            )
+        except Exception as exc:  # noqa: BLE001 - each alone, by its caller
             refused = isinstance(exc, TransitionRefused)  # rolled back: nothing of it was stored
             for stamp in stamps.values():
                 if stamp is not None:
                     (stamp.stamps.void if refused else stamp.stamps.unknown)(stamp.seq)
-            return [await self._outcome(t, with_history, after_group=not refused) for t, with_history in group]
+            return [_ApplyAlone(maybe_applied=not refused) for _ in group]
         by_id = {row["id"]: row for row in written}
         outcomes: dict[int, _Applied | BaseException] = {}
         for i in order:
@@ -266,11 +300,33 @@ class SQLJobStore:
             outcomes[i] = (job, rows.history_after(row, job, t) if with_history else [])
         return [outcomes[i] for i in range(len(group))]
 
-    async def _outcome(self, t: Transition, with_history: bool, *, after_group: bool) -> _Applied | BaseException:
-        try:
-            return await self._apply_one(t, with_history=with_history, after_group=after_group)
-        except Exception as exc:  # noqa: BLE001 - the caller's outcome
-            return exc
+    async def _within(self, call: Awaitable[T], what: str, **fields: Any) -> T:
+        """``call`` within the write deadline; past it, the statement is cancelled (in the
+        server, by the driver) and the caller gets a transient PersistenceError, logged
+        here with ``fields``."""
+        if self.write_seconds is None:
+            return await call
+        with anyio.move_on_after(self.write_seconds):
+            return await call
+        error_id = new_error_id()
+        message = (
+            f"the {self.backend} store did not {what} within {self.write_seconds:g} s "
+            f"(a lock held by another session, or the database overloaded or unreachable; error id {error_id})"
+        )
+        logs.event(
+            log,
+            logging.WARNING,
+            OperationEvent.ERROR,
+            message,
+            operation="store.write",
+            error_category=str(ErrorCategory.PERSISTENCE),
+            error_id=error_id,
+            deadline_s=self.write_seconds,
+            **fields,
+        )
+        error = PersistenceError(message, error_id=error_id, transient=True)
+        mark_logged(error)
+        raise error
 
     def _conflict(self, t: Transition, current: Row | None) -> Exception:
         """Why a compare-and-set matched nothing (``current``: the job's row now), as a
@@ -293,14 +349,16 @@ class SQLJobStore:
 
     async def claim_batch(self, *, worker_id: str, lease_ns: int, now_ns: int, limit: int) -> list[Job]:
         params = {"worker_id": worker_id, "now_ns": now_ns, "expires_ns": now_ns + lease_ns, "limit": limit}
-        found = [rows.job_from_row(r) for r in await self.connector.fetchall("claim", params)]
+        claimed = await self._within(self.connector.fetchall("claim", params), "claim queued jobs")
+        found = [rows.job_from_row(r) for r in claimed]
         return sorted(found, key=lambda j: (j.queued_ns or 0, j.id))
 
     async def renew_leases(self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int) -> set[str]:
         if not job_ids:
             return set()
         params = {"ids": list(job_ids), "worker_id": worker_id, "expires_ns": expires_ns}
-        return {r["id"] for r in await self.connector.fetchall("renew_leases", params)}
+        renewed = await self._within(self.connector.fetchall("renew_leases", params), "renew the leases")
+        return {r["id"] for r in renewed}
 
     async def request_cancel(self, job_id: str, reason: str, *, requested_by: str, at_ns: int) -> Job:
         if not storable(job_id):
@@ -444,6 +502,15 @@ class _InsertAlone(Exception):
     def __init__(self, *, maybe_stored: bool) -> None:
         super().__init__("the group's write failed: insert this job alone")
         self.maybe_stored = maybe_stored
+
+
+class _ApplyAlone(Exception):
+    """The outcome of a transition whose group was not written: its caller applies it
+    alone (``maybe_applied``: the group may have been written before its answer was lost)."""
+
+    def __init__(self, *, maybe_applied: bool) -> None:
+        super().__init__("the group's write failed: apply this transition alone")
+        self.maybe_applied = maybe_applied
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,14 @@ _ILLEGAL_TRANSITION: Final = "OR409"
 #: constraint violations): only the class and the state are logged for them.
 _DATA_CLASSES: Final = ("22", "23")
 
+#: How long a statement waits for a lock another session holds (PostgreSQL's
+#: ``lock_timeout``; ORCHESTRATOR_PG_LOCK_TIMEOUT_SECONDS), instead of as long as it is held.
+DEFAULT_LOCK_TIMEOUT: Final = 30.0
+#: A worker's own writes get the lock timeout plus this, on the client's clock: a server
+#: that stops answering (a network that drops everything) cannot hold them either.
+WRITE_MARGIN_SECONDS: Final = 5.0
+#: SQLSTATE of a statement cancelled by ``lock_timeout``.
+_LOCK_TIMEOUT: Final = "55P03"
 #: How long ``open()`` waits for the pool's first connections.
 _OPEN_TIMEOUT: Final = 10.0
 #: How long an operation waits for a pooled connection.
@@ -95,8 +103,11 @@ class PostgresConnector:
         max_size: int = 10,
         schema: str | None = None,
         notify: bool = True,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         self._url = url
+        #: Seconds a statement waits for a lock (None: as long as it is held).
+        self.lock_timeout = lock_timeout
         self.min_size = min_size
         self.max_size = max_size
         self.schema = schema
@@ -187,6 +198,8 @@ class PostgresConnector:
         """Every connection: JSON text binds as jsonb, names resolve in the store's schema,
         and the schema's triggers notify only when this process wants them to."""
         conn.adapters.register_dumper(JSONText, _JsonbText)
+        if self.lock_timeout is not None:
+            await conn.execute(_Q["_lock_timeout"], {"lock_timeout": f"{max(1, round(self.lock_timeout * 1000))}ms"})
         if self.schema is not None:
             await conn.execute(pgsql.SQL(_Q["_set_search_path"]).format(schema=pgsql.Identifier(self.schema)))
         if not self.notify:
@@ -268,8 +281,10 @@ class PostgresConnector:
             detail = self._redact(lines[0]) if lines else type(exc).__name__
             detail = f"{detail} (SQLSTATE {state})" if state else detail
         # Connection-level failures repeat on every call while the server is down:
-        # log them once per interval with a count; anything else is logged each time.
-        flood = isinstance(exc, psycopg.OperationalError)
+        # log them once per interval with a count; anything else is logged each time (a
+        # lock timeout too: it is about one statement and its job).
+        lock_wait = state == _LOCK_TIMEOUT
+        flood = isinstance(exc, psycopg.OperationalError) and not lock_wait
         if not flood or self._error_log.ready():
             logs.event(
                 log,
@@ -286,8 +301,13 @@ class PostgresConnector:
             )
         # Connection-level failures (no SQLSTATE: the server is down or unreachable, the pool
         # timed out) and the server's own "shutting down / too busy" states may pass.
-        transient = (isinstance(exc, psycopg.OperationalError) and not state) or state[:2] in ("08", "53", "57")
-        reach = "could not be reached to" if transient else "failed to"
+        transient = (
+            (isinstance(exc, psycopg.OperationalError) and not state) or state[:2] in ("08", "53", "57") or lock_wait
+        )
+        if lock_wait:
+            reach = f"gave up after waiting {self.lock_timeout:g} s for a lock another session holds, to"
+        else:
+            reach = "could not be reached to" if transient else "failed to"
         error = PersistenceError(
             f"the postgresql store at {self.target} {reach} {operation} (error id {error_id}; details in the log)",
             error_id=error_id,
@@ -429,9 +449,16 @@ class PostgresJobStore(SQLJobStore):
         max_size: int = 10,
         schema: str | None = None,
         notify: bool = True,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        write_seconds: float | None = None,
     ) -> None:
-        connector = PostgresConnector(url, min_size=min_size, max_size=max_size, schema=schema, notify=notify)
-        super().__init__(connector)
+        """``lock_timeout``: seconds a statement waits for a lock another session holds;
+        ``write_seconds``: the client's deadline on a worker's own writes (the lock
+        timeout plus :data:`WRITE_MARGIN_SECONDS` unless given)."""
+        connector = PostgresConnector(
+            url, min_size=min_size, max_size=max_size, schema=schema, notify=notify, lock_timeout=lock_timeout
+        )
+        super().__init__(connector, write_seconds=write_seconds or lock_timeout + WRITE_MARGIN_SECONDS)
         self.pg = connector
         self.schema = schema
         self.target = connector.target

@@ -1,5 +1,6 @@
 """A TCP proxy the tests control: forwards 127.0.0.1:<port> to a target, and can
-``cut()`` (close every connection, refuse new ones) and ``restore()``.
+``cut()`` (close every connection, refuse new ones) and ``restore()``, or ``stall()``
+(hold every byte, close nothing: a network that drops packets) and ``resume()``.
 
 Thread based: one accept thread, two pump threads per connection. While cut, new
 connections are either refused (``cut(refuse=True)``: the listening socket is closed,
@@ -31,6 +32,8 @@ class TcpProxy:
         self._accept_thread: threading.Thread | None = None
         self._closed = False
         self.cut_now = False
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     # -- control ----------------------------------------------------------------------
 
@@ -53,6 +56,14 @@ class TcpProxy:
         for conn in conns:
             _close(conn)
 
+    def stall(self) -> None:
+        """Hold every byte in either direction from now on (connections stay open)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Deliver what was held, and everything after it."""
+        self._flowing.set()
+
     def restore(self) -> None:
         with self._lock:
             self.cut_now = False
@@ -62,6 +73,7 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
+        self.resume()  # no pump stays held
         self.cut(refuse=True)
 
     @property
@@ -124,6 +136,7 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

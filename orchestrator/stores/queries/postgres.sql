@@ -26,8 +26,16 @@ SELECT current_schema() AS schema;
 (SELECT json_agg(h ORDER BY h.seq) FROM job_history h WHERE h.job_id = jobs.id)
 
 -- name: migration_lock
--- Serialises the migrations of workers that start at once (released at commit).
-SELECT pg_advisory_xact_lock(8030590385584829554);
+-- Serialises the migrations of workers that start at once (released at commit). Waits
+-- for it, and for the locks its migrations take, are not bounded by the connection's
+-- lock timeout (set_config(..., true): this transaction only; evaluated first, as the
+-- CTE a volatile function makes it).
+WITH unbounded AS (SELECT set_config('lock_timeout', '0', true))
+SELECT pg_advisory_xact_lock(8030590385584829554) FROM unbounded;
+
+-- name: _lock_timeout
+-- Every pooled connection: a statement waits this long for a lock another session holds.
+SELECT set_config('lock_timeout', :lock_timeout, false);
 
 -- name: claim
 -- The oldest Queued jobs (up to :limit), skipping rows other workers are claiming, moved
