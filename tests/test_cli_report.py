@@ -114,7 +114,7 @@ def test_the_report_reproduces_the_known_ground_truth(scenario: tuple[Env, dict[
         ("total", 7),
     ]
     slow = next(row for row in report["modules"] if row["module"] == "slow")
-    assert 1200 <= slow["max_ms"] < 3000  # the 1.2 s sleep
+    assert 1200 <= slow["max_ms"] < 6000  # the 1.2 s sleep, not the 60 s timeout
     hang = next(row for row in report["modules"] if row["module"] == "hang")
     assert 300 <= hang["max_ms"] < 2000  # cut at its 0.3 s timeout
 
@@ -145,7 +145,8 @@ def test_the_report_from_the_store_matches_the_report_from_the_files(scenario: t
                     # the store's start of execution and the module span's are apart by
                     # however long the process was held up between them: milliseconds,
                     # more on a loaded machine; a unit error would be a factor of 1000
-                    assert abs(a[key] - b[key]) <= 50.0, (a, b)
+                    # (job B's execute alone is 1.2 s)
+                    assert abs(a[key] - b[key]) <= 500.0, (a, b)
 
 
 def test_report_filters_by_project_and_time_window(scenario: tuple[Env, dict[str, str]]) -> None:

@@ -209,7 +209,7 @@ async def test_graceful_shutdown_requeues_a_job_that_outlives_the_grace_period(t
         async with anyio.create_task_group() as tg:
             running = Running(app.worker(worker_id="w-shutdown")).start(tg)
             await wait_until(lambda: _started(shared, job.id), timeout=3)
-            took = await running.stop()
+            took = await running.stop(timeout=30)
 
         assert 0.2 <= took < 4.0  # the grace, then cut: not the 5 s slow sleeps (generous: a loaded machine)
         final = await app.store.get(job.id)
@@ -233,7 +233,7 @@ async def test_graceful_shutdown_lets_a_job_finish_within_the_grace_period(tmp_p
         async with anyio.create_task_group() as tg:
             running = Running(app.worker(worker_id="w-grace")).start(tg)
             await wait_until(lambda: _counted(shared, job.id), timeout=3)
-            took = await running.stop()
+            took = await running.stop(timeout=30)
 
         assert took < 8.0  # the job's end, not the 10 s grace (generous: a loaded machine)
         final = await app.store.get(job.id)
