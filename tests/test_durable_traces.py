@@ -785,9 +785,9 @@ class CountingConnector:
         self.calls.append(name)
         return await self._inner.fetchone(name, params)
 
-    async def fetchall(self, name: str, params: Any = None) -> Any:
+    async def fetchall(self, name: str, params: Any = None, **options: Any) -> Any:
         self.calls.append(name)
-        return await self._inner.fetchall(name, params)
+        return await self._inner.fetchall(name, params, **options)
 
     async def batch(self, calls: Sequence[tuple[str, Any]]) -> Any:
         self.calls.append("+".join(name for name, _ in calls))

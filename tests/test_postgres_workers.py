@@ -40,7 +40,7 @@ from pydantic import SecretStr
 
 from orchestrator.bootstrap import App, open_app
 from orchestrator.cli.views import Span
-from orchestrator.domain import Job, JobStatus
+from orchestrator.domain import Job, JobStatus, now_ns
 from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
@@ -466,6 +466,39 @@ def test_a_row_lock_held_for_good_costs_a_worker_one_job_not_its_slot(
         ("queued", "running", "claimed", 2),
         ("running", "completed", "its module completed", 2),
     ]
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_a_reaper_recovers_the_other_expired_jobs_while_one_row_is_locked(
+    db_url: str, tmp_path: Path, plugin: ModuleType
+) -> None:
+    registry = ModuleRegistry([plugin.Sleepy(), plugin.Noop()])
+    settings = _settings(db_url, tmp_path, pg_lock_timeout_seconds=0.5)
+    async with open_app(settings, registry=registry, telemetry=_quiet_telemetry()) as app:
+        # Two jobs of a worker that died: their leases have expired.
+        dead = []
+        for _ in range(2):
+            job = await app.create.execute(request(tmp_path, "noop"))
+            (running,) = await app.store.claim_batch(worker_id="w-dead", lease_ns=1, now_ns=now_ns(), limit=1)
+            assert running.id == job.id
+            dead.append(running)
+        locked, other = dead
+        reaper = app.worker(worker_id="w-reaper")
+        with psycopg.connect(db_url) as locker:
+            assert locker.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (locked.id,)).fetchall()
+            with anyio.fail_after(30):
+                moved = await reaper.reap()  # the locked one first (its lease expired first)
+            assert moved == 1
+            assert ((await app.store.get(other.id)).status, (await app.store.get(other.id)).attempt) == (
+                JobStatus.QUEUED,
+                2,
+            )
+            assert (await app.store.get(locked.id)).status is JobStatus.RUNNING
+            locker.rollback()
+        with anyio.fail_after(30):
+            assert await reaper.reap() == 1  # and once the lock is gone, the locked one
+        assert (await app.store.get(locked.id)).status is JobStatus.QUEUED
 
 
 # -- 6. pickup latency ------------------------------------------------------------------

@@ -24,6 +24,7 @@ from orchestrator.domain import (
     Job,
     JobOptions,
     JobStatus,
+    LockTimeout,
     ModuleOutcome,
     ModuleResult,
     PersistenceError,
@@ -444,7 +445,8 @@ async def test_a_transition_behind_a_row_lock_held_for_good_fails_typed_after_th
             with anyio.fail_after(30), pytest.raises(PersistenceError) as raised:
                 await store.apply(finish(job))  # behind the lock: it waits, then gives up
             waited = time.monotonic() - started
-            assert raised.value.transient
+            assert isinstance(raised.value, LockTimeout)
+            assert (raised.value.transient, raised.value.answered) == (True, True)
             assert raised.value.message.startswith(
                 f"the postgresql store at {store.target} gave up after waiting 1 s for a lock another session "
                 "holds, to apply_transition (error id "
@@ -506,10 +508,10 @@ async def test_a_transition_to_a_database_that_stops_answering_fails_typed_at_th
             with anyio.fail_after(60), pytest.raises(PersistenceError) as raised:
                 await store.apply(finish(job))
             waited = time.monotonic() - started
-            assert raised.value.transient
+            assert (raised.value.transient, raised.value.answered) == (True, False)
             assert raised.value.message.startswith(
-                f"the postgresql store did not write the transition of job {job.id} to completed within 1.5 s "
-                "(a lock held by another session, or the database overloaded or unreachable; error id "
+                f"the postgresql store at {store.target} did not apply_transition within 1.5 s (the server did "
+                "not answer its cancellation either: it may still have been written; error id "
             ), raised.value.message
             assert 1.5 <= waited < 30.0  # the client's deadline, not the server's lock timeout
             proxy.resume()
@@ -558,3 +560,39 @@ async def test_the_lock_timeout_leaves_migrations_waiting_for_each_other(postgre
             assert not failed, failed
         finally:
             await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_transition_past_its_deadline_is_cancelled_in_the_server_and_nothing_is_written(
+    postgres_url: str, pg_schema: str
+) -> None:
+    # The lock timeout is far away; the write's own deadline comes first.
+    async with pg_store(postgres_url, pg_schema, lock_timeout=60.0, write_seconds=1.0) as store:
+        (job,) = await running_jobs(store, 1)
+        with row_locks(postgres_url, pg_schema, [job.id]) as holder:
+            with anyio.fail_after(30), pytest.raises(PersistenceError) as raised:
+                await store.apply(finish(job))
+            assert (raised.value.transient, raised.value.answered) == (True, True)
+            assert raised.value.message.startswith(
+                f"the postgresql store at {store.target} did not apply_transition within 1 s "
+                "(cancelled in the server, nothing written; error id "
+            ), raised.value.message
+            assert blocked_by(postgres_url, holder) == 0  # the server ended it
+        assert (await store.get(job.id)).status is JobStatus.RUNNING
+        assert (await store.apply(finish(job))).status is JobStatus.COMPLETED
+        assert [e.status_to for e in await store.history(job.id)].count(JobStatus.COMPLETED) == 1
+
+
+@pytest.mark.postgres
+async def test_lease_renewals_skip_a_row_another_session_holds_and_keep_it(postgres_url: str, pg_schema: str) -> None:
+    async with pg_store(postgres_url, pg_schema, lock_timeout=60.0) as store:
+        locked, free, lost = await running_jobs(store, 3)
+        await store.apply(finish(lost))  # ended: no longer this worker's lease
+        expires = now_ns() + 10**12
+        with row_locks(postgres_url, pg_schema, [locked.id]) as holder:
+            with anyio.fail_after(10):  # not the 60 s lock timeout
+                owned = await store.renew_leases([locked.id, free.id, lost.id], worker_id="w-1", expires_ns=expires)
+            assert blocked_by(postgres_url, holder) == 0
+        assert owned == {locked.id, free.id}  # the locked one is still this worker's, not lost
+        assert (await store.get(free.id)).lease_expires_ns == expires
+        assert (await store.get(locked.id)).lease_expires_ns != expires  # skipped, renewed next time

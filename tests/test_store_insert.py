@@ -209,7 +209,7 @@ class HeldInserts:
                 await self.release_alone.wait()
             return await fetchone(name, params)
 
-        async def failing_fetchall(name: str, params: Any = None) -> Any:
+        async def failing_fetchall(name: str, params: Any = None, **options: Any) -> Any:
             if name == "insert_jobs":  # (a connector's fetchone may run its fetchall)
                 self.names.append(name)
                 self.group_entered.set()
@@ -217,7 +217,7 @@ class HeldInserts:
                     await self.hold_group.wait()
                 if self.fail_group:
                     raise PersistenceError("connection lost", transient=True)  # before anything was sent
-            rows = await fetchall(name, params)
+            rows = await fetchall(name, params, **options)
             if name == "insert_jobs" and self.fail_after_group:
                 # Stored and committed, but the answer is lost on the way back.
                 raise PersistenceError("connection lost", transient=True)

@@ -61,10 +61,10 @@ async def test_a_group_of_terminal_transitions_is_written_by_one_successful_stat
     statements: list[tuple[str, int, bool, int]] = []  # (query, transitions sent, succeeded, rows back)
     fetchall = store.connector.fetchall
 
-    async def recording(name: str, params: Any = None) -> Any:
+    async def recording(name: str, params: Any = None, **options: Any) -> Any:
         sent = len(json.loads(params["transitions"])) if name == "apply_transitions" else 1
         try:
-            found = await fetchall(name, params)
+            found = await fetchall(name, params, **options)
         except BaseException:
             statements.append((name, sent, False, 0))
             raise

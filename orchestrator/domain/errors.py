@@ -13,6 +13,7 @@ __all__ = [
     "IllegalTransition",
     "InvalidRequest",
     "JobNotFound",
+    "LockTimeout",
     "ModuleError",
     "OrchestratorError",
     "PersistenceError",
@@ -118,13 +119,30 @@ class PersistenceError(OrchestratorError):
     category = ErrorCategory.PERSISTENCE
 
     def __init__(
-        self, message: str | None = None, *, error_id: str | None = None, transient: bool = False, **kwargs: Any
+        self,
+        message: str | None = None,
+        *,
+        error_id: str | None = None,
+        transient: bool = False,
+        answered: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
         #: Ties the error shown to a user to the log record written where it happened.
         self.error_id = error_id
         #: The store could not be reached (or was busy): the same call may succeed later.
         self.transient = transient
+        #: The database answered the statement with this error: it was rolled back, nothing
+        #: of it was written (False: no answer came, it may have been written).
+        self.answered = answered
+
+
+class LockTimeout(PersistenceError):
+    """A statement gave up waiting for a lock another session holds (PostgreSQL's
+    ``lock_timeout``): rolled back, nothing written; the same call may succeed later."""
+
+    def __init__(self, message: str | None = None, *, error_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, error_id=error_id, transient=True, answered=True, **kwargs)
 
 
 def new_error_id() -> str:

@@ -33,6 +33,7 @@ from orchestrator.domain import (
     ErrorCategory,
     Job,
     JobStatus,
+    LockTimeout,
     OrchestratorError,
     Phase,
     TransitionConflict,
@@ -312,6 +313,10 @@ class Worker:
                 moved += 1
             except TransitionConflict:
                 continue  # another reaper (or the job's own worker) got there first
+            except LockTimeout:
+                # Its row is locked by another session (logged at the source): the others
+                # are recovered now, this one at a later pass.
+                continue
         return moved
 
     # -- degraded paths ---------------------------------------------------------------

@@ -75,8 +75,11 @@ class Connector(Protocol):
     async def fetchone(self, name: str, params: Params | None = None) -> Row | None:
         """The first row of one named query, run as its own transaction."""
 
-    async def fetchall(self, name: str, params: Params | None = None) -> list[Row]:
-        """Every row of one named query, run as its own transaction."""
+    async def fetchall(self, name: str, params: Params | None = None, *, deadline: float | None = None) -> list[Row]:
+        """Every row of one named query, run as its own transaction. ``deadline``: seconds
+        after which the statement is cancelled where the database can be asked to (a
+        :class:`PersistenceError` then says whether it was written); ignored where the
+        connector's own waits are bounded (SQLite's busy timeout)."""
 
     async def batch(self, calls: Sequence[tuple[str, Params]]) -> list[list[Row]]:
         """Several named queries in one transaction and, where the driver can, one round

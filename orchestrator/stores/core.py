@@ -9,12 +9,14 @@ stays one round trip. Terminal transitions that arrive while one is being writte
 written together, in one statement (``apply_transitions``, see
 :mod:`orchestrator.stores.grouping`), each row with its own compare-and-set.
 
-A worker's own writes (its transitions, claims and lease renewals) have a deadline when
-the store is given one (``write_seconds``; PostgreSQL's, whose statements otherwise wait
-for a lock as long as it is held; SQLite's waits are bounded by its busy timeout): a row
-locked for good by another session costs the job its attempt (a typed, transient
-:class:`~orchestrator.domain.PersistenceError`; the lease then expires and the job is run
-again), never the worker its slot.
+A worker's transitions and lease renewals have a deadline when the store is given one
+(``write_seconds``, PostgreSQL's: past it the statement is cancelled in the server; a
+lock wait ends sooner, at the connection's lock timeout; SQLite's waits are bounded by
+its busy timeout). A row locked for good by another session costs its job the attempt
+(a typed, transient :class:`~orchestrator.domain.PersistenceError`; the lease then
+expires and the job runs again), never the worker its slot. An error the database
+answered (``PersistenceError.answered``) means nothing was written; no answer means it
+may have been, and a job found in the state its write would have left counts as written.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Final
 
 import anyio
 
@@ -43,17 +45,12 @@ from orchestrator.domain import (
 from orchestrator.domain.values import canonical_reason, canonical_text, storable
 from orchestrator.stores import rows, sql
 from orchestrator.stores.base import RootStamps
-from orchestrator.stores.connector import Connector, Params, Row, TransitionRefused, new_error_id
+from orchestrator.stores.connector import Connector, Params, Row, TransitionRefused
 from orchestrator.stores.grouping import GroupedWrites
-from otel import logs
-from otel.instrument import mark_logged
-from otel.vocabulary import OperationEvent
 
 __all__ = ["SQLJobStore"]
 
 log = logging.getLogger("orchestrator.stores")
-
-T = TypeVar("T")
 
 #: A transition's outcome: the job as stored, and its history when it was asked for.
 _Applied = tuple[Job, list[LifecycleEntry]]
@@ -166,8 +163,7 @@ class SQLJobStore:
                 # rejects): the statement was rolled back, nothing of it is stored, and a
                 # job found stored would be an earlier insert of the same job (a duplicate).
                 # No answer (the connection lost, the deadline): it may have been stored.
-                answered = isinstance(exc, PersistenceError) and not exc.transient
-                return [_InsertAlone(maybe_stored=not answered) for _ in jobs]
+                return [_InsertAlone(maybe_stored=not _answered(exc)) for _ in jobs]
             by_id = {row["id"]: row for row in written}
             return [
                 rows.job_from_row(by_id[job.id])
@@ -193,7 +189,9 @@ class SQLJobStore:
                 return await self._terminal_writes.submit((t, with_history))
             except _ApplyAlone as alone:
                 # Its group's write failed: applied alone, here in its caller's task, with
-                # a deadline of its own (not one after the other by the group's leader).
+                # a deadline of its own (not one after the other by the group's leader). The
+                # callers shield terminal writes (workflow.transition): a caller cancelled
+                # here would not learn whether its group had written it.
                 return await self._apply_one(t, with_history=with_history, after_group=alone.maybe_applied)
         return await self._apply_one(t, with_history=with_history)
 
@@ -218,27 +216,19 @@ class SQLJobStore:
         """One transition, alone, within the write deadline. ``after_group``: it was in a
         group whose write failed without saying whether it was stored; finding it stored
         is then a success."""
-        return await self._within(
-            self._apply_alone(t, with_history=with_history, after_group=after_group),
-            f"write the transition of job {t.job_id} to {t.status_to}",
-            job_id=t.job_id,
-            status_to=str(t.status_to),
-        )
-
-    async def _apply_alone(
-        self, t: Transition, *, with_history: bool, after_group: bool
-    ) -> tuple[Job, list[LifecycleEntry]]:
         stamp = self._stamp(t, with_history)
         params = self._params(t, stamp, with_history)
         try:
             # One statement, its own transaction, with the history when it is asked for.
-            results = [await self.connector.fetchall("apply_transition", params)]
+            results = [await self.connector.fetchall("apply_transition", params, deadline=self.write_seconds)]
         except TransitionRefused as refused:
             _void(stamp)
             raise IllegalTransition(t.job_id, t.status_from, t.status_to) from refused
-        except BaseException:
+        except BaseException as exc:
             if stamp is not None:
-                stamp.stamps.unknown(stamp.seq)  # committed or not: the emitter cannot tell
+                # The database's own answer (a lock timeout, a cancellation past the
+                # deadline): rolled back. No answer: committed or not, the emitter cannot tell.
+                (stamp.stamps.void if _answered(exc) else stamp.stamps.unknown)(stamp.seq)
             raise
         if not results[0]:
             _void(stamp)
@@ -271,16 +261,15 @@ class SQLJobStore:
         stamps = {i: self._stamp(*group[i]) for i in order}
         params = rows.json_text_of([self._params(group[i][0], stamps[i], group[i][1]) for i in order])
         try:
-            written = await self._within(
-                self.connector.fetchall("apply_transitions", {"transitions": params}),
-                f"write the transitions of {len(group)} jobs",
+            written = await self.connector.fetchall(
+                "apply_transitions", {"transitions": params}, deadline=self.write_seconds
             )
         except Exception as exc:  # noqa: BLE001 - each alone, by its caller
-            refused = isinstance(exc, TransitionRefused)  # rolled back: nothing of it was stored
+            answered = _answered(exc)  # rolled back: nothing of it was stored
             for stamp in stamps.values():
                 if stamp is not None:
-                    (stamp.stamps.void if refused else stamp.stamps.unknown)(stamp.seq)
-            return [_ApplyAlone(maybe_applied=not refused) for _ in group]
+                    (stamp.stamps.void if answered else stamp.stamps.unknown)(stamp.seq)
+            return [_ApplyAlone(maybe_applied=not answered) for _ in group]
         by_id = {row["id"]: row for row in written}
         outcomes: dict[int, _Applied | BaseException] = {}
         for i in order:
@@ -299,34 +288,6 @@ class SQLJobStore:
                 stamp.stamps.committed(stamp.seq, job.trace.trace_id, job.trace.span_id)
             outcomes[i] = (job, rows.history_after(row, job, t) if with_history else [])
         return [outcomes[i] for i in range(len(group))]
-
-    async def _within(self, call: Awaitable[T], what: str, **fields: Any) -> T:
-        """``call`` within the write deadline; past it, the statement is cancelled (in the
-        server, by the driver) and the caller gets a transient PersistenceError, logged
-        here with ``fields``."""
-        if self.write_seconds is None:
-            return await call
-        with anyio.move_on_after(self.write_seconds):
-            return await call
-        error_id = new_error_id()
-        message = (
-            f"the {self.backend} store did not {what} within {self.write_seconds:g} s "
-            f"(a lock held by another session, or the database overloaded or unreachable; error id {error_id})"
-        )
-        logs.event(
-            log,
-            logging.WARNING,
-            OperationEvent.ERROR,
-            message,
-            operation="store.write",
-            error_category=str(ErrorCategory.PERSISTENCE),
-            error_id=error_id,
-            deadline_s=self.write_seconds,
-            **fields,
-        )
-        error = PersistenceError(message, error_id=error_id, transient=True)
-        mark_logged(error)
-        raise error
 
     def _conflict(self, t: Transition, current: Row | None) -> Exception:
         """Why a compare-and-set matched nothing (``current``: the job's row now), as a
@@ -349,16 +310,24 @@ class SQLJobStore:
 
     async def claim_batch(self, *, worker_id: str, lease_ns: int, now_ns: int, limit: int) -> list[Job]:
         params = {"worker_id": worker_id, "now_ns": now_ns, "expires_ns": now_ns + lease_ns, "limit": limit}
-        claimed = await self._within(self.connector.fetchall("claim", params), "claim queued jobs")
-        found = [rows.job_from_row(r) for r in claimed]
+        # No deadline: the claim skips locked rows, and a claim whose answer was lost would
+        # hold jobs that no one runs until their leases expire.
+        found = [rows.job_from_row(r) for r in await self.connector.fetchall("claim", params)]
         return sorted(found, key=lambda j: (j.queued_ns or 0, j.id))
 
     async def renew_leases(self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int) -> set[str]:
         if not job_ids:
             return set()
         params = {"ids": list(job_ids), "worker_id": worker_id, "expires_ns": expires_ns}
-        renewed = await self._within(self.connector.fetchall("renew_leases", params), "renew the leases")
-        return {r["id"] for r in renewed}
+        # Rows another session holds locked are skipped, not waited for (one locked job
+        # must not hold back the others' renewals): those still leased to this worker are
+        # still its own, renewed at the next heartbeat.
+        renewed = {r["id"] for r in await self.connector.fetchall("renew_leases", params, deadline=self.write_seconds)}
+        skipped = [job_id for job_id in job_ids if job_id not in renewed]
+        if skipped:
+            held = {"ids": skipped, "worker_id": worker_id}
+            renewed.update(r["id"] for r in await self.connector.fetchall("leases_held", held))
+        return renewed
 
     async def request_cancel(self, job_id: str, reason: str, *, requested_by: str, at_ns: int) -> Job:
         if not storable(job_id):
@@ -517,6 +486,12 @@ class _ApplyAlone(Exception):
 class _Stamp:
     stamps: RootStamps
     seq: int
+
+
+def _answered(exc: BaseException) -> bool:
+    """Whether the database answered the statement with this error (it rolled it back:
+    nothing of it was written), as opposed to no answer (it may have been written)."""
+    return isinstance(exc, TransitionRefused) or (isinstance(exc, PersistenceError) and exc.answered)
 
 
 def _void(stamp: _Stamp | None) -> None:

@@ -30,7 +30,7 @@ from psycopg.adapt import Dumper
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from orchestrator.domain import PersistenceError
+from orchestrator.domain import LockTimeout, PersistenceError
 from orchestrator.stores import sql
 from orchestrator.stores.connector import JSONText, Params, Row, TransitionRefused, new_error_id
 from orchestrator.stores.core import SQLJobStore
@@ -59,6 +59,8 @@ DEFAULT_LOCK_TIMEOUT: Final = 30.0
 #: A worker's own writes get the lock timeout plus this, on the client's clock: a server
 #: that stops answering (a network that drops everything) cannot hold them either.
 WRITE_MARGIN_SECONDS: Final = 5.0
+#: Seconds the server gets to answer the cancellation of a statement past its deadline.
+_CANCEL_SECONDS: Final = 5.0
 #: SQLSTATE of a statement cancelled by ``lock_timeout``.
 _LOCK_TIMEOUT: Final = "55P03"
 #: How long ``open()`` waits for the pool's first connections.
@@ -235,8 +237,8 @@ class PostgresConnector:
             async with pool.connection(timeout=_UNREACHABLE_POOL_TIMEOUT if self._unreachable else None) as conn:
                 yield conn
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout):
-                self._unreachable = True  # the server is gone (a busy pool is not)
+            if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout) and not exc.sqlstate:
+                self._unreachable = True  # the server is gone (a busy pool or a lock timeout is not)
             raise self._error(operation, exc) from exc
         self._unreachable = False
 
@@ -246,10 +248,74 @@ class PostgresConnector:
         async with self._connection(name) as conn:
             return await _fetchone(conn, _Q[name], params)
 
-    async def fetchall(self, name: str, params: Params | None = None) -> list[Row]:
+    async def fetchall(self, name: str, params: Params | None = None, *, deadline: float | None = None) -> list[Row]:
         async with self._connection(name) as conn:
+            if deadline is not None:
+                return await self._within(conn, name, params, deadline)
             cur = await conn.execute(_Q[name], params)
             return list(await cur.fetchall()) if _has_rows(cur) else []
+
+    async def _within(self, conn: _Connection, name: str, params: Params | None, deadline: float) -> list[Row]:
+        """The statement, cancelled in the server once ``deadline`` seconds have passed
+        (the server then answers QueryCanceled: nothing was written). Only when the server
+        does not answer the cancellation either (a network that drops everything) is the
+        statement abandoned, its connection closed: it may still have been written."""
+        asked = False
+        found: list[Row] | None = None
+        failed: psycopg.Error | None = None
+        with anyio.CancelScope() as abandon:
+            async with anyio.create_task_group() as watch:
+
+                async def cancel_when_due() -> None:
+                    nonlocal asked
+                    await anyio.sleep(deadline)
+                    asked = True
+                    with anyio.move_on_after(_CANCEL_SECONDS):
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.cancel_safe(timeout=_CANCEL_SECONDS)
+                        await anyio.sleep(_CANCEL_SECONDS)  # for the server's answer
+                    abandon.cancel()
+
+                watch.start_soon(cancel_when_due)
+                try:
+                    cur = await conn.execute(_Q[name], params)
+                    found = list(await cur.fetchall()) if _has_rows(cur) else []
+                except psycopg.Error as exc:  # raised below, outside the task group (not in a group)
+                    failed = exc
+                watch.cancel_scope.cancel()
+        if isinstance(failed, psycopg.errors.QueryCanceled) and asked:
+            raise self._past_deadline(name, deadline, written=False) from failed
+        if failed is not None:
+            raise failed  # mapped by _connection, as any statement's error (an administrator's cancel too)
+        if found is None:
+            raise self._past_deadline(name, deadline, written=None)
+        return found
+
+    def _past_deadline(self, operation: str, deadline: float, *, written: bool | None) -> PersistenceError:
+        error_id = new_error_id()
+        outcome = (
+            "cancelled in the server, nothing written"
+            if written is False
+            else "the server did not answer its cancellation either: it may still have been written"
+        )
+        message = (
+            f"the postgresql store at {self.target} did not {operation} within {deadline:g} s "
+            f"({outcome}; error id {error_id})"
+        )
+        logs.event(
+            log,
+            logging.WARNING,
+            OperationEvent.ERROR,
+            message,
+            operation=f"store.{operation}",
+            error_category="persistence",
+            error_id=error_id,
+            target=self.target,
+            deadline_s=deadline,
+        )
+        error = PersistenceError(message, error_id=error_id, transient=True, answered=written is False)
+        mark_logged(error)
+        return error
 
     async def batch(self, calls: Sequence[tuple[str, Params]]) -> list[list[Row]]:
         operation = "+".join(name for name, _ in calls)
@@ -308,10 +374,18 @@ class PostgresConnector:
             reach = f"gave up after waiting {self.lock_timeout:g} s for a lock another session holds, to"
         else:
             reach = "could not be reached to" if transient else "failed to"
-        error = PersistenceError(
-            f"the postgresql store at {self.target} {reach} {operation} (error id {error_id}; details in the log)",
-            error_id=error_id,
-            transient=transient,
+        message = f"the postgresql store at {self.target} {reach} {operation} (error id {error_id}; details in the log)"
+        error = (
+            LockTimeout(message, error_id=error_id)
+            if lock_wait
+            else PersistenceError(
+                message,
+                error_id=error_id,
+                transient=transient,
+                # An error with a SQLSTATE is the server's answer (the statement rolled
+                # back), but for a lost connection (class 08, or none).
+                answered=bool(state) and state[:2] != "08",
+            )
         )
         mark_logged(error)  # logged here (or counted in the next record): callers must not log it again
         return error

@@ -139,7 +139,9 @@ class SQLiteConnector:
         found = await self.fetchall(name, params)
         return found[0] if found else None
 
-    async def fetchall(self, name: str, params: Params | None = None) -> list[Row]:
+    async def fetchall(self, name: str, params: Params | None = None, *, deadline: float | None = None) -> list[Row]:
+        # ``deadline`` ignored: a statement waits for the write lock at most busy_timeout
+        # times lock_retries, and a file does not stop answering.
         query = _Q[name]
         if query.lstrip()[:6].upper() == "SELECT":
             bound = _bind(params)
@@ -231,6 +233,7 @@ class SQLiteConnector:
             f"(error id {error_id}; details in the log)",
             error_id=error_id,
             transient=isinstance(exc, sqlite3.OperationalError) and _is_locked(exc),
+            answered=True,  # rolled back: a file does not lose its answer
         )
         mark_logged(error)  # logged here: the entry points it passes through must not log it again
         return error

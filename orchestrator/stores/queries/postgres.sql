@@ -60,9 +60,21 @@ WHERE j.id = c.id AND j.status = 'queued'
 RETURNING j.*;
 
 -- name: renew_leases
+-- Rows another session holds locked are skipped, not waited for (leases_held tells them
+-- from the ones this worker lost).
+WITH mine AS (
+    SELECT id FROM jobs
+    WHERE id = ANY(:ids) AND status = 'running' AND lease_owner = :worker_id
+    FOR NO KEY UPDATE SKIP LOCKED
+)
 UPDATE jobs SET lease_expires_ns = :expires_ns
-WHERE id = ANY(:ids) AND status = 'running' AND lease_owner = :worker_id
-RETURNING id;
+FROM mine
+WHERE jobs.id = mine.id
+RETURNING jobs.id;
+
+-- name: leases_held
+-- Of these jobs, the ones still leased to this worker (a read: it waits for no lock).
+SELECT id FROM jobs WHERE id = ANY(:ids) AND status = 'running' AND lease_owner = :worker_id;
 
 -- name: cancel_requests
 SELECT id, cancel_requested FROM jobs WHERE id = ANY(:ids) AND cancel_requested IS NOT NULL;

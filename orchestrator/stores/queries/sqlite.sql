@@ -33,6 +33,10 @@ UPDATE jobs SET lease_expires_ns = :expires_ns
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running' AND lease_owner = :worker_id
 RETURNING id;
 
+-- name: leases_held
+SELECT id FROM jobs
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running' AND lease_owner = :worker_id;
+
 -- name: cancel_requests
 SELECT id, cancel_requested FROM jobs
 WHERE id IN (SELECT value FROM json_each(:ids)) AND cancel_requested IS NOT NULL;
