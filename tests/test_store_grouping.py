@@ -455,6 +455,7 @@ async def test_a_transition_behind_a_row_lock_held_for_good_fails_typed_after_th
             # Ended in the server, not only abandoned: nothing waits on the lock now, and
             # the job is as it was (a read is not blocked by a row lock).
             assert blocked_by(postgres_url, holder) == 0
+            assert not store.pg._unreachable  # a busy row is not a server gone: full pool waits stay
             assert (await store.get(job.id)).status is JobStatus.RUNNING
         # Once the lock is gone, the same transition is written, once.
         assert (await store.apply(finish(job))).status is JobStatus.COMPLETED
