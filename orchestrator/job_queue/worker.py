@@ -282,8 +282,9 @@ class Worker:
                 await self._store_outage("heartbeat", exc, backoff)
 
     async def _renew(self, ids: list[str]) -> None:
-        expires = self._clock() + int(self.config.lease_seconds * 1e9)
-        owned = await self.store.renew_leases(ids, worker_id=self.worker_id, expires_ns=expires)
+        now = self._clock()
+        expires = now + int(self.config.lease_seconds * 1e9)
+        owned = await self.store.renew_leases(ids, worker_id=self.worker_id, expires_ns=expires, now_ns=now)
         for job_id in set(ids) - owned:
             control = self.in_flight.get(job_id)
             if control is not None:

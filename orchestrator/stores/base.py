@@ -96,8 +96,12 @@ class JobStore(Protocol):
         """Move up to ``limit`` of the oldest Queued jobs to Running, leased to
         ``worker_id``, in one statement; oldest first."""
 
-    async def renew_leases(self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int) -> set[str]:
-        """Extend the leases ``worker_id`` still holds; returns the ids it still owns."""
+    async def renew_leases(
+        self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int, now_ns: int | None = None
+    ) -> set[str]:
+        """Extend the leases ``worker_id`` still holds; returns the ids it still owns. A job
+        whose row another session holds locked is not renewed; it counts as owned while its
+        lease has not expired by ``now_ns`` (the worker's clock; default: now)."""
 
     async def request_cancel(self, job_id: str, reason: str, *, requested_by: str, at_ns: int) -> Job:
         """Flag a Running job for cancellation by the worker that runs it (recorded in

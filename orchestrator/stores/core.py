@@ -315,17 +315,21 @@ class SQLJobStore:
         found = [rows.job_from_row(r) for r in await self.connector.fetchall("claim", params)]
         return sorted(found, key=lambda j: (j.queued_ns or 0, j.id))
 
-    async def renew_leases(self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int) -> set[str]:
+    async def renew_leases(
+        self, job_ids: Sequence[str], *, worker_id: str, expires_ns: int, now_ns: int | None = None
+    ) -> set[str]:
         if not job_ids:
             return set()
         params = {"ids": list(job_ids), "worker_id": worker_id, "expires_ns": expires_ns}
         # Rows another session holds locked are skipped, not waited for (one locked job
-        # must not hold back the others' renewals): those still leased to this worker are
-        # still its own, renewed at the next heartbeat.
+        # must not hold back the others' renewals): those still leased to this worker, and
+        # not expired (a reaper may be taking an expired one), are still its own, renewed
+        # at the next heartbeat.
         renewed = {r["id"] for r in await self.connector.fetchall("renew_leases", params, deadline=self.write_seconds)}
         skipped = [job_id for job_id in job_ids if job_id not in renewed]
         if skipped:
-            held = {"ids": skipped, "worker_id": worker_id}
+            at = now_ns if now_ns is not None else time.time_ns()
+            held = {"ids": skipped, "worker_id": worker_id, "now_ns": at}
             renewed.update(r["id"] for r in await self.connector.fetchall("leases_held", held))
         return renewed
 

@@ -63,6 +63,8 @@ WRITE_MARGIN_SECONDS: Final = 5.0
 _CANCEL_SECONDS: Final = 5.0
 #: SQLSTATE of a statement cancelled by ``lock_timeout``.
 _LOCK_TIMEOUT: Final = "55P03"
+#: A statement cancelled (its lock wait too long, or past its deadline): the server is there.
+_STATEMENT_CANCELLED: Final = frozenset({_LOCK_TIMEOUT, "57014"})
 #: How long ``open()`` waits for the pool's first connections.
 _OPEN_TIMEOUT: Final = 10.0
 #: How long an operation waits for a pooled connection.
@@ -237,8 +239,12 @@ class PostgresConnector:
             async with pool.connection(timeout=_UNREACHABLE_POOL_TIMEOUT if self._unreachable else None) as conn:
                 yield conn
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout) and not exc.sqlstate:
-                self._unreachable = True  # the server is gone (a busy pool or a lock timeout is not)
+            if (
+                isinstance(exc, psycopg.OperationalError)
+                and not isinstance(exc, PoolTimeout)
+                and exc.sqlstate not in _STATEMENT_CANCELLED
+            ):
+                self._unreachable = True  # the server is gone (a busy pool, a row held too long is not)
             raise self._error(operation, exc) from exc
         self._unreachable = False
 
@@ -262,7 +268,7 @@ class PostgresConnector:
         statement abandoned, its connection closed: it may still have been written."""
         asked = False
         found: list[Row] | None = None
-        failed: psycopg.Error | None = None
+        failed: Exception | None = None
         with anyio.CancelScope() as abandon:
             async with anyio.create_task_group() as watch:
 
@@ -280,11 +286,15 @@ class PostgresConnector:
                 try:
                     cur = await conn.execute(_Q[name], params)
                     found = list(await cur.fetchall()) if _has_rows(cur) else []
-                except psycopg.Error as exc:  # raised below, outside the task group (not in a group)
+                except Exception as exc:  # noqa: BLE001 - raised below, outside the task group (not in a group)
                     failed = exc
                 watch.cancel_scope.cancel()
         if isinstance(failed, psycopg.errors.QueryCanceled) and asked:
             raise self._past_deadline(name, deadline, written=False) from failed
+        if asked and not conn.closed:
+            # The cancellation it asked for may still reach the server: not on the next
+            # borrower's statement (the pool replaces a closed connection).
+            await conn.close()
         if failed is not None:
             raise failed  # mapped by _connection, as any statement's error (an administrator's cancel too)
         if found is None:
@@ -383,8 +393,9 @@ class PostgresConnector:
                 error_id=error_id,
                 transient=transient,
                 # An error with a SQLSTATE is the server's answer (the statement rolled
-                # back), but for a lost connection (class 08, or none).
-                answered=bool(state) and state[:2] != "08",
+                # back), but for a lost connection (class 08, or none) and a server ending
+                # the session (FATAL, PANIC: a commit may have been on its way to disk).
+                answered=bool(state) and state[:2] != "08" and exc.diag.severity_nonlocalized == "ERROR",
             )
         )
         mark_logged(error)  # logged here (or counted in the next record): callers must not log it again

@@ -73,8 +73,9 @@ WHERE jobs.id = mine.id
 RETURNING jobs.id;
 
 -- name: leases_held
--- Of these jobs, the ones still leased to this worker (a read: it waits for no lock).
-SELECT id FROM jobs WHERE id = ANY(:ids) AND status = 'running' AND lease_owner = :worker_id;
+-- Of these jobs, the ones still leased to this worker, unexpired (a read: it waits for no lock).
+SELECT id FROM jobs
+WHERE id = ANY(:ids) AND status = 'running' AND lease_owner = :worker_id AND lease_expires_ns > :now_ns;
 
 -- name: cancel_requests
 SELECT id, cancel_requested FROM jobs WHERE id = ANY(:ids) AND cancel_requested IS NOT NULL;

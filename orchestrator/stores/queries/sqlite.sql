@@ -35,7 +35,8 @@ RETURNING id;
 
 -- name: leases_held
 SELECT id FROM jobs
-WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running' AND lease_owner = :worker_id;
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running' AND lease_owner = :worker_id
+  AND lease_expires_ns > :now_ns;
 
 -- name: cancel_requests
 SELECT id, cancel_requested FROM jobs
