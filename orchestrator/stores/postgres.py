@@ -377,9 +377,7 @@ class PostgresConnector:
             )
         # Connection-level failures (no SQLSTATE: the server is down or unreachable, the pool
         # timed out) and the server's own "shutting down / too busy" states may pass.
-        transient = (
-            (isinstance(exc, psycopg.OperationalError) and not state) or state[:2] in ("08", "53", "57") or lock_wait
-        )
+        transient = (isinstance(exc, psycopg.OperationalError) and not state) or state[:2] in ("08", "53", "57")
         if lock_wait:
             reach = f"gave up after waiting {self.lock_timeout:g} s for a lock another session holds, to"
         else:
@@ -543,7 +541,8 @@ class PostgresJobStore(SQLJobStore):
         connector = PostgresConnector(
             url, min_size=min_size, max_size=max_size, schema=schema, notify=notify, lock_timeout=lock_timeout
         )
-        super().__init__(connector, write_seconds=write_seconds or lock_timeout + WRITE_MARGIN_SECONDS)
+        deadline = write_seconds if write_seconds is not None else lock_timeout + WRITE_MARGIN_SECONDS
+        super().__init__(connector, write_seconds=deadline)
         self.pg = connector
         self.schema = schema
         self.target = connector.target
