@@ -38,7 +38,7 @@ from otel import logs
 from otel.instrument import mark_logged
 from otel.vocabulary import OperationEvent
 
-__all__ = ["NOTIFY_CHANNEL", "PostgresConnector", "PostgresJobStore", "describe_target"]
+__all__ = ["NOTIFY_CHANNEL", "PostgresConnector", "PostgresJobStore", "describe_target", "tcp_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,21 @@ _POOL_TIMEOUT: Final = 30.0
 _UNREACHABLE_POOL_TIMEOUT: Final = 1.0
 #: libpq's connect timeout (seconds) of connections outside the pool, unless the URL sets one.
 _CONNECT_TIMEOUT: Final = 10
+#: libpq's TCP settings of every connection, unless the URL sets them: a server that stops
+#: answering at the network level (a host gone, a firewall dropping everything) is seen as
+#: gone within about a minute, instead of the kernel's defaults (two hours for an idle
+#: connection, about fifteen minutes for one with unacknowledged data). They bound the
+#: statements with no deadline of their own (claims, reads, the LISTEN connection's wait);
+#: a lock wait sends nothing and is not affected. libpq ignores them on a Unix socket.
+_TCP_DEFAULTS: Final[Mapping[str, int]] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # milliseconds
+}
+#: The libpq release that knows tcp_user_timeout (12).
+_TCP_USER_TIMEOUT_LIBPQ: Final = 120000
 #: Backlog notifications drained after a wake-up, at most (each drain is one read).
 _MAX_DRAINS: Final = 64
 #: Seconds between two records of a failure that repeats while the server is down.
@@ -120,6 +135,8 @@ class PostgresConnector:
         self.target = describe_target(url)
         self._secrets = _secrets_of(url)
         self._has_connect_timeout = "connect_timeout" in _conninfo(url)
+        #: The TCP settings the URL leaves to us (see _TCP_DEFAULTS).
+        self._tcp = tcp_settings(url)
         self._pool: AsyncConnectionPool[_Connection] | None = None
         self._open_lock: anyio.Lock | None = None
         self._channel = NOTIFY_CHANNEL
@@ -164,7 +181,7 @@ class PostgresConnector:
                 max_size=self.max_size,
                 open=False,
                 configure=self._configure,
-                kwargs={"autocommit": True, "row_factory": dict_row},
+                kwargs={"autocommit": True, "row_factory": dict_row, **self._tcp},
                 timeout=_POOL_TIMEOUT,
                 name=f"orchestrator-{self.target}",
             )
@@ -180,7 +197,7 @@ class PostgresConnector:
 
     async def _connect(self) -> _Connection:
         """A connection outside the pool (the first check, LISTEN)."""
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(self._tcp)
         if not self._has_connect_timeout:
             kwargs["connect_timeout"] = _CONNECT_TIMEOUT
         conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, row_factory=dict_row, **kwargs)
@@ -565,6 +582,17 @@ def _conninfo(url: str) -> dict[str, Any]:
         return psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
         return {}
+
+
+def tcp_settings(url: str) -> dict[str, int]:
+    """The libpq TCP settings (:data:`_TCP_DEFAULTS`) that ``url`` does not set itself
+    (a URL's own value wins; ``keepalives=0`` turns off the user timeout as well: libpq
+    applies it only along with keepalives)."""
+    given = _conninfo(url)
+    settings = {key: value for key, value in _TCP_DEFAULTS.items() if key not in given}
+    if psycopg.pq.version() < _TCP_USER_TIMEOUT_LIBPQ:
+        settings.pop("tcp_user_timeout", None)  # an older libpq refuses the option
+    return settings
 
 
 def describe_target(url: str) -> str:
