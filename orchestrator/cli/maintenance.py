@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli.ids import resolve_job
@@ -47,6 +48,7 @@ async def prune(ctx: Context) -> int:
                     "telemetry_files": report.telemetry_files,
                     "telemetry_bytes": report.telemetry_bytes,
                     "dry_run": report.dry_run,
+                    "held": report.held,
                 }
             )
         else:
@@ -54,6 +56,12 @@ async def prune(ctx: Context) -> int:
             print(
                 f"{verb} {report.jobs} finished jobs older than {args.older_than} (with their history and webhook "
                 f"deliveries) and {report.telemetry_files} rotated telemetry files ({report.telemetry_bytes} bytes)"
+            )
+        if report.held:
+            print(
+                f"orchestrator: warning: left {report.held} finished jobs in place: another database session "
+                "holds their rows (a transaction left open?); run prune again once it ends",
+                file=sys.stderr,
             )
         return 0
 

@@ -57,6 +57,9 @@ _Applied = tuple[Job, list[LifecycleEntry]]
 
 _BACKENDS = {"sqlite": "sqlite", "postgres": "postgresql"}
 
+#: A trace claim picks among this many times its limit of due jobs (see trace_claim).
+_TRACE_CLAIM_CANDIDATES: Final = 4
+
 #: Seconds a group of new jobs may take to be written before each is inserted alone.
 INSERT_GROUP_SECONDS: Final = 10.0
 
@@ -346,8 +349,11 @@ class SQLJobStore:
         return rows.job_from_row(row)
 
     async def prune(self, *, before_ns: int, limit: int = 500) -> list[str]:
-        found = await self.connector.fetchall("prunable_jobs", {"before_ns": before_ns, "limit": limit})
-        return await self.delete_jobs([r["id"] for r in found])
+        # One transaction: the deliveries of the round's jobs, then the jobs (on PostgreSQL
+        # one statement does both, skipping the rows another session holds).
+        params = {"before_ns": before_ns, "limit": limit}
+        _, deleted = await self.connector.batch([("prune_deliveries", params), ("prune_jobs", params)])
+        return [r["id"] for r in deleted]
 
     async def count_prunable(self, *, before_ns: int) -> int:
         row = await self.connector.fetchone("count_prunable", {"before_ns": before_ns})
@@ -435,7 +441,15 @@ class SQLJobStore:
     async def trace_claim(
         self, *, owner: str, now_ns: int, before_ns: int, expires_ns: int, limit: int = 50
     ) -> list[tuple[Job, str]]:
-        params = {"owner": owner, "now_ns": now_ns, "before_ns": before_ns, "expires_ns": expires_ns, "limit": limit}
+        params = {
+            "owner": owner,
+            "now_ns": now_ns,
+            "before_ns": before_ns,
+            "expires_ns": expires_ns,
+            "limit": limit,
+            # Rows other sessions hold are skipped among these: room for a few of them.
+            "candidates": limit * _TRACE_CLAIM_CANDIDATES,
+        }
         claimed = await self.connector.fetchall("trace_claim", params)
         return [(rows.job_from_row(r), _rebuild_reason(r)) for r in sorted(claimed, key=lambda r: r["finished_ns"])]
 

@@ -34,6 +34,9 @@ class PruneReport:
     telemetry_files: int
     telemetry_bytes: int
     dry_run: bool
+    #: Finished jobs old enough that were left in place: another session holds their rows
+    #: (PostgreSQL; a forgotten psql session's ``SELECT ... FOR UPDATE``). Prune again later.
+    held: int = 0
 
 
 class PruneUseCase:
@@ -45,17 +48,21 @@ class PruneUseCase:
     async def execute(self, *, before_ns: int, dry_run: bool = False) -> PruneReport:
         """Delete what finished before ``before_ns`` (nanoseconds since the epoch)."""
         jobs = await self._jobs(before_ns, dry_run=dry_run)
+        # What matched and is still there: rows another session held (the rounds skip them).
+        held = 0 if dry_run else await self._store.count_prunable(before_ns=before_ns)
         files, size = self._telemetry(before_ns / 1e9, dry_run=dry_run)
-        report = PruneReport(jobs=jobs, telemetry_files=files, telemetry_bytes=size, dry_run=dry_run)
+        report = PruneReport(jobs=jobs, telemetry_files=files, telemetry_bytes=size, dry_run=dry_run, held=held)
+        left = f"; {held} left in place, held by another session" if held else ""
         logs.event(
             log,
-            logging.INFO,
+            logging.INFO,  # a held row is not an error: the next prune takes it (the CLI says so)
             OperationEvent.PRUNED,
-            f"{'would prune' if dry_run else 'pruned'} {jobs} jobs and {files} telemetry files ({size} bytes)",
+            f"{'would prune' if dry_run else 'pruned'} {jobs} jobs and {files} telemetry files ({size} bytes){left}",
             jobs=jobs,
             telemetry_files=files,
             telemetry_bytes=size,
             dry_run=dry_run,
+            held=held or None,
         )
         return report
 

@@ -101,13 +101,6 @@ SELECT * FROM job_history WHERE job_id = :job_id ORDER BY seq;
 -- name: queue_depth
 SELECT COUNT(*) AS depth FROM jobs WHERE status = 'queued';
 
--- name: prunable_jobs
--- Terminal jobs finished before a time, oldest first.
-SELECT id FROM jobs
-WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns
-ORDER BY finished_ns, id
-LIMIT :limit;
-
 -- name: count_prunable
 SELECT COUNT(*) AS jobs FROM jobs
 WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns;
@@ -128,19 +121,31 @@ ON CONFLICT (emitter_id) DO UPDATE SET
 -- name: trace_claim
 -- Terminal jobs whose trace must be rebuilt, claimed (compare-and-set on the claim) by
 -- one reconciler until :expires_ns: flagged lost, or above the watermark of an emitter
--- whose watermark has not moved since :before_ns; finished before :before_ns.
-UPDATE jobs SET trace_claim = :owner, trace_claim_ns = :expires_ns
-WHERE id IN (
-    SELECT j.id FROM trace_emitters e
-    JOIN jobs j ON j.trace_emitter = e.emitter_id AND j.trace_seq > e.confirmed_seq
-    WHERE e.advanced_ns < :before_ns AND j.finished_ns < :before_ns AND j.trace_done_ns IS NULL
-      AND (j.trace_claim_ns IS NULL OR j.trace_claim_ns < :now_ns)
-    UNION
+-- whose watermark has not moved since :before_ns; finished before :before_ns. Oldest
+-- first, among at most :candidates of them; on PostgreSQL a row another session holds
+-- is skipped, not waited for (the next ones are claimed instead). The choice is
+-- materialised first: a locking subquery inside the UPDATE's WHERE may be run again
+-- and claim more than :limit.
+WITH due AS MATERIALIZED (
     SELECT id FROM jobs
-    WHERE trace_lost_ns IS NOT NULL AND trace_done_ns IS NULL AND finished_ns < :before_ns
-      AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
+    WHERE id IN (
+        SELECT j.id FROM trace_emitters e
+        JOIN jobs j ON j.trace_emitter = e.emitter_id AND j.trace_seq > e.confirmed_seq
+        WHERE e.advanced_ns < :before_ns AND j.finished_ns < :before_ns AND j.trace_done_ns IS NULL
+          AND (j.trace_claim_ns IS NULL OR j.trace_claim_ns < :now_ns)
+        UNION
+        SELECT id FROM jobs
+        WHERE trace_lost_ns IS NOT NULL AND trace_done_ns IS NULL AND finished_ns < :before_ns
+          AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
+        LIMIT :candidates
+    )
+      AND trace_done_ns IS NULL AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
+    ORDER BY finished_ns, id
     LIMIT :limit
+    {{skip_locked}}
 )
+UPDATE jobs SET trace_claim = :owner, trace_claim_ns = :expires_ns
+WHERE id IN (SELECT id FROM due)
   AND trace_done_ns IS NULL AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
 RETURNING *;
 

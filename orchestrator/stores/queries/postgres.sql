@@ -83,6 +83,33 @@ SELECT id, cancel_requested FROM jobs WHERE id = ANY(:ids) AND cancel_requested 
 -- name: history_many
 SELECT * FROM job_history WHERE job_id = ANY(:ids) ORDER BY job_id, seq;
 
+-- fragment: skip_locked
+-- A row another session holds (a forgotten psql session's FOR UPDATE) is skipped: the
+-- others are still worked on.
+FOR UPDATE SKIP LOCKED
+
+-- name: prune_deliveries
+-- Nothing here: prune_jobs deletes the round's deliveries with their jobs, in its one
+-- statement (two statements could choose different rows: the row locks they skip may be
+-- released between them).
+SELECT 1 WHERE FALSE;
+
+-- name: prune_jobs
+-- Up to :limit terminal jobs finished before a time, oldest first, with their deliveries
+-- (history rows go with their job: ON DELETE CASCADE). One statement: a row another
+-- session holds is skipped with its deliveries, and the next ones fill the round.
+WITH doomed AS MATERIALIZED (
+    SELECT id FROM jobs
+    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns
+    ORDER BY finished_ns, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), deliveries AS (
+    DELETE FROM webhook_deliveries WHERE job_id IN (SELECT id FROM doomed)
+)
+DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)
+RETURNING id;
+
 -- name: delete_deliveries
 DELETE FROM webhook_deliveries
 WHERE job_id IN (SELECT id FROM jobs WHERE id = ANY(:ids) AND status IN ('completed', 'failed', 'cancelled'));

@@ -45,6 +45,29 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND cancel_requested IS NOT NULL
 -- name: history_many
 SELECT * FROM job_history WHERE job_id IN (SELECT value FROM json_each(:ids)) ORDER BY job_id, seq;
 
+-- fragment: skip_locked
+-- (SQLite locks the whole database, not rows: nothing to skip.)
+
+
+-- name: prune_deliveries
+-- The deliveries of the jobs prune_jobs deletes next, in the same transaction (the same
+-- rows: nothing else writes meanwhile).
+DELETE FROM webhook_deliveries
+WHERE job_id IN (SELECT id FROM jobs
+                 WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns
+                 ORDER BY finished_ns, id
+                 LIMIT :limit);
+
+-- name: prune_jobs
+-- Up to :limit terminal jobs finished before a time, oldest first (history rows go with
+-- their job: ON DELETE CASCADE).
+DELETE FROM jobs
+WHERE id IN (SELECT id FROM jobs
+             WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns
+             ORDER BY finished_ns, id
+             LIMIT :limit)
+RETURNING id;
+
 -- name: delete_deliveries
 DELETE FROM webhook_deliveries
 WHERE job_id IN (SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
