@@ -55,12 +55,16 @@ def _with_query(url: str, query: str) -> str:
 _EXPECTED = {"keepalive": 1, "idle": 30, "interval": 10, "count": 3, "user_timeout_ms": 60_000}
 
 
-def test_the_kernel_defaults_are_what_the_connector_replaces() -> None:
-    """A plain libpq connection keeps Linux's defaults (no keepalives at all), which is why
-    the connector sets its own: the test below would pass for nothing otherwise."""
-    with socket.create_connection(("127.0.0.1", 5432)) as sock:
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+def test_libpq_alone_keeps_the_kernels_two_hour_keepalive_and_no_user_timeout(postgres_url: str) -> None:
+    """What the connector replaces: libpq turns keepalives on but leaves the kernel's
+    timing (two hours idle) and no user timeout, so the test below cannot pass for nothing."""
+    with psycopg.connect(postgres_url) as plain:
+        sock = socket.socket(fileno=socket.dup(plain.pgconn.socket))
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7200
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+        finally:
+            sock.close()
 
 
 async def test_every_connection_has_keepalives_and_a_tcp_user_timeout(postgres_url: str, pg_schema: str) -> None:
@@ -113,3 +117,12 @@ async def test_a_url_turning_keepalives_off_is_obeyed(postgres_url: str, pg_sche
 def test_a_key_value_conninfo_is_read_as_well_as_a_url() -> None:
     assert "keepalives_idle" not in tcp_settings("host=127.0.0.1 dbname=test keepalives_idle=45")
     assert tcp_settings("host=127.0.0.1 dbname=test")["keepalives_idle"] == 30
+
+
+def test_a_named_service_keeps_its_own_tcp_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pg_service.conf entry may set them: the connector's keyword arguments would win
+    over it silently, so with a service it sets none."""
+    assert tcp_settings("service=analysis") == {}
+    assert tcp_settings("postgresql:///test?service=analysis") == {}
+    monkeypatch.setenv("PGSERVICE", "analysis")
+    assert tcp_settings("postgresql://127.0.0.1/test") == {}

@@ -678,7 +678,13 @@ async def test_the_prune_command_says_which_jobs_it_left_behind_a_held_row(postg
     with fresh_database(postgres_url) as url:
         async with pg_store(url, None, lock_timeout=60.0) as store:
             held, deleted = await finished_jobs(store, 2)
-        env = {**os.environ, "ORCHESTRATOR_DATABASE_URL": url, "OTEL_SDK_DISABLED": "true"}
+        # A lock timeout the test would not outlive: waiting on the held row fails it.
+        env = {
+            **os.environ,
+            "ORCHESTRATOR_DATABASE_URL": url,
+            "ORCHESTRATOR_PG_LOCK_TIMEOUT_SECONDS": "600",
+            "OTEL_SDK_DISABLED": "true",
+        }
         with row_locks(url, "public", [held.id]):
             run = await anyio.to_thread.run_sync(
                 lambda: subprocess.run(
@@ -686,17 +692,31 @@ async def test_the_prune_command_says_which_jobs_it_left_behind_a_held_row(postg
                     capture_output=True,
                     text=True,
                     env=env,
-                    timeout=60,  # far below the 60 s lock timeout plus the start: it must not wait
+                    timeout=60,
                     check=False,
                 )
             )
         assert run.returncode == 0, run.stderr
         assert run.stdout.startswith("deleted 1 finished jobs older than 0 "), run.stdout
         assert run.stderr.splitlines() == [
-            "orchestrator: warning: left 1 finished jobs in place: another database session holds their rows "
-            "(a transaction left open?); run prune again once it ends"
+            "orchestrator: warning: left 1 finished jobs in place: another database session held their rows "
+            "(a transaction left open?) or they finished during the prune; run prune again later"
         ]
         async with pg_store(url, None, lock_timeout=60.0) as store:
             assert (await store.get(held.id)).status is JobStatus.COMPLETED
             with pytest.raises(JobNotFound):
                 await store.get(deleted.id)
+
+
+async def test_trace_claims_take_the_oldest_due_jobs_first(store: JobStore) -> None:
+    # Many more than a claim's candidates, finished in the reverse of their id order (ids
+    # are time-ordered: an order by id would pass for the oldest otherwise).
+    jobs = [await store.apply(finish(job)) for job in reversed(await running_jobs(store, 60))]
+    # Flagged lost newest first, so neither insertion nor flag order gives the answer.
+    await store.trace_confirm(emitter="e-1", confirmed_seq=None, lost=[j.id for j in reversed(jobs)], now_ns=now_ns())
+    after = max(job.finished_ns for job in jobs if job.finished_ns is not None) + 1
+    claim = {"now_ns": after, "before_ns": after, "expires_ns": after + 10**12}
+    claimed = [job.id for job, _ in await store.trace_claim(owner="r-1", limit=1, **claim)]
+    claimed += [job.id for job, _ in await store.trace_claim(owner="r-1", limit=2, **claim)]
+    by_finish = sorted(jobs, key=lambda j: (j.finished_ns, j.id))
+    assert claimed == [j.id for j in by_finish[:3]]

@@ -60,7 +60,7 @@ async def prune(ctx: Context) -> int:
         if report.held:
             print(
                 f"orchestrator: warning: left {report.held} finished jobs in place: another database session "
-                "holds their rows (a transaction left open?); run prune again once it ends",
+                "held their rows (a transaction left open?) or they finished during the prune; run prune again later",
                 file=sys.stderr,
             )
         return 0

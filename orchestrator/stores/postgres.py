@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -587,8 +588,11 @@ def _conninfo(url: str) -> dict[str, Any]:
 def tcp_settings(url: str) -> dict[str, int]:
     """The libpq TCP settings (:data:`_TCP_DEFAULTS`) that ``url`` does not set itself
     (a URL's own value wins; ``keepalives=0`` turns off the user timeout as well: libpq
-    applies it only along with keepalives)."""
+    applies it only along with keepalives). None with a connection service: its file's
+    settings are the operator's."""
     given = _conninfo(url)
+    if given.get("service") or os.environ.get("PGSERVICE"):
+        return {}  # a pg_service.conf entry may set them, and keyword arguments would override it
     settings = {key: value for key, value in _TCP_DEFAULTS.items() if key not in given}
     if psycopg.pq.version() < _TCP_USER_TIMEOUT_LIBPQ:
         settings.pop("tcp_user_timeout", None)  # an older libpq refuses the option

@@ -34,8 +34,9 @@ class PruneReport:
     telemetry_files: int
     telemetry_bytes: int
     dry_run: bool
-    #: Finished jobs old enough that were left in place: another session holds their rows
-    #: (PostgreSQL; a forgotten psql session's ``SELECT ... FOR UPDATE``). Prune again later.
+    #: Finished jobs old enough that are still there afterwards: another session held their
+    #: rows (PostgreSQL; a forgotten psql session's ``SELECT ... FOR UPDATE``), or they
+    #: finished during the prune (a host whose clock is behind). Prune again later.
     held: int = 0
 
 
@@ -52,7 +53,7 @@ class PruneUseCase:
         held = 0 if dry_run else await self._store.count_prunable(before_ns=before_ns)
         files, size = self._telemetry(before_ns / 1e9, dry_run=dry_run)
         report = PruneReport(jobs=jobs, telemetry_files=files, telemetry_bytes=size, dry_run=dry_run, held=held)
-        left = f"; {held} left in place, held by another session" if held else ""
+        left = f"; {held} left in place (held by another session, or finished meanwhile)" if held else ""
         logs.event(
             log,
             logging.INFO,  # a held row is not an error: the next prune takes it (the CLI says so)

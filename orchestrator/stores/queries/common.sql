@@ -102,7 +102,7 @@ SELECT * FROM job_history WHERE job_id = :job_id ORDER BY seq;
 SELECT COUNT(*) AS depth FROM jobs WHERE status = 'queued';
 
 -- name: count_prunable
-SELECT COUNT(*) AS jobs FROM jobs
+SELECT COUNT(*) AS jobs FROM jobs {{by_finished}}
 WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns;
 
 -- name: trace_watermark
@@ -122,22 +122,25 @@ ON CONFLICT (emitter_id) DO UPDATE SET
 -- Terminal jobs whose trace must be rebuilt, claimed (compare-and-set on the claim) by
 -- one reconciler until :expires_ns: flagged lost, or above the watermark of an emitter
 -- whose watermark has not moved since :before_ns; finished before :before_ns. Oldest
--- first, among at most :candidates of them; on PostgreSQL a row another session holds
--- is skipped, not waited for (the next ones are claimed instead). The choice is
+-- first: the :candidates oldest, of which the first :limit that no other session holds
+-- (PostgreSQL skips a locked row instead of waiting for it). The choice is
 -- materialised first: a locking subquery inside the UPDATE's WHERE may be run again
 -- and claim more than :limit.
 WITH due AS MATERIALIZED (
     SELECT id FROM jobs
     WHERE id IN (
-        SELECT j.id FROM trace_emitters e
-        JOIN jobs j ON j.trace_emitter = e.emitter_id AND j.trace_seq > e.confirmed_seq
-        WHERE e.advanced_ns < :before_ns AND j.finished_ns < :before_ns AND j.trace_done_ns IS NULL
-          AND (j.trace_claim_ns IS NULL OR j.trace_claim_ns < :now_ns)
-        UNION
-        SELECT id FROM jobs
-        WHERE trace_lost_ns IS NOT NULL AND trace_done_ns IS NULL AND finished_ns < :before_ns
-          AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
-        LIMIT :candidates
+        SELECT id FROM (
+            SELECT j.id, j.finished_ns FROM trace_emitters e
+            JOIN jobs j ON j.trace_emitter = e.emitter_id AND j.trace_seq > e.confirmed_seq
+            WHERE e.advanced_ns < :before_ns AND j.finished_ns < :before_ns AND j.trace_done_ns IS NULL
+              AND (j.trace_claim_ns IS NULL OR j.trace_claim_ns < :now_ns)
+            UNION
+            SELECT id, finished_ns FROM jobs
+            WHERE trace_lost_ns IS NOT NULL AND trace_done_ns IS NULL AND finished_ns < :before_ns
+              AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
+            ORDER BY finished_ns, id
+            LIMIT :candidates
+        ) AS oldest
     )
       AND trace_done_ns IS NULL AND (trace_claim_ns IS NULL OR trace_claim_ns < :now_ns)
     ORDER BY finished_ns, id

@@ -88,6 +88,10 @@ SELECT * FROM job_history WHERE job_id = ANY(:ids) ORDER BY job_id, seq;
 -- others are still worked on.
 FOR UPDATE SKIP LOCKED
 
+-- fragment: by_finished
+-- (PostgreSQL's planner picks jobs_finished by itself: it has statistics.)
+
+
 -- name: prune_deliveries
 -- Nothing here: prune_jobs deletes the round's deliveries with their jobs, in its one
 -- statement (two statements could choose different rows: the row locks they skip may be

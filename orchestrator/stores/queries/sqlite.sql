@@ -49,11 +49,17 @@ SELECT * FROM job_history WHERE job_id IN (SELECT value FROM json_each(:ids)) OR
 -- (SQLite locks the whole database, not rows: nothing to skip.)
 
 
+-- fragment: by_finished
+-- Finished jobs by their finish time. Without statistics (the store never runs ANALYZE)
+-- SQLite would read every finished job through jobs_status and sort them: 100 ms for
+-- 300,000 jobs, against 1 ms this way, inside the write lock.
+INDEXED BY jobs_finished
+
 -- name: prune_deliveries
 -- The deliveries of the jobs prune_jobs deletes next, in the same transaction (the same
 -- rows: nothing else writes meanwhile).
 DELETE FROM webhook_deliveries
-WHERE job_id IN (SELECT id FROM jobs
+WHERE job_id IN (SELECT id FROM jobs {{by_finished}}
                  WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns
                  ORDER BY finished_ns, id
                  LIMIT :limit);
@@ -62,7 +68,7 @@ WHERE job_id IN (SELECT id FROM jobs
 -- Up to :limit terminal jobs finished before a time, oldest first (history rows go with
 -- their job: ON DELETE CASCADE).
 DELETE FROM jobs
-WHERE id IN (SELECT id FROM jobs
+WHERE id IN (SELECT id FROM jobs {{by_finished}}
              WHERE status IN ('completed', 'failed', 'cancelled') AND finished_ns < :before_ns
              ORDER BY finished_ns, id
              LIMIT :limit)
