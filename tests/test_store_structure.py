@@ -141,3 +141,48 @@ def test_only_the_callers_run_named_queries() -> None:
             ):
                 holders.add(path)
     assert holders - set(CONNECTORS.values()) == set(CALLERS)
+
+
+#: Full scans a SQLite write statement may make: of its own derived tables (a job's
+#: history as JSON, a claim's chosen candidates) and of the emitters' table (one row per
+#: process that emitted root spans recently).
+_ALLOWED_SCANS = {"SCAN h", "SCAN oldest", "SCAN due", "SCAN trace_emitters", "SCAN e"}
+
+
+@pytest.mark.anyio
+async def test_no_sqlite_write_statement_scans_a_whole_table(tmp_path: Path) -> None:
+    """A write holds SQLite's one write lock, which every worker's write waits for: none
+    may read a whole table of jobs, history or deliveries. The store never runs ANALYZE,
+    so this is the plan SQLite really picks (on an empty, freshly migrated store, as on
+    a full one: without statistics the plan does not depend on the data)."""
+    import sqlite3
+
+    from orchestrator.stores.sqlite import SQLiteJobStore
+
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    await store.open()
+    await store.close()
+    placeholder = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    try:
+        scans: dict[str, list[str]] = {}
+        checked = 0
+        for name, query in sorted(sql.queries("sqlite").items()):
+            if name.startswith("_") or re.match(r"\s*SELECT\b", query, re.IGNORECASE):
+                continue
+            params = dict.fromkeys(placeholder.findall(query))
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", params)]
+            checked += 1
+            found = [
+                step
+                for step in plan
+                if step.startswith("SCAN ")
+                and step not in _ALLOWED_SCANS
+                and not step.startswith(("SCAN CONSTANT ROW", "SCAN json_each"))
+            ]
+            if found:
+                scans[name] = found
+    finally:
+        conn.close()
+    assert checked >= 15  # the write statements were found
+    assert scans == {}

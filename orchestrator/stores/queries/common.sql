@@ -131,7 +131,7 @@ WITH due AS MATERIALIZED (
     WHERE id IN (
         SELECT id FROM (
             SELECT j.id, j.finished_ns FROM trace_emitters e
-            JOIN jobs j ON j.trace_emitter = e.emitter_id AND j.trace_seq > e.confirmed_seq
+            {{emitters_first}} jobs j ON j.trace_emitter = e.emitter_id AND j.trace_seq > e.confirmed_seq
             WHERE e.advanced_ns < :before_ns AND j.finished_ns < :before_ns AND j.trace_done_ns IS NULL
               AND (j.trace_claim_ns IS NULL OR j.trace_claim_ns < :now_ns)
             UNION

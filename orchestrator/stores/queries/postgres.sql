@@ -92,6 +92,9 @@ FOR UPDATE SKIP LOCKED
 -- (PostgreSQL's planner picks jobs_finished by itself: it has statistics.)
 
 
+-- fragment: emitters_first
+JOIN
+
 -- name: prune_deliveries
 -- Nothing here: prune_jobs deletes the round's deliveries with their jobs, in its one
 -- statement (two statements could choose different rows: the row locks they skip may be

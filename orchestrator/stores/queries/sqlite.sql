@@ -55,6 +55,11 @@ SELECT * FROM job_history WHERE job_id IN (SELECT value FROM json_each(:ids)) OR
 -- 300,000 jobs, against 1 ms this way, inside the write lock.
 INDEXED BY jobs_finished
 
+-- fragment: emitters_first
+-- The few emitters, then each one's jobs above its watermark through jobs_trace_emitted
+-- (a CROSS JOIN keeps that order: without statistics SQLite walked every emitted job).
+CROSS JOIN
+
 -- name: prune_deliveries
 -- The deliveries of the jobs prune_jobs deletes next, in the same transaction (the same
 -- rows: nothing else writes meanwhile).
@@ -86,10 +91,12 @@ RETURNING id;
 
 -- name: webhook_claim
 -- Due, pending, unleased deliveries that are the oldest pending delivery of their
--- (subscription, job): deliveries for one job go out in order.
+-- (subscription, job): deliveries for one job go out in order. Found through the index of
+-- due pending deliveries: without statistics SQLite would walk the whole outbox in seq
+-- order, delivered rows included, inside the write lock (30 ms at 300,000 of them).
 UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_ns = :expires_ns
 WHERE seq IN (
-    SELECT d.seq FROM webhook_deliveries d
+    SELECT d.seq FROM webhook_deliveries d INDEXED BY webhook_deliveries_due
     WHERE d.status = 'pending' AND d.next_attempt_ns <= :now_ns
       AND (d.lease_expires_ns IS NULL OR d.lease_expires_ns < :now_ns)
       AND d.subscription_id NOT IN (SELECT value FROM json_each(:busy))
