@@ -505,6 +505,12 @@ async def test_list_jobs_filters_and_paginates_without_duplicates_or_gaps(store:
     filtered = await store.list_jobs(project_id="proj-a", limit=2)
     rest = await store.list_jobs(project_id="proj-a", limit=10, after=filtered[-1].id)
     assert filtered + rest == [j for j in newest_first if j.project_id == "proj-a"]
+    queued = await store.list_jobs(status=JobStatus.QUEUED, limit=2)
+    more = await store.list_jobs(status=JobStatus.QUEUED, limit=10, after=queued[-1].id)
+    assert queued + more == [j for j in newest_first if j.status is JobStatus.QUEUED]
+    # A bound above every id, and one below them all.
+    assert await store.list_jobs(after="~") == newest_first
+    assert await store.list_jobs(after="0") == []
 
 
 async def test_queue_depth_counts_queued_jobs(store: JobStore) -> None:

@@ -186,3 +186,38 @@ async def test_no_sqlite_write_statement_scans_a_whole_table(tmp_path: Path) -> 
         conn.close()
     assert checked >= 15  # the write statements were found
     assert scans == {}
+
+
+@pytest.mark.anyio
+async def test_listing_jobs_on_sqlite_walks_an_index_from_the_page_bound(tmp_path: Path) -> None:
+    """A page of jobs (`orchestrator list`, GET /v1/jobs, the report's paging) starts at
+    its bound in an index led by its filter: listing the few failed jobs among many
+    completed ones, or the thousandth page, reads about a page, not the table."""
+    import sqlite3
+
+    from orchestrator.stores.sqlite import SQLiteJobStore
+
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    await store.open()
+    await store.close()
+    queries = sql.queries("sqlite")
+    none = {"status": None, "project_id": None, "error_category": None, "since_ns": None, "after": None, "limit": 100}
+    expected = {
+        "list_jobs": ({**none, "after": "0190"}, "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id<?)"),
+        "list_jobs_by_status": (
+            {**none, "status": "failed"},
+            "SEARCH jobs USING INDEX jobs_status (status=? AND id<?)",
+        ),
+        "list_jobs_by_project": (
+            {**none, "project_id": "p", "status": "failed", "after": "0190"},
+            "SEARCH jobs USING INDEX jobs_project (project_id=? AND id<?)",
+        ),
+    }
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    try:
+        for name, (params, step) in expected.items():
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {queries[name]}", params)]
+            assert plan[0] == step, (name, plan)
+            assert not [s for s in plan if s.startswith("SCAN") or "TEMP B-TREE" in s], (name, plan)
+    finally:
+        conn.close()

@@ -407,7 +407,14 @@ class SQLJobStore:
             "after": after,
             "limit": limit,
         }
-        return [rows.job_from_row(r) for r in await self.connector.fetchall("list_jobs", params)]
+        # Led by the most selective filter's index (an optional filter cannot use one).
+        if project_id is not None:
+            found = await self.connector.fetchall("list_jobs_by_project", params)
+        elif status is not None:
+            found = await self.connector.fetchall("list_jobs_by_status", params)
+        else:
+            found = await self.connector.fetchall("list_jobs", params)
+        return [rows.job_from_row(r) for r in found]
 
     async def cancel_requests(self, job_ids: Sequence[str]) -> dict[str, str]:
         if not job_ids:

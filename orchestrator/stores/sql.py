@@ -2,8 +2,9 @@
 
 Queries live in ``queries/common.sql`` (both dialects run them as written) and in one
 file per dialect (``queries/sqlite.sql``, ``queries/postgres.sql``) for those that
-differ. Every block is headed ``-- name: <name>``; names starting with ``_`` belong to a
-connector alone. Placeholders are written ``:name``; for PostgreSQL they become
+differ. Every block is headed ``-- name: <name>``, or ``-- fragment: <name>`` for a piece
+that queries take as ``{{name}}`` (a dialect's own, or one several common queries share);
+names starting with ``_`` belong to a connector alone. Placeholders are written ``:name``; for PostgreSQL they become
 psycopg's ``%(name)s`` (and a literal ``%`` becomes ``%%``).
 """
 
@@ -60,12 +61,14 @@ def dialect_names(dialect: str) -> frozenset[str]:
 def queries(dialect: str) -> dict[str, str]:
     """Every named query of ``dialect``: the common ones and the dialect's own, in the
     dialect's placeholder style."""
-    common, (own, fragments) = _blocks("common.sql"), _parts(f"{dialect}.sql")
-    twice = sorted(set(common) & set(own))
+    (common, shared), (own, fragments) = _parts("common.sql"), _parts(f"{dialect}.sql")
+    twice = sorted(set(common) & set(own)) + sorted(set(shared) & set(fragments))
     if twice:
-        raise ValueError(f"{dialect}.sql redefines common queries: {', '.join(twice)}")
-    # A common query may take a piece only a dialect can write (a JSON aggregate).
-    merged = {name: _FRAGMENT.sub(lambda m: fragments[m[1]], query) for name, query in {**common, **own}.items()}
+        raise ValueError(f"{dialect}.sql redefines common queries or fragments: {', '.join(twice)}")
+    # A query may take a piece only a dialect can write (a JSON aggregate, an index hint),
+    # or a piece several common queries share (common.sql's own fragments).
+    pieces = {**shared, **fragments}
+    merged = {name: _FRAGMENT.sub(lambda m: pieces[m[1]], query) for name, query in {**common, **own}.items()}
     if dialect == "postgres":
         return {name: _psycopg(query) for name, query in merged.items()}
     return merged

@@ -77,15 +77,29 @@ UPDATE jobs SET cancel_requested = :reason, cancel_requested_by = :requested_by,
 WHERE id = :id AND status = 'running' AND cancel_requested IS NULL
 RETURNING *;
 
--- name: list_jobs
-SELECT * FROM jobs
-WHERE (CAST(:status AS TEXT) IS NULL OR status = :status)
+-- fragment: job_filters
+-- A page of jobs, newest first: the ids below :after (a page's last id; without it, every
+-- id: the largest one extended is above it), matching the filters given. The bound is
+-- written so the index can serve it (an "IS NULL OR" term cannot use an index).
+id < COALESCE(CAST(:after AS TEXT), (SELECT MAX(id) FROM jobs) || ' ')
+  AND (CAST(:status AS TEXT) IS NULL OR status = :status)
   AND (CAST(:project_id AS TEXT) IS NULL OR project_id = :project_id)
   AND (CAST(:error_category AS TEXT) IS NULL OR error_category = :error_category)
-  AND (CAST(:after AS TEXT) IS NULL OR id < :after)
   AND (CAST(:since_ns AS BIGINT) IS NULL OR created_ns >= :since_ns)
 ORDER BY id DESC
-LIMIT :limit;
+LIMIT :limit
+
+-- name: list_jobs
+SELECT * FROM jobs WHERE {{job_filters}};
+
+-- name: list_jobs_by_status
+-- Through jobs_status (status, id): the failed jobs among a million completed ones are
+-- found at once, not by walking them all.
+SELECT * FROM jobs WHERE status = :status AND {{job_filters}};
+
+-- name: list_jobs_by_project
+-- Through jobs_project (project_id, id).
+SELECT * FROM jobs WHERE project_id = :project_id AND {{job_filters}};
 
 -- name: find_ids
 -- Ids starting with a prefix (hexadecimal digits and dashes only: checked before).
