@@ -4,8 +4,9 @@ Queries live in ``queries/common.sql`` (both dialects run them as written) and i
 file per dialect (``queries/sqlite.sql``, ``queries/postgres.sql``) for those that
 differ. Every block is headed ``-- name: <name>``, or ``-- fragment: <name>`` for a piece
 that queries take as ``{{name}}`` (a dialect's own, or one several common queries share);
-names starting with ``_`` belong to a connector alone. Placeholders are written ``:name``; for PostgreSQL they become
-psycopg's ``%(name)s`` (and a literal ``%`` becomes ``%%``).
+names starting with ``_`` belong to a connector alone. Placeholders are written
+``:name``; for PostgreSQL they become psycopg's ``%(name)s`` (and a literal ``%`` becomes
+``%%``).
 """
 
 from __future__ import annotations
