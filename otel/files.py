@@ -86,7 +86,14 @@ class JsonlWriter:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
                     self._rotate()
-                with self.path.open("ab") as fh:
+                with self.path.open("a+b") as fh:
+                    # A line cut short (a full disk, a process killed mid-write, here or in
+                    # another process sharing the file) must not swallow this one: start
+                    # on a line of its own.
+                    if fh.seek(0, os.SEEK_END) > 0:
+                        fh.seek(-1, os.SEEK_END)
+                        if fh.read(1) != b"\n":
+                            data = b"\n" + data
                     fh.write(data)
                 return True
             except OSError as exc:

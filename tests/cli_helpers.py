@@ -55,10 +55,15 @@ class Slow(BaseModule):
     # did: one stall of the process and a run that should be on time was not).
     expected_runtime = 1.0
     timeout = 60.0
-    description = "sleeps options['seconds']"
+    description = "sleeps options['seconds'], or until the file options['until_file'] exists"
 
     async def run(self, context):
         _started(context)
+        if "until_file" in context.options:
+            gate = pathlib.Path(context.options["until_file"])
+            while not gate.exists():
+                await anyio.sleep(0.02)
+            return {"slept": "until_file"}
         await anyio.sleep(float(context.options.get("seconds", 0)))
         return {"slept": float(context.options.get("seconds", 0))}
 

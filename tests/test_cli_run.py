@@ -372,3 +372,39 @@ def test_ctrl_c_while_python_imports_the_program_is_one_line(env: Env) -> None:
     """The installed console script (its entry point, as pip wrote it) with a Ctrl-C as it
     imports the command line: one line and 130, not the import machinery's traceback."""
     _interrupted(env, IMPORT_INTERRUPT)
+
+
+def test_run_whose_job_cannot_be_recorded_says_so_and_exits_instead_of_waiting(env: Env) -> None:
+    """The job's outcome cannot be written (another process holds SQLite's write lock for
+    good; a full disk fails the same way): the worker gives the job up to lease-expiry
+    recovery, and `run` says so and exits, instead of waiting for an end that this
+    process will never write."""
+    started, gate = env.cwd / "slow.started", env.cwd / "gate"
+    env.extra["ORCHESTRATOR_LEASE_SECONDS"] = "3"  # how long the final write is retried
+    popen, stderr = _start_run(
+        env, "--modules", "slow", "--option", f"slow.started_file={started}", "--option", f"slow.until_file={gate}"
+    )
+    job_id = _running_job(env, popen)
+    wait_for(started.is_file, what="the module to start")
+    holder = sqlite3.connect(env.data_dir / "orchestrator.db", isolation_level=None, timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held until the end of the test
+        gate.write_text("go")  # the module ends; its job's final write waits on the lock
+        _, _ = popen.communicate(timeout=120)
+        said = stderr.read_text()
+        assert popen.returncode == 1, said
+        last = said.strip().splitlines()[-1]
+        expected = f"orchestrator: error: job {job_id} could not be finished here: the sqlite store at "
+        assert last.startswith(expected), last
+        assert ": database is locked (error id " in last, last
+        assert last.endswith(
+            f"It stays running until its lease expires (3 s), then `orchestrator worker` runs it again, "
+            f"or `orchestrator cancel {job_id}` cancels it"
+        ), last
+        assert "Traceback" not in said
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    row = job_row(env.data_dir / "orchestrator.db", job_id)
+    assert row is not None
+    assert row["status"] == "running"  # left for recovery, nothing lost

@@ -37,3 +37,38 @@ def test_reading_back_skips_files_that_are_not_backups_and_lines_cut_short(tmp_p
     (tmp_path / "spans.jsonl.orig").write_text(line(99) + "\n")
     (tmp_path / "spans.jsonl.1.bak").write_text(line(98) + "\n")
     assert [record["n"] for record in read_jsonl(path)] == [1, 2, 3]
+
+
+_CUT_SHORT = r"""
+import json, resource, signal, sys
+from pathlib import Path
+
+from otel.files import JsonlWriter
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write fails (EFBIG), not the process
+path = Path(sys.argv[1])
+writer = JsonlWriter(path)
+assert writer.write(json.dumps({"n": 1}))
+limit = path.stat().st_size + 4096
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+cut = writer.write(json.dumps({"n": 2, "pad": "x" * 20000}))  # the disk fills mid-line
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+after = writer.write(json.dumps({"n": 3}))  # space again
+print(json.dumps({"cut": cut, "after": after, "size": path.stat().st_size, "limit": limit}))
+"""
+
+
+def test_a_line_cut_short_by_a_full_disk_does_not_swallow_the_next_record(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "traces.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", _CUT_SHORT, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert (outcome["cut"], outcome["after"]) == (False, True)
+    assert not path.read_bytes()[: outcome["limit"]].endswith(b"\n")  # the kernel did cut the line
+    assert [record["n"] for record in read_jsonl(path)] == [1, 3]

@@ -23,7 +23,7 @@ from rich.text import Text
 from orchestrator.cli import render
 from orchestrator.cli.inputs import flag_error, request_from_args
 from orchestrator.cli.main import Context, exit_code, print_json, with_app
-from orchestrator.domain import IllegalTransition, InvalidRequest, Job, JobStatus, OrchestratorError
+from orchestrator.domain import IllegalTransition, InvalidRequest, Job, JobStatus, OrchestratorError, QueueError
 from orchestrator.modules.progress import ModuleProgress
 from orchestrator.serialization import job_json, timestamp
 from orchestrator.usecases.create import StartOn
@@ -144,6 +144,7 @@ async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
         if not ctx.args.json:
             render.err_console.print(f"job {job.id} running here (trace {job.trace.trace_id})", style="dim")
         await worker.adopt(job)
+        control = worker.in_flight.get(job.id)  # None only if it already ended
         await interrupts.on_job(job.id, lambda reason: cancel_here(app, worker, job.id, reason))
         progress = Progress(job) if render.err_console.is_terminal else None
         remove = app.execute.add_progress_listener(progress.update) if progress else None
@@ -151,14 +152,40 @@ async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
             async with anyio.create_task_group() as shown:
                 if progress is not None:
                     shown.start_soon(progress.show)
-                while not (job := await app.store.get(job.id)).status.terminal:  # noqa: ASYNC110
+                # The worker here ends the job whatever happens (its outcome written, a
+                # cancellation seen, the job taken by a reaper elsewhere) or gives it up:
+                # wait for that, not for the store (whose reads may queue behind writes
+                # that cannot finish: a full disk, a lock held for good).
+                while control is not None and not control.ended:  # noqa: ASYNC110 - a flag the worker sets
                     await anyio.sleep(0.05)
+                if control is not None and control.left is not None:
+                    raise _not_finished_here(job, control.left, worker.config.lease_seconds)
+                job = await app.store.get(job.id)
+                if not job.status.terminal:
+                    raise _not_finished_here(job, None, worker.config.lease_seconds)
                 shown.cancel_scope.cancel()
         finally:
             if remove is not None:
                 remove()
         worker.stop()
     return job
+
+
+def _not_finished_here(job: Job, left: OrchestratorError | None, lease_seconds: float) -> QueueError:
+    """The error of a ``run`` whose worker let its job go unfinished."""
+    if left is None:  # it moved on without this process (recovered by another worker's reaper)
+        return QueueError(
+            f"job {job.id} was taken from this process (it is {job.status}, reason {job.reason}): "
+            f"`orchestrator status {job.id}` follows it",
+            job_id=job.id,
+        )
+    # Its outcome was not written: it is Running, leased to this process, in the store.
+    return QueueError(
+        f"job {job.id} could not be finished here: {left.message}. It stays running until its lease "
+        f"expires ({lease_seconds:g} s), then `orchestrator worker` runs it again, or `orchestrator cancel "
+        f"{job.id}` cancels it",
+        job_id=job.id,
+    )
 
 
 async def cancel_here(app: App, worker: Worker, job_id: str, reason: str) -> None:

@@ -196,6 +196,7 @@ class Worker:
         except OrchestratorError as exc:
             # Typed, and logged where it happened (the store is down, say): the job keeps
             # its lease until it expires, then a reaper returns it to the queue.
+            control.left = exc
             logs.event(
                 log,
                 logging.WARNING,
@@ -216,6 +217,7 @@ class Worker:
             )
             await self._fail_internal(job, exc)
         finally:
+            control.ended = True
             self.jobs_run += 1
             self.telemetry.active_jobs(-1)
             del self.in_flight[job.id]

@@ -37,6 +37,23 @@ T = TypeVar("T")
 
 _Q: Final = sql.queries("sqlite")
 _LOCKED_MESSAGES: Final = ("database is locked", "database is busy", "database table is locked")
+#: Primary result codes of a failure of the machine, not of the statement (a full disk, an
+#: I/O error, a read-only or vanished file, memory): every statement fails the same way
+#: until someone acts, so the caller is told the reason (SQLite's message for these names
+#: no data) and the log records it once per interval with a count, not once per call.
+_ENVIRONMENT_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+#: Seconds between two records of a machine failure that repeats on every statement.
+_ENVIRONMENT_LOG_INTERVAL: Final = 5.0
 
 
 class _Undecodable(str):
@@ -70,6 +87,12 @@ def _bind(params: Params | None) -> dict[str, Any]:
 MIN_SQLITE_VERSION: Final = (3, 35, 0)
 
 
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of an error (its extended code's low byte)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 def check_sqlite_version() -> None:
     """Refuse, at open, an SQLite library too old for the store's statements (they would
     fail at the first write instead)."""
@@ -94,6 +117,7 @@ class SQLiteConnector:
         self._limiter = anyio.CapacityLimiter(1)
         self._wake: anyio.Event | None = None
         self._retry_log = logs.RateLimitedLog(5.0)
+        self._environment_log = logs.RateLimitedLog(_ENVIRONMENT_LOG_INTERVAL)
 
     # -- connection -------------------------------------------------------------------
 
@@ -212,27 +236,39 @@ class SQLiteConnector:
         if isinstance(exc, sqlite3.IntegrityError) and str(exc).startswith("illegal transition"):
             return TransitionRefused(f"the database refused an illegal transition ({operation})")
         error_id = new_error_id()
+        environment = isinstance(exc, OSError) or _primary_code(exc) in _ENVIRONMENT_CODES
+        locked = isinstance(exc, sqlite3.OperationalError) and _is_locked(exc)
         # SQLite's messages name tables, columns and constraints, never the values bound:
         # safe to log. The error shown to callers carries only the operation and the id.
-        logs.event(
-            log,
-            logging.ERROR,
-            OperationEvent.ERROR,
-            f"sqlite {operation} failed: {exc} (error id {error_id})",
-            operation=f"store.{operation}",
-            error_category="persistence",
-            error_id=error_id,
-            error_type=type(exc).__name__,
-            path=self.target,
-        )
-        # Opening fails for a reason the user can act on (a directory that cannot be
-        # created or written, a file that is not a database): say it, not only the id.
-        reason = f": {exc.strerror or exc}" if isinstance(exc, OSError) else f": {exc}" if operation == "open" else ""
+        if not environment or self._environment_log.ready():
+            suppressed = self._environment_log.take_suppressed() if environment else 0
+            logs.event(
+                log,
+                logging.ERROR,
+                OperationEvent.ERROR,
+                f"sqlite {operation} failed: {exc} (error id {error_id})"
+                + (f"; {suppressed} more failures like it since the last record" if suppressed else ""),
+                operation=f"store.{operation}",
+                error_category="persistence",
+                error_id=error_id,
+                error_type=type(exc).__name__,
+                sqlite_error=getattr(exc, "sqlite_errorname", None),
+                path=self.target,
+                suppressed=suppressed or None,
+            )
+        # A reason the user can act on (a full disk, a directory that cannot be written, a
+        # file that is not a database) is said, not only the id.
+        if isinstance(exc, OSError):
+            reason = f": {exc.strerror or exc}"
+        elif environment or locked or operation == "open":
+            reason = f": {exc}"
+        else:
+            reason = ""
         error = PersistenceError(
             f"the sqlite store at {self.target} failed to {operation}{reason} "
             f"(error id {error_id}; details in the log)",
             error_id=error_id,
-            transient=isinstance(exc, sqlite3.OperationalError) and _is_locked(exc),
+            transient=locked,
             answered=True,  # rolled back: a file does not lose its answer
         )
         mark_logged(error)  # logged here: the entry points it passes through must not log it again

@@ -74,6 +74,11 @@ class JobControl:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     kind: CancelKind | None = None
     reason: str | None = None
+    #: The worker is done with the job (its outcome written, or given up: see ``left``).
+    ended: bool = False
+    #: Why the worker gave the job up unfinished (its outcome could not be written): it
+    #: stays Running until its lease expires and a reaper returns it to the queue.
+    left: OrchestratorError | None = None
 
     def cancel(self, kind: CancelKind, reason: str) -> None:
         if self.kind is None:
