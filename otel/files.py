@@ -86,14 +86,12 @@ class JsonlWriter:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
                     self._rotate()
-                with self.path.open("a+b") as fh:
-                    # A line cut short (a full disk, a process killed mid-write, here or in
-                    # another process sharing the file) must not swallow this one: start
-                    # on a line of its own.
-                    if fh.seek(0, os.SEEK_END) > 0:
-                        fh.seek(-1, os.SEEK_END)
-                        if fh.read(1) != b"\n":
-                            data = b"\n" + data
+                # A line cut short (a full disk, a process killed mid-write, here or in
+                # another process sharing the file) must not swallow this one: it starts on
+                # a line of its own.
+                if not _ends_a_line(self.path):
+                    data = b"\n" + data
+                with self.path.open("ab") as fh:
                     fh.write(data)
                 return True
             except OSError as exc:
@@ -116,6 +114,21 @@ class JsonlWriter:
             newer = self.path.with_name(f"{self.path.name}.{index - 1}") if index > 1 else self.path
             if newer.exists():
                 os.replace(newer, older)
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether ``path`` is empty, missing or ends with a newline (or cannot be read back,
+    a pipe say: then nothing is added; a pipe is not even opened, which would block)."""
+    try:
+        if not path.is_file():
+            return True
+        with path.open("rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0:
+                return True
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
+    except OSError:
+        return True
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -398,7 +398,7 @@ def test_run_whose_job_cannot_be_recorded_says_so_and_exits_instead_of_waiting(e
         assert last.startswith(expected), last
         assert ": database is locked (error id " in last, last
         assert last.endswith(
-            f"It stays running until its lease expires (3 s), then `orchestrator worker` runs it again, "
+            "It stays running until its lease runs out, then a worker recovers it (`orchestrator worker`), "
             f"or `orchestrator cancel {job_id}` cancels it"
         ), last
         assert "Traceback" not in said
@@ -408,3 +408,26 @@ def test_run_whose_job_cannot_be_recorded_says_so_and_exits_instead_of_waiting(e
     row = job_row(env.data_dir / "orchestrator.db", job_id)
     assert row is not None
     assert row["status"] == "running"  # left for recovery, nothing lost
+
+
+def test_a_second_ctrl_c_exits_at_once_while_the_store_cannot_record_the_first(env: Env) -> None:
+    """The first Ctrl-C's cancellation waits on a store that cannot write (its write lock
+    held for good): the second one is still read at once and exits."""
+    started = env.cwd / "slow.started"
+    popen, stderr = _start_run(
+        env, "--modules", "slow", "--option", "slow.seconds=120", "--option", f"slow.started_file={started}"
+    )
+    job_id = _running_job(env, popen)
+    wait_for(started.is_file, what="the module to start")
+    holder = sqlite3.connect(env.data_dir / "orchestrator.db", isolation_level=None, timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        popen.send_signal(signal.SIGINT)
+        wait_for(lambda: f"SIGINT: cancelling job {job_id}" in stderr.read_text(), what="the first interrupt")
+        popen.send_signal(signal.SIGINT)
+        popen.communicate(timeout=20)  # the store's writes take about 45 s each to give up
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert popen.returncode == 130, stderr.read_text()
+    assert "orchestrator: error: interrupted again: exiting at once;" in stderr.read_text()

@@ -8,10 +8,14 @@ count, not once per call: a worker retrying every second must not flood the log.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 _CHILD = r"""
 import json, logging, resource, signal, sys, time
@@ -93,3 +97,33 @@ def test_a_store_that_cannot_grow_says_why_and_logs_it_once_per_interval(tmp_pat
     failures = [r for r in outcome["records"] if " failed: " in r]
     assert 1 <= len(failures) <= 1 + int(outcome["elapsed"] // 5), failures
     assert any(reason in failures[0] for reason in reasons), failures
+
+
+def test_a_different_failure_is_logged_while_one_repeats(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The once-per-interval limit is per kind of failure and operation: a corruption in
+    the middle of a full-disk episode is logged with its own words, and an error whose
+    record was held back says so instead of sending the reader to the log."""
+    from orchestrator.stores.sqlite import SQLiteConnector
+
+    def failure(message: str, code: int, name: str) -> sqlite3.Error:
+        error = sqlite3.OperationalError(message)
+        error.sqlite_errorcode, error.sqlite_errorname = code, name
+        return error
+
+    connector = SQLiteConnector(tmp_path / "jobs.db")
+    full = ("database or disk is full", sqlite3.SQLITE_FULL, "SQLITE_FULL")
+    with caplog.at_level(logging.ERROR, logger="orchestrator.stores.sqlite"):
+        first = connector._error("insert_job", failure(*full))
+        again = connector._error("insert_job", failure(*full))
+        other = connector._error("apply_transition", failure(*full))
+        corrupt = connector._error("insert_job", failure("database disk image is malformed", 11, "SQLITE_CORRUPT"))
+    logged = [r.getMessage() for r in caplog.records]
+    assert [m.split(" (error id")[0] for m in logged] == [
+        "sqlite insert_job failed: database or disk is full",
+        "sqlite apply_transition failed: database or disk is full",
+        "sqlite insert_job failed: database disk image is malformed",
+    ]
+    assert first.message.endswith("; details in the log)")
+    assert again.message.endswith("; logged once per 5 s while it repeats)"), again.message
+    assert other.message.endswith("; details in the log)")
+    assert corrupt.message.endswith("; details in the log)")

@@ -371,3 +371,49 @@ async def test_a_cancel_through_another_store_instance_reaches_the_running_job_q
         assert outcomes == {"slow": ModuleOutcome.CANCELLED, "quick": ModuleOutcome.OK}
         last = (await a.store.history(job.id))[-1]
         assert (last.status_from, last.status_to, last.worker_id) == (JobStatus.RUNNING, JobStatus.CANCELLED, "w-a")
+
+
+async def test_a_job_whose_internal_failure_cannot_be_written_is_reported_left_not_taken(tmp_path: Path) -> None:
+    """An unexpected error in a job, and the store refusing the Failed write (its write
+    lock held by another process): the worker leaves the job to lease-expiry recovery and
+    says why on the job's control, which `orchestrator run` reports."""
+    import sqlite3
+
+    from orchestrator.domain import PersistenceError
+    from orchestrator.stores.sqlite import SQLiteJobStore
+    from orchestrator.usecases.execute import JobControl
+
+    database = tmp_path / "data" / "jobs.db"
+    store = SQLiteJobStore(database, busy_timeout=0.05, lock_retries=0)  # a held lock fails at once
+    settings = Settings(data_dir=tmp_path / "data", poll_seconds=0.05)
+    holders: list[sqlite3.Connection] = []
+
+    class Crashing:
+        async def execute(self, job: Job, *, control: JobControl | None = None, worker_id: str | None = None) -> Job:
+            holder = sqlite3.connect(database, isolation_level=None, timeout=10)
+            holders.append(holder)
+            holder.execute("BEGIN IMMEDIATE")  # the Failed write will find the lock taken
+            raise RuntimeError("a bug in the executor")
+
+    source = tmp_path / "src"
+    source.mkdir()
+    try:
+        async with open_app(settings, registry=Shared().registry(), store=store) as app:
+            worker = app.worker()
+            worker.executor = Crashing()
+            job = await create(app, source, ["quick"])
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: worker.run(claim=False))
+                await worker.adopt(job)
+                control = worker.in_flight[job.id]
+                with anyio.fail_after(30):
+                    while not control.ended:
+                        await anyio.sleep(0.01)
+                worker.stop()
+            assert isinstance(control.left, PersistenceError)
+            assert "database is locked" in control.left.message
+            holders[0].execute("ROLLBACK")
+            assert (await app.store.get(job.id)).status is JobStatus.RUNNING  # left for recovery
+    finally:
+        for holder in holders:
+            holder.close()

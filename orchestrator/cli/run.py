@@ -56,20 +56,27 @@ class Interrupts:
         return 128 + int(self.signal) if self.signal else 130
 
     async def watch(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-            async for signum in received:
-                if self.signal is None:
-                    self.signal = signal.Signals(signum)
-                    render.err_console.print(
-                        f"{self.signal.name}: cancelling job {self._job_id or '(being created)'}; "
-                        "press Ctrl-C again to exit at once",
-                        style="yellow",
-                    )
-                    if self._cancel is not None:
-                        self._cancel_sent = True
-                        await self._cancel(self.reason)
-                else:
-                    self._force_exit()
+        # The cancellation runs beside the loop: it writes to the store, which may be slow
+        # to answer (a full disk, a lock held for good), and a second interrupt must still
+        # exit at once.
+        async with anyio.create_task_group() as cancelling:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for signum in received:
+                    if self.signal is None:
+                        self.signal = signal.Signals(signum)
+                        render.err_console.print(
+                            f"{self.signal.name}: cancelling job {self._job_id or '(being created)'}; "
+                            "press Ctrl-C again to exit at once",
+                            style="yellow",
+                        )
+                        if self._cancel is not None:
+                            self._cancel_sent = True
+                            cancelling.start_soon(self._send_cancel, self._cancel)
+                    else:
+                        self._force_exit()
+
+    async def _send_cancel(self, cancel: Callable[[str], Awaitable[None]]) -> None:
+        await cancel(self.reason)
 
     async def on_job(self, job_id: str, cancel: Callable[[str], Awaitable[None]]) -> None:
         """The job exists and can be cancelled with ``cancel(reason)``; an interrupt that
@@ -159,10 +166,10 @@ async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
                 while control is not None and not control.ended:  # noqa: ASYNC110 - a flag the worker sets
                     await anyio.sleep(0.05)
                 if control is not None and control.left is not None:
-                    raise _not_finished_here(job, control.left, worker.config.lease_seconds)
+                    raise _not_finished_here(job, control.left)
                 job = await app.store.get(job.id)
                 if not job.status.terminal:
-                    raise _not_finished_here(job, None, worker.config.lease_seconds)
+                    raise _not_finished_here(job, None)
                 shown.cancel_scope.cancel()
         finally:
             if remove is not None:
@@ -171,7 +178,7 @@ async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
     return job
 
 
-def _not_finished_here(job: Job, left: OrchestratorError | None, lease_seconds: float) -> QueueError:
+def _not_finished_here(job: Job, left: OrchestratorError | None) -> QueueError:
     """The error of a ``run`` whose worker let its job go unfinished."""
     if left is None:  # it moved on without this process (recovered by another worker's reaper)
         return QueueError(
@@ -182,8 +189,8 @@ def _not_finished_here(job: Job, left: OrchestratorError | None, lease_seconds: 
     # Its outcome was not written: it is Running, leased to this process, in the store.
     return QueueError(
         f"job {job.id} could not be finished here: {left.message}. It stays running until its lease "
-        f"expires ({lease_seconds:g} s), then `orchestrator worker` runs it again, or `orchestrator cancel "
-        f"{job.id}` cancels it",
+        f"runs out, then a worker recovers it (`orchestrator worker`), or `orchestrator cancel {job.id}` "
+        "cancels it",
         job_id=job.id,
     )
 

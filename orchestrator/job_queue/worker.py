@@ -215,7 +215,7 @@ class Worker:
                 error_category=str(ErrorCategory.INTERNAL),
                 **job.log_fields(),
             )
-            await self._fail_internal(job, exc)
+            control.left = await self._fail_internal(job, exc)
         finally:
             control.ended = True
             self.jobs_run += 1
@@ -225,7 +225,9 @@ class Worker:
             if not self.in_flight:
                 self._idle.set()
 
-    async def _fail_internal(self, job: Job, exc: Exception) -> None:
+    async def _fail_internal(self, job: Job, exc: Exception) -> OrchestratorError | None:
+        """Fail the job for an unexpected error; the store's error if that could not be
+        written (the job is then left to lease-expiry recovery)."""
         with anyio.CancelScope(shield=True):
             try:
                 current = await self.store.get(job.id)
@@ -238,8 +240,9 @@ class Worker:
                         error_phase=Phase.EXECUTE,
                         worker_id=self.worker_id,
                     )
-            except OrchestratorError:
-                pass  # logged at the source; the lease expires and the reaper recovers the job
+            except OrchestratorError as failed:
+                return failed  # logged at the source; the lease expires and the reaper recovers the job
+        return None
 
     async def adopt(self, job: Job) -> Job:
         """Run a job on this worker under its heartbeat: a Running job already leased to

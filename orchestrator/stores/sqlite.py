@@ -117,7 +117,9 @@ class SQLiteConnector:
         self._limiter = anyio.CapacityLimiter(1)
         self._wake: anyio.Event | None = None
         self._retry_log = logs.RateLimitedLog(5.0)
-        self._environment_log = logs.RateLimitedLog(_ENVIRONMENT_LOG_INTERVAL)
+        #: One limiter per (kind of failure, operation): a different failure is never
+        #: hidden behind the one that repeats.
+        self._environment_logs: dict[tuple[str, str], logs.RateLimitedLog] = {}
 
     # -- connection -------------------------------------------------------------------
 
@@ -240,8 +242,10 @@ class SQLiteConnector:
         locked = isinstance(exc, sqlite3.OperationalError) and _is_locked(exc)
         # SQLite's messages name tables, columns and constraints, never the values bound:
         # safe to log. The error shown to callers carries only the operation and the id.
-        if not environment or self._environment_log.ready():
-            suppressed = self._environment_log.take_suppressed() if environment else 0
+        limiter = self._environment_log(exc, operation) if environment else None
+        logged = limiter is None or limiter.ready()
+        if logged:
+            suppressed = limiter.take_suppressed() if limiter is not None else 0
             logs.event(
                 log,
                 logging.ERROR,
@@ -264,15 +268,19 @@ class SQLiteConnector:
             reason = f": {exc}"
         else:
             reason = ""
+        where = "details in the log" if logged else f"logged once per {_ENVIRONMENT_LOG_INTERVAL:g} s while it repeats"
         error = PersistenceError(
-            f"the sqlite store at {self.target} failed to {operation}{reason} "
-            f"(error id {error_id}; details in the log)",
+            f"the sqlite store at {self.target} failed to {operation}{reason} (error id {error_id}; {where})",
             error_id=error_id,
             transient=locked,
             answered=True,  # rolled back: a file does not lose its answer
         )
         mark_logged(error)  # logged here: the entry points it passes through must not log it again
         return error
+
+    def _environment_log(self, exc: sqlite3.Error | OSError, operation: str) -> logs.RateLimitedLog:
+        kind = type(exc).__name__ if isinstance(exc, OSError) else str(getattr(exc, "sqlite_errorname", "?"))
+        return self._environment_logs.setdefault((kind, operation), logs.RateLimitedLog(_ENVIRONMENT_LOG_INTERVAL))
 
     # -- wake-ups ---------------------------------------------------------------------
 
