@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
@@ -668,33 +669,19 @@ async def test_trace_claims_skip_a_job_whose_row_another_session_holds(postgres_
 
 
 @pytest.mark.postgres
-async def test_the_prune_command_says_which_jobs_it_left_behind_a_held_row(postgres_url: str) -> None:
-    import os
-    import subprocess
-    import sys
-
+async def test_the_prune_command_says_which_jobs_it_left_behind_a_held_row(postgres_url: str, tmp_path: Path) -> None:
+    from cli_helpers import Env
     from pg_helpers import fresh_database
 
     with fresh_database(postgres_url) as url:
         async with pg_store(url, None, lock_timeout=60.0) as store:
             held, deleted = await finished_jobs(store, 2)
         # A lock timeout the test would not outlive: waiting on the held row fails it.
-        env = {
-            **os.environ,
-            "ORCHESTRATOR_DATABASE_URL": url,
-            "ORCHESTRATOR_PG_LOCK_TIMEOUT_SECONDS": "600",
-            "OTEL_SDK_DISABLED": "true",
-        }
+        env = Env(cwd=tmp_path, data_dir=tmp_path / "data")
+        settings = {"ORCHESTRATOR_DATABASE_URL": url, "ORCHESTRATOR_PG_LOCK_TIMEOUT_SECONDS": "600"}
         with row_locks(url, "public", [held.id]):
             run = await anyio.to_thread.run_sync(
-                lambda: subprocess.run(
-                    [sys.executable, "-m", "orchestrator", "prune", "--older-than", "0"],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    timeout=60,
-                    check=False,
-                )
+                lambda: env.run("prune", "--older-than", "0", timeout=60, env=settings)
             )
         assert run.returncode == 0, run.stderr
         assert run.stdout.startswith("deleted 1 finished jobs older than 0 "), run.stdout
