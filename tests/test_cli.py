@@ -137,6 +137,7 @@ def test_run_exits_nonzero_when_the_job_fails(tmp_path: Path, project: Path) -> 
         (["cancel", "0000-unknown"], "no job with id"),
         (["trace", "0000-unknown"], "no job '0000-unknown' in the SQLite database"),
         (["jobs", "--status", "weird"], "invalid choice"),
+        (["jobs", "--since", "1x"], "--since '1x': expected a duration (30m, 6h, 2d) or an ISO time"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(tmp_path: Path, project: Path, args: list[str], fragment: str) -> None:

@@ -3,6 +3,7 @@ from the telemetry files, and ``orchestrator trace`` as an operator meets it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -120,6 +121,15 @@ def test_the_report_reproduces_the_known_ground_truth(scenario: tuple[Env, dict[
 
     listed = env.json("jobs", "--error-category", "module_panic")
     assert [j["id"] for j in listed] == [ids["D"]]
+    # Created since: all seven a day back, none in the future, and a window cut between
+    # two of them keeps the later ones, newest first.
+    everything = env.json("jobs", "--since", "1d")
+    assert sorted(j["id"] for j in everything) == sorted(ids.values())
+    assert env.json("jobs", "--since", "2999-01-01T00:00:00Z") == []
+    by_age = sorted(everything, key=lambda j: j["created_at"])
+    third, fourth = (dt.datetime.fromisoformat(j["created_at"]) for j in by_age[2:4])
+    cut = (third + (fourth - third) / 2).isoformat()
+    assert [j["id"] for j in env.json("jobs", "--since", cut)] == [j["id"] for j in reversed(by_age[3:])]
 
 
 def _without_clock_rows(report: dict[str, Any]) -> dict[str, Any]:

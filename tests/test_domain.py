@@ -29,7 +29,7 @@ from orchestrator.domain import (
 )
 from orchestrator.domain.errors import new_error_id
 from orchestrator.domain.events import LifecycleEvent
-from orchestrator.domain.job import ModuleBudget, new_job_id
+from orchestrator.domain.job import ModuleBudget, first_id_at, new_job_id
 from orchestrator.domain.values import canonical_text, storable
 
 # -- errors -----------------------------------------------------------------------------
@@ -216,15 +216,37 @@ def test_a_history_entry_without_an_event_gets_its_transitions(
     assert given.event is LifecycleEvent.FAIL
 
 
-def test_a_job_id_is_a_version_7_uuid_of_the_current_millisecond() -> None:
-    before = time.time_ns() // 1_000_000
-    ids = [new_job_id() for _ in range(200)]
-    after = time.time_ns() // 1_000_000
+def test_a_job_id_is_a_version_7_uuid_of_its_creation_millisecond() -> None:
+    created_ns = 1_764_000_000_123_456_789
+    ids = [new_job_id(created_ns) for _ in range(200)]
     values = [uuid.UUID(i) for i in ids]
     assert all(v.version == 7 and v.variant == uuid.RFC_4122 for v in values)
-    assert all(before <= v.int >> 80 <= after for v in values)  # the leading 48 bits: Unix ms
+    assert {v.int >> 80 for v in values} == {1_764_000_000_123}  # the leading 48 bits: Unix ms
     assert len(set(ids)) == 200
     assert all(str(v) == i for v, i in zip(values, ids, strict=True))
+    before = time.time_ns()
+    job = Job.new(project_id="p", source="/s", modules=("a",), options=JobOptions(), trace=TraceContext.new())
+    assert before // 1_000_000 <= uuid.UUID(job.id).int >> 80 == job.created_ns // 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("created_ns", "since_ns"),
+    [
+        (1_764_000_000_123_456_789, 1_764_000_000_123_456_789),  # the same nanosecond
+        (1_764_000_000_123_999_999, 1_764_000_000_123_000_000),  # the same millisecond
+        (1_764_000_000_124_000_000, 1_764_000_000_123_999_999),  # the next millisecond
+        (1_764_000_100_000_000_000, 1_764_000_000_000_000_000),  # much later
+        (5, 0),
+        ((1 << 48) * 1_000_000 + 7, (1 << 48) * 1_000_000),  # past uuid7's clock: clamped
+    ],
+)
+def test_the_first_id_of_a_moment_is_below_every_id_created_from_it(created_ns: int, since_ns: int) -> None:
+    bound = first_id_at(since_ns)
+    assert all(new_job_id(created_ns) >= bound for _ in range(50))
+    # And tight: the ids of the millisecond before are below it.
+    if 1_000_000 <= since_ns < (1 << 48) * 1_000_000:
+        assert all(new_job_id(since_ns - 1_000_000) < bound for _ in range(50))
+    assert first_id_at(-(10**18)) == "00000000-0000" <= new_job_id(0)
 
 
 def test_new_trace_contexts_draw_every_bit_of_both_ids() -> None:

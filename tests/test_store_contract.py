@@ -513,6 +513,60 @@ async def test_list_jobs_filters_and_paginates_without_duplicates_or_gaps(store:
     assert await store.list_jobs(after="0") == []
 
 
+async def test_list_jobs_since_a_moment_and_by_error_category(store: JobStore) -> None:
+    """--since and --error-category, alone or with other filters: the jobs created at or
+    after the moment (to the nanosecond, though an id bound serves it by the millisecond)
+    and the jobs of the category, newest first."""
+    base = now_ns() - 3600 * SECOND
+    since = base + 5 * 1_000_000 + 500  # inside a millisecond: jobs on both sides of it
+    offsets = [0, 4_999_999, 5_000_499, 5_000_500, 5_000_501, 5_999_999, 7_000_000, 3600 * SECOND]
+    jobs: list[Job] = []
+    for i, offset in enumerate(offsets):
+        job = Job.new(
+            project_id="proj-a" if i % 2 else "proj-b",
+            source="/srv/projects/demo",
+            modules=("a",),
+            options=JobOptions(),
+            trace=TraceContext.new(),
+            created_ns=base + offset,
+        )
+        await store.insert(job)
+        jobs.append(job)
+    t0 = now_ns()
+    categories = [ErrorCategory.MODULE, ErrorCategory.PERSISTENCE, ErrorCategory.MODULE, ErrorCategory.CANCELLED]
+    for i, category in enumerate(categories):
+        status = JobStatus.CANCELLED if category is ErrorCategory.CANCELLED else JobStatus.FAILED
+        jobs[2 * i] = await store.apply(transition(jobs[2 * i], status, at_ns=t0 + i, error_category=category))
+    newest_first = sorted(jobs, key=lambda j: j.id, reverse=True)
+
+    recent = [j for j in newest_first if j.created_ns >= since]
+    assert len(recent) == 5
+    assert await store.list_jobs(since_ns=since) == recent
+    assert await store.list_jobs(since_ns=since, limit=2) == recent[:2]
+    assert await store.list_jobs(since_ns=since, limit=10, after=recent[1].id) == recent[2:]
+    assert await store.list_jobs(since_ns=since, project_id="proj-a") == [j for j in recent if j.project_id == "proj-a"]
+    assert await store.list_jobs(since_ns=since, status=JobStatus.FAILED) == [
+        j for j in recent if j.status is JobStatus.FAILED
+    ]
+    assert await store.list_jobs(since_ns=base + 7_000_001) == [jobs[-1]]
+    assert await store.list_jobs(since_ns=base + 3601 * SECOND) == []
+    assert await store.list_jobs(since_ns=0) == await store.list_jobs(since_ns=-(1 << 80)) == newest_first
+    assert await store.list_jobs(since_ns=1 << 80) == []  # beyond any stored time (year 2999 is)
+
+    for category in (ErrorCategory.MODULE, ErrorCategory.PERSISTENCE, ErrorCategory.CANCELLED):
+        expected = [j for j in newest_first if j.error_category is category]
+        assert expected
+        assert await store.list_jobs(error_category=category) == expected
+    modules = [j for j in newest_first if j.error_category is ErrorCategory.MODULE]
+    assert await store.list_jobs(error_category=ErrorCategory.MODULE, limit=1) == modules[:1]
+    assert await store.list_jobs(error_category=ErrorCategory.MODULE, after=modules[0].id) == modules[1:]
+    assert await store.list_jobs(error_category=ErrorCategory.MODULE, since_ns=since) == [
+        j for j in modules if j.created_ns >= since
+    ]
+    assert await store.list_jobs(error_category=ErrorCategory.MODULE, status=JobStatus.CANCELLED) == []
+    assert await store.list_jobs(error_category=ErrorCategory.TRANSITION) == []
+
+
 async def test_queue_depth_counts_queued_jobs(store: JobStore) -> None:
     t0 = now_ns()
     assert await store.queue_depth() == 0

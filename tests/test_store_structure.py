@@ -201,23 +201,83 @@ async def test_listing_jobs_on_sqlite_walks_an_index_from_the_page_bound(tmp_pat
     await store.open()
     await store.close()
     queries = sql.queries("sqlite")
-    none = {"status": None, "project_id": None, "error_category": None, "since_ns": None, "after": None, "limit": 100}
-    expected = {
-        "list_jobs": ({**none, "after": "0190"}, "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id<?)"),
-        "list_jobs_by_status": (
-            {**none, "status": "failed"},
-            "SEARCH jobs USING INDEX jobs_status (status=? AND id<?)",
-        ),
-        "list_jobs_by_project": (
-            {**none, "project_id": "p", "status": "failed", "after": "0190"},
-            "SEARCH jobs USING INDEX jobs_project (project_id=? AND id<?)",
-        ),
+    none = {
+        "status": None,
+        "project_id": None,
+        "error_category": None,
+        "since_ns": None,
+        "since_id": "",
+        "after": None,
+        "limit": 100,
     }
+    # A page of the jobs created since a moment is bounded below by that moment's id.
+    since = {"since_ns": 1_764_000_000_000_000_000, "since_id": "019abb49-d000"}
+    expected = [
+        ("list_jobs", {**none, "after": "0190"}, "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id>? AND id<?)"),
+        ("list_jobs", {**none, **since}, "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id>? AND id<?)"),
+        (
+            "list_jobs_by_status",
+            {**none, "status": "failed"},
+            "SEARCH jobs USING INDEX jobs_status (status=? AND id>? AND id<?)",
+        ),
+        (
+            "list_jobs_by_project",
+            {**none, "project_id": "p", "status": "failed", "after": "0190"},
+            "SEARCH jobs USING INDEX jobs_project (project_id=? AND id>? AND id<?)",
+        ),
+        (
+            "list_jobs_by_error_category",
+            {**none, **since, "error_category": "persistence", "status": "failed"},
+            "SEARCH jobs USING INDEX jobs_error_category (error_category=? AND id>? AND id<?)",
+        ),
+    ]
     conn = sqlite3.connect(tmp_path / "jobs.db")
     try:
-        for name, (params, step) in expected.items():
+        for name, params, step in expected:
             plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {queries[name]}", params)]
             assert plan[0] == step, (name, plan)
             assert not [s for s in plan if s.startswith("SCAN") or "TEMP B-TREE" in s], (name, plan)
+    finally:
+        conn.close()
+
+
+@pytest.mark.anyio
+async def test_listing_deliveries_on_sqlite_reads_the_latest_from_an_index(tmp_path: Path) -> None:
+    """A job's or a subscription's deliveries (GET .../deliveries, `webhooks deliveries`)
+    are read back from the end of an index led by the filter: the outbox of a busy
+    subscription is neither scanned nor sorted, only the page is."""
+    import sqlite3
+
+    from orchestrator.stores.sqlite import SQLiteJobStore
+
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    await store.open()
+    await store.close()
+    queries = sql.queries("sqlite")
+    none = {"job_id": None, "subscription_id": None, "limit": 100}
+    expected = [
+        ("webhook_list_deliveries", none, "SCAN webhook_deliveries"),  # from the end of seq, LIMIT rows
+        (
+            "webhook_list_deliveries_by_job",
+            {**none, "job_id": "j"},
+            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_job (job_id=?)",
+        ),
+        (
+            "webhook_list_deliveries_by_job",
+            {**none, "job_id": "j", "subscription_id": "s"},
+            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_job (job_id=?)",
+        ),
+        (
+            "webhook_list_deliveries_by_subscription",
+            {**none, "subscription_id": "s"},
+            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_subscription (subscription_id=?)",
+        ),
+    ]
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    try:
+        for name, params, step in expected:
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {queries[name]}", params)]
+            # The inner read walks the index in order (no sort); only the page is sorted.
+            assert plan == ["CO-ROUTINE latest", step, "SCAN latest", "USE TEMP B-TREE FOR ORDER BY"], (name, plan)
     finally:
         conn.close()

@@ -302,7 +302,7 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
     async def webhook_deliveries(
         subscription_id: str, limit: Annotated[int, Query(ge=1, le=500)] = 100
     ) -> list[DeliveryOut]:
-        """Deliveries of one subscription with every attempt (the delivery history)."""
+        """The latest deliveries of one subscription, oldest first, with every attempt."""
         await hooks.get_subscription(subscription_id)
         found = await hooks.list_deliveries(subscription_id=subscription_id, limit=limit)
         return [DeliveryOut.of(d, await hooks.attempts(d.id)) for d in found]

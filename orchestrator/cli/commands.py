@@ -18,6 +18,7 @@ from orchestrator.cli.ids import resolve_job
 from orchestrator.cli.inputs import request_from_args
 from orchestrator.cli.main import Context, print_json, with_app
 from orchestrator.cli.render import Column
+from orchestrator.cli.report import parse_since
 from orchestrator.cli.run import create_job
 from orchestrator.domain import (
     ErrorCategory,
@@ -119,10 +120,11 @@ async def jobs(ctx: Context) -> int:
     limit = max(1, min(ctx.args.limit, 1000))
     status = JobStatus(ctx.args.status) if ctx.args.status else None
     category = ErrorCategory(ctx.args.error_category) if ctx.args.error_category else None
+    since = parse_since(ctx.args.since, now_ns()) if ctx.args.since else None
 
     async def go(app: App) -> int:
         found = await app.store.list_jobs(
-            status=status, project_id=ctx.args.project_id, error_category=category, limit=limit
+            status=status, project_id=ctx.args.project_id, error_category=category, since_ns=since, limit=limit
         )
         if ctx.args.json:
             print_json([job_json(j) for j in found])

@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only failed or cancelled jobs of this error category",
     )
     p.add_argument("--project-id")
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only jobs created since: a duration back from now (30m, 6h, 2d) or an ISO time",
+    )
     p.add_argument("--limit", type=int_between(1, 1000), default=50, help="at most this many jobs (1-1000)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=commands.jobs, log_level_default="error", telemetry=False)

@@ -186,7 +186,7 @@ def add_webhook_commands(sub: Any) -> None:
     dl.add_argument("--job-id")
     dl.add_argument("--subscription")
     dl.add_argument(
-        "--limit", type=int_between(1, 500), default=100, help="at most this many deliveries (1-500, as the API)"
+        "--limit", type=int_between(1, 500), default=100, help="the latest N deliveries, oldest first (1-500)"
     )
     dl.add_argument("--json", action="store_true")
     dl.set_defaults(handler=webhooks_deliveries, log_level_default="critical", telemetry=False)

@@ -23,6 +23,7 @@ __all__ = [
     "ModuleResult",
     "TraceContext",
     "Transition",
+    "first_id_at",
     "new_job_id",
     "now_ns",
 ]
@@ -35,17 +36,25 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def new_job_id() -> str:
-    # uuid7 sorts by creation time, which keeps the jobs index append-mostly.
-    return str(uuid.uuid7()) if hasattr(uuid, "uuid7") else _uuid7()
+_MS_LIMIT = (1 << 48) - 1
 
 
-def _uuid7() -> str:
-    ms = time.time_ns() // 1_000_000
+def new_job_id(created_ns: int) -> str:
+    """A uuid7 whose time is the job's creation time (to the millisecond): ids sort by
+    creation, which keeps the jobs index append-mostly, and a listing of the jobs created
+    since a moment starts at that moment's first id (`first_id_at`)."""
+    ms = min(max(created_ns // 1_000_000, 0), _MS_LIMIT)
     rand = int.from_bytes(secrets.token_bytes(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value = ms << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
     value |= 0b10 << 62 | rand & ((1 << 62) - 1)
     return str(uuid.UUID(int=value))
+
+
+def first_id_at(at_ns: int) -> str:
+    """The lowest id a job created at or after ``at_ns`` can have: that moment's time
+    digits alone (a string sorts below every longer one that starts with it)."""
+    digits = f"{min(max(at_ns // 1_000_000, 0), _MS_LIMIT):012x}"
+    return f"{digits[:8]}-{digits[8:]}"
 
 
 class FailurePolicy(enum.StrEnum):
@@ -260,7 +269,7 @@ class Job:
     ) -> Job:
         created = created_ns or now_ns()
         return cls(
-            id=new_job_id(),
+            id=new_job_id(created),
             project_id=project_id,
             source=source,
             modules=modules,

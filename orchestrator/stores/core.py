@@ -42,6 +42,7 @@ from orchestrator.domain import (
     Transition,
     TransitionConflict,
 )
+from orchestrator.domain.job import first_id_at
 from orchestrator.domain.values import canonical_reason, canonical_text, storable
 from orchestrator.stores import rows, sql
 from orchestrator.stores.base import RootStamps
@@ -56,6 +57,9 @@ log = logging.getLogger("orchestrator.stores")
 _Applied = tuple[Job, list[LifecycleEntry]]
 
 _BACKENDS = {"sqlite": "sqlite", "postgres": "postgresql"}
+
+#: The largest value a stored time can have (BIGINT, SQLite INTEGER).
+_INT64_MAX: Final = (1 << 63) - 1
 
 #: A trace claim picks among this many times its limit of due jobs (see trace_claim).
 _TRACE_CLAIM_CANDIDATES: Final = 4
@@ -403,13 +407,18 @@ class SQLJobStore:
             "status": status and str(status),
             "project_id": project_id,
             "error_category": error_category and str(error_category),
-            "since_ns": since_ns,
+            # Every stored time fits a signed 64-bit integer: a later moment (the year 2999)
+            # matches no job, an earlier one every job.
+            "since_ns": None if since_ns is None else min(max(since_ns, 0), _INT64_MAX),
+            "since_id": "" if since_ns is None else first_id_at(since_ns),
             "after": after,
             "limit": limit,
         }
         # Led by the most selective filter's index (an optional filter cannot use one).
         if project_id is not None:
             found = await self.connector.fetchall("list_jobs_by_project", params)
+        elif error_category is not None:
+            found = await self.connector.fetchall("list_jobs_by_error_category", params)
         elif status is not None:
             found = await self.connector.fetchall("list_jobs_by_status", params)
         else:

@@ -53,7 +53,9 @@ class WebhookStore(Protocol):
 
     async def list_deliveries(
         self, *, job_id: str | None = None, subscription_id: str | None = None, limit: int = 100
-    ) -> list[Delivery]: ...
+    ) -> list[Delivery]:
+        """The latest ``limit`` deliveries matching the filters, in outbox order."""
+        ...
 
     async def attempts(self, delivery_id: str) -> list[Attempt]: ...
 
@@ -206,7 +208,14 @@ class SQLWebhookStore:
         if not all(storable(v) for v in (job_id, subscription_id) if v is not None):
             return []
         params = {"job_id": job_id, "subscription_id": subscription_id, "limit": limit}
-        return [_delivery(r) for r in await self._db.fetchall("webhook_list_deliveries", params)]
+        # Each filter leads through its own index (an optional filter cannot use one).
+        if job_id is not None:
+            found = await self._db.fetchall("webhook_list_deliveries_by_job", params)
+        elif subscription_id is not None:
+            found = await self._db.fetchall("webhook_list_deliveries_by_subscription", params)
+        else:
+            found = await self._db.fetchall("webhook_list_deliveries", params)
+        return [_delivery(r) for r in found]
 
     async def attempts(self, delivery_id: str) -> list[Attempt]:
         return [_attempt(r) for r in await self._db.fetchall("webhook_attempts", {"id": delivery_id})]

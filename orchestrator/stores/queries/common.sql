@@ -79,9 +79,12 @@ RETURNING *;
 
 -- fragment: job_filters
 -- A page of jobs, newest first: the ids below :after (a page's last id; without it, every
--- id: the largest one extended is above it), matching the filters given. The bound is
--- written so the index can serve it (an "IS NULL OR" term cannot use an index).
+-- id: the largest one extended is above it) and from :since_id (the first id a job created
+-- at :since_ns can have: an id starts with its job's creation time; '' without --since),
+-- matching the filters given. The bounds are written so the index can serve them (an
+-- "IS NULL OR" term cannot use an index): a page of recent jobs stops at their first id.
 id < COALESCE(CAST(:after AS TEXT), (SELECT MAX(id) FROM jobs) || ' ')
+  AND id >= :since_id
   AND (CAST(:status AS TEXT) IS NULL OR status = :status)
   AND (CAST(:project_id AS TEXT) IS NULL OR project_id = :project_id)
   AND (CAST(:error_category AS TEXT) IS NULL OR error_category = :error_category)
@@ -100,6 +103,10 @@ SELECT * FROM jobs WHERE status = :status AND {{job_filters}};
 -- name: list_jobs_by_project
 -- Through jobs_project (project_id, id).
 SELECT * FROM jobs WHERE project_id = :project_id AND {{job_filters}};
+
+-- name: list_jobs_by_error_category
+-- Through jobs_error_category (error_category, id), which holds only categorised jobs.
+SELECT * FROM jobs WHERE error_category = :error_category AND {{job_filters}};
 
 -- name: find_ids
 -- Ids starting with a prefix (hexadecimal digits and dashes only: checked before).
@@ -210,11 +217,26 @@ WHERE id = :id AND lease_owner = :owner
 RETURNING id;
 
 -- name: webhook_list_deliveries
-SELECT * FROM webhook_deliveries
-WHERE (CAST(:job_id AS TEXT) IS NULL OR job_id = :job_id)
-  AND (CAST(:subscription_id AS TEXT) IS NULL OR subscription_id = :subscription_id)
-ORDER BY seq
-LIMIT :limit;
+-- The latest deliveries, in outbox order (read back from the end of the outbox).
+SELECT * FROM (SELECT * FROM webhook_deliveries ORDER BY seq DESC LIMIT :limit) AS latest
+ORDER BY seq;
+
+-- name: webhook_list_deliveries_by_job
+-- A job's latest deliveries (of one subscription, if given), through webhook_deliveries_job.
+SELECT * FROM (
+    SELECT * FROM webhook_deliveries
+    WHERE job_id = :job_id AND (CAST(:subscription_id AS TEXT) IS NULL OR subscription_id = :subscription_id)
+    ORDER BY seq DESC
+    LIMIT :limit
+) AS latest
+ORDER BY seq;
+
+-- name: webhook_list_deliveries_by_subscription
+-- A subscription's latest deliveries, from the end of webhook_deliveries_subscription.
+SELECT * FROM (
+    SELECT * FROM webhook_deliveries WHERE subscription_id = :subscription_id ORDER BY seq DESC LIMIT :limit
+) AS latest
+ORDER BY seq;
 
 -- name: webhook_attempts
 SELECT * FROM webhook_attempts WHERE delivery_id = :id ORDER BY attempt;
