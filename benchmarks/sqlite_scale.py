@@ -6,12 +6,15 @@ tables: a prune round read every finished job through ``jobs_status`` and sorted
 and deleted its deliveries by scanning the whole outbox; a webhook claim walked the
 outbox in ``seq`` order, delivered rows included; a trace claim walked every job that
 emitted a root span; a page of jobs walked the ids from the newest, whatever its
-filter and bound. The statements now name their index (``INDEXED BY``; a ``CROSS
-JOIN`` keeps the emitters first) and deliveries are indexed by job (migration 0007).
-This fills a store with ``--jobs`` finished jobs whose root spans were all confirmed,
-four delivered webhook deliveries each and a few due pending ones, then times each
-statement as shipped and as it was (the hints taken out, the job index dropped), each
-round in one transaction, rolled back, the two alternated.
+filter and bound; a listing of deliveries scanned the outbox. The statements now name
+their index (``INDEXED BY``; a ``CROSS JOIN`` keeps the emitters first), deliveries are
+indexed by job (migration 0007), jobs by error category and deliveries by subscription
+(0008), and a page of jobs created since a moment starts at its first id.
+This fills a store with ``--jobs`` finished jobs (one a millisecond) whose root spans
+were all confirmed, four delivered webhook deliveries each and a few due pending ones,
+then times each statement as shipped and as it was (the hints taken out, the indexes
+dropped, the old listing queries), each round in one transaction, rolled back, the two
+alternated.
 Run: ``python -m benchmarks.sqlite_scale``.
 """
 
@@ -28,6 +31,7 @@ from typing import Any
 
 import anyio
 
+from orchestrator.domain.job import first_id_at, new_job_id
 from orchestrator.stores import sql
 from orchestrator.stores.sqlite import SQLiteJobStore
 
@@ -35,10 +39,23 @@ __all__ = ["main"]
 
 _HINTS = ("INDEXED BY jobs_finished", "INDEXED BY webhook_deliveries_due", "CROSS JOIN")
 _PENDING = 10
-_NO_FILTER = {"status": None, "project_id": None, "error_category": None, "since_ns": None, "after": None, "limit": 100}
+_NO_FILTER = {
+    "status": None,
+    "project_id": None,
+    "error_category": None,
+    "since_ns": None,
+    "since_id": "",
+    "after": None,
+    "limit": 100,
+}
+_MS = 1_000_000
+#: The indexes the shipped statements have that the old ones did not.
+_NEW_INDEXES = ("webhook_deliveries_job", "jobs_error_category", "webhook_deliveries_subscription")
 
 
-def _fill(path: Path, jobs: int) -> None:
+def _fill(path: Path, ids: list[str]) -> None:
+    jobs = len(ids)
+
     async def create() -> None:
         store = SQLiteJobStore(path)
         await store.open()
@@ -53,7 +70,7 @@ def _fill(path: Path, jobs: int) -> None:
             "INSERT INTO jobs (id, project_id, source, modules, options, status, attempt, created_ns, status_ns, "
             "queued_ns, started_ns, reason, trace_id, root_span_id, trace_sampled, trace_emitter, trace_seq) "
             "VALUES (?, 'bench', '/', '[]', '{}', 'running', 1, ?, ?, ?, ?, 'claimed', 't', 's', 1, 'bench-worker', ?)",
-            ((f"{i:020d}", i, i, i, i, i + 1) for i in range(jobs)),
+            ((ids[i], i * _MS, i * _MS, i * _MS, i * _MS, i + 1) for i in range(jobs)),
         )
         conn.execute(
             "UPDATE jobs SET status = 'completed', status_ns = 1000000000 + created_ns, "
@@ -76,7 +93,7 @@ def _fill(path: Path, jobs: int) -> None:
             "VALUES (?, 'bench-hook', ?, 'bench', 'job.lifecycle.complete', '{}', ?, ?, ?, 't', 's', 0, 1, "
             "'running', 'completed')",
             (
-                (f"d{i}", f"{i // 4:020d}", "delivered" if i < deliveries - _PENDING else "pending", i, i)
+                (f"d{i}", ids[i // 4], "delivered" if i < deliveries - _PENDING else "pending", i, i)
                 for i in range(deliveries)
             ),
         )
@@ -84,7 +101,8 @@ def _fill(path: Path, jobs: int) -> None:
 
 
 #: How a page of jobs was listed before: every filter optional ("IS NULL OR"), which no
-#: index can serve, so SQLite walked the ids from the newest.
+#: index can serve, so SQLite walked the ids from the newest (to the end when a page is
+#: not filled).
 _LIST_BEFORE = """SELECT * FROM jobs
 WHERE (CAST(:status AS TEXT) IS NULL OR status = :status)
   AND (CAST(:project_id AS TEXT) IS NULL OR project_id = :project_id)
@@ -94,10 +112,19 @@ WHERE (CAST(:status AS TEXT) IS NULL OR status = :status)
 ORDER BY id DESC
 LIMIT :limit"""
 
+#: How deliveries were listed before: the first ones, every filter optional.
+_DELIVERIES_BEFORE = """SELECT * FROM webhook_deliveries
+WHERE (CAST(:job_id AS TEXT) IS NULL OR job_id = :job_id)
+  AND (CAST(:subscription_id AS TEXT) IS NULL OR subscription_id = :subscription_id)
+ORDER BY seq
+LIMIT :limit"""
+
 
 def _unhinted(statement: str) -> str:
     if statement.startswith("SELECT * FROM jobs WHERE") and "LIMIT :limit" in statement:
         return _LIST_BEFORE
+    if ") AS latest" in statement:
+        return _DELIVERIES_BEFORE
     for hint in _HINTS:
         statement = statement.replace(hint, "JOIN" if hint == "CROSS JOIN" else "")
     return statement
@@ -109,7 +136,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     queries = sql.queries("sqlite")
-    before_ns = 2 * 10**9 + args.jobs
+    before_ns = 2 * 10**9 + args.jobs * _MS
+    ids = [new_job_id(i * _MS) for i in range(args.jobs)]
+    since_ns = (args.jobs - 10) * _MS  # the latest ten jobs: a page not filled
     cases: dict[str, tuple[list[str], dict[str, Any]]] = {
         "prune round (500 jobs, their deliveries)": (
             [queries["prune_deliveries"], queries["prune_jobs"]],
@@ -129,18 +158,34 @@ def main() -> None:
         ),
         "a page of completed jobs halfway down (report's paging)": (
             [queries["list_jobs_by_status"]],
-            {**_NO_FILTER, "status": "completed", "after": f"{args.jobs // 2:020d}", "limit": 500},
+            {**_NO_FILTER, "status": "completed", "after": ids[args.jobs // 2], "limit": 500},
+        ),
+        "list one error category (none among them)": (
+            [queries["list_jobs_by_error_category"]],
+            {**_NO_FILTER, "error_category": "module_timeout"},
+        ),
+        "list the jobs created since (the latest ten)": (
+            [queries["list_jobs"]],
+            {**_NO_FILTER, "since_ns": since_ns, "since_id": first_id_at(since_ns)},
+        ),
+        "a job's deliveries (webhooks deliveries --job-id)": (
+            [queries["webhook_list_deliveries_by_job"]],
+            {"job_id": ids[args.jobs // 2], "subscription_id": None, "limit": 100},
+        ),
+        "a subscription's latest 100 deliveries": (
+            [queries["webhook_list_deliveries_by_subscription"]],
+            {"job_id": None, "subscription_id": "bench-hook", "limit": 100},
         ),
         "delete one job (DELETE /v1/jobs/{id})": (
             [queries["delete_deliveries"], queries["delete_jobs"]],
-            {"ids": f'["{args.jobs // 2:020d}"]'},
+            {"ids": f'["{ids[args.jobs // 2]}"]'},
         ),
     }
     shipped_text = "".join(s for statements, _ in cases.values() for s in statements)
     assert all(hint in shipped_text for hint in _HINTS), "a statement no longer names its index"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "jobs.db"
-        _fill(path, args.jobs)
+        _fill(path, ids)
         conn = sqlite3.connect(path, isolation_level=None)
         shipped: dict[str, list[float]] = {name: [] for name in cases}
         before: dict[str, list[float]] = {name: [] for name in cases}
@@ -152,7 +197,8 @@ def main() -> None:
             for into, rewrite, indexed in toggles:
                 conn.execute("BEGIN")
                 if not indexed:
-                    conn.execute("DROP INDEX webhook_deliveries_job")  # rolled back below
+                    for index in _NEW_INDEXES:
+                        conn.execute(f"DROP INDEX {index}")  # rolled back below
                 for name, (statements, params) in cases.items():
                     started = time.perf_counter()
                     for statement in statements:
@@ -165,7 +211,7 @@ def main() -> None:
         f"{args.jobs * 4} deliveries, "
         f"median of {args.rounds} (ms)"
     )
-    print("| statement | as shipped | before (no hint, no job index, the old list query) |")
+    print("| statement | as shipped | before (no hint, no new index, the old list queries) |")
     print("|---|---:|---:|")
     for name in cases:
         print(f"| {name} | {statistics.median(shipped[name]):.2f} | {statistics.median(before[name]):.2f} |")
