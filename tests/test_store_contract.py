@@ -567,6 +567,17 @@ async def test_list_jobs_since_a_moment_and_by_error_category(store: JobStore) -
     assert await store.list_jobs(error_category=ErrorCategory.TRANSITION) == []
 
 
+async def test_a_number_beyond_64_bits_is_a_typed_error(store: JobStore) -> None:
+    """SQLite's driver cannot bind it (an OverflowError, a traceback on the CLI);
+    PostgreSQL refuses it (numeric value out of range). Both are a PersistenceError, and
+    the store goes on."""
+    with pytest.raises(PersistenceError, match="failed to list_jobs"):
+        await store.list_jobs(limit=1 << 70)
+    job = new_job()
+    await store.insert(job)
+    assert await store.list_jobs() == [job]
+
+
 async def test_queue_depth_counts_queued_jobs(store: JobStore) -> None:
     t0 = now_ns()
     assert await store.queue_depth() == 0

@@ -204,7 +204,7 @@ class SQLiteConnector:
     async def _thread(self, operation: str, fn: Callable[[], T]) -> T:
         try:
             return await anyio.to_thread.run_sync(fn)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:
             raise self._error(operation, exc) from exc
 
     async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -230,15 +230,17 @@ class SQLiteConnector:
                             delay_ms=round(delay * 1000, 1),
                         )
                     await anyio.sleep(delay)
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, OverflowError) as exc:  # a number beyond 64 bits: not bound
                     raise self._error(operation, exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _error(self, operation: str, exc: sqlite3.Error | OSError) -> PersistenceError:
+    def _error(self, operation: str, exc: sqlite3.Error | OSError | OverflowError) -> PersistenceError:
         if isinstance(exc, sqlite3.IntegrityError) and str(exc).startswith("illegal transition"):
             return TransitionRefused(f"the database refused an illegal transition ({operation})")
         error_id = new_error_id()
-        environment = isinstance(exc, OSError) or _primary_code(exc) in _ENVIRONMENT_CODES
+        environment = isinstance(exc, OSError) or (
+            isinstance(exc, sqlite3.Error) and _primary_code(exc) in _ENVIRONMENT_CODES
+        )
         locked = isinstance(exc, sqlite3.OperationalError) and _is_locked(exc)
         # SQLite's messages name tables, columns and constraints, never the values bound:
         # safe to log. The error shown to callers carries only the operation and the id.
@@ -264,6 +266,8 @@ class SQLiteConnector:
         # file that is not a database) is said, not only the id.
         if isinstance(exc, OSError):
             reason = f": {exc.strerror or exc}"
+        elif isinstance(exc, OverflowError):
+            reason = ": a number out of the database's range (64-bit integers)"
         elif environment or locked or operation == "open":
             reason = f": {exc}"
         else:
@@ -278,7 +282,7 @@ class SQLiteConnector:
         mark_logged(error)  # logged here: the entry points it passes through must not log it again
         return error
 
-    def _environment_log(self, exc: sqlite3.Error | OSError, operation: str) -> logs.RateLimitedLog:
+    def _environment_log(self, exc: Exception, operation: str) -> logs.RateLimitedLog:
         kind = type(exc).__name__ if isinstance(exc, OSError) else str(getattr(exc, "sqlite_errorname", "?"))
         return self._environment_logs.setdefault((kind, operation), logs.RateLimitedLog(_ENVIRONMENT_LOG_INTERVAL))
 
