@@ -15,11 +15,16 @@ from orchestrator.domain import Job, LifecycleEntry
 __all__ = ["entry_json", "job_json", "timestamp"]
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def timestamp(ns: int) -> str:
     """RFC 3339 in UTC with microseconds and a ``Z``: ``2026-11-27T10:28:31.777000Z``.
 
-    Used for every timestamp a client or a webhook receiver sees."""
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    Used for every timestamp a client or a webhook receiver sees. Cut to the microsecond
+    in integers (a float rounds, up as often as down): a job's ``created_at`` given back
+    as ``--since`` keeps that job."""
+    return (_EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _optional(ns: int | None) -> str | None:

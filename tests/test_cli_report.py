@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from cli_helpers import Env, job_row, one_line_error, wait_for, write_ghost_plugin, write_plugin
 
+from orchestrator.cli.report import parse_since
+from orchestrator.serialization import timestamp
+
 pytestmark = pytest.mark.timeout(300)
 
 # Durations measured by the clock: equal on both sources up to how a module span's start
@@ -130,6 +133,10 @@ def test_the_report_reproduces_the_known_ground_truth(scenario: tuple[Env, dict[
     third, fourth = (dt.datetime.fromisoformat(j["created_at"]) for j in by_age[2:4])
     cut = (third + (fourth - third) / 2).isoformat()
     assert [j["id"] for j in env.json("jobs", "--since", cut)] == [j["id"] for j in reversed(by_age[3:])]
+    # A job's own created_at given back keeps that job (and the later ones).
+    for at in (3, 6):
+        listed = env.json("jobs", "--since", by_age[at]["created_at"])
+        assert [j["id"] for j in listed] == [j["id"] for j in reversed(by_age[at:])]
 
 
 def _without_clock_rows(report: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +231,23 @@ def test_trace_right_after_a_worker_finished_a_job_tells_the_truth(tmp_path: Pat
     job = json.loads(env.run("status", job_id, "--json").stdout)
     assert finished.stdout.splitlines()[0] == f"trace {job['trace_id']}  job {job_id}"
     assert "job src [completed]" in finished.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "ns", "shown"),
+    [
+        # 10**9 s after the epoch is 2001-09-09T01:46:40Z; a float of seconds has no room
+        # for the last nanoseconds (it rounded ...40.999999999 up to ...41).
+        ("2001-09-09T01:46:40.999999Z", 1_000_000_000_999_999_000, "2001-09-09T01:46:40.999999Z"),
+        ("2001-09-09T03:46:40.000001+02:00", 1_000_000_000_000_001_000, "2001-09-09T01:46:40.000001Z"),
+        ("2001-09-09T01:46:40.123457", 1_000_000_000_123_457_000, "2001-09-09T01:46:40.123457Z"),
+        ("1970-01-01T00:00:00.000001Z", 1_000, "1970-01-01T00:00:00.000001Z"),
+    ],
+)
+def test_times_are_read_and_written_to_the_exact_microsecond(text: str, ns: int, shown: str) -> None:
+    assert parse_since(text, now_ns=0) == ns
+    assert timestamp(ns) == timestamp(ns + 999) == shown  # cut, not rounded up
+    assert parse_since(shown, now_ns=0) == ns
 
 
 @pytest.mark.parametrize("since", ["99999999d", "9" * 400 + "w", "0001-01-01"])

@@ -281,3 +281,60 @@ async def test_listing_deliveries_on_sqlite_reads_the_latest_from_an_index(tmp_p
             assert plan == ["CO-ROUTINE latest", step, "SCAN latest", "USE TEMP B-TREE FOR ORDER BY"], (name, plan)
     finally:
         conn.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_listings_on_postgresql_can_be_served_by_their_index(postgres_url: str, pg_schema: str) -> None:
+    """The same listings on PostgreSQL, planned as a prepared statement's generic plan
+    (the plan psycopg's prepared statements end up with): each is served by its index,
+    the page's bounds in the index condition. Sequential scans are priced out so that an
+    empty table's cheapest plan does not hide a query no index can serve."""
+    import psycopg
+    from psycopg import sql as pgsql
+
+    from orchestrator.stores.postgres import PostgresJobStore
+
+    store = PostgresJobStore(postgres_url, schema=pg_schema)
+    await store.open()
+    await store.close()
+    queries = sql.queries("postgres")
+    jobs = {"status": None, "project_id": None, "error_category": None, "since_ns": None, "since_id": "", "after": None}
+    deliveries = {"job_id": None, "subscription_id": None}
+    cases = [
+        ("list_jobs", {**jobs, "since_ns": 5, "since_id": "019a"}, "Index Scan Backward using jobs_pkey on jobs"),
+        (
+            "list_jobs_by_error_category",
+            {**jobs, "error_category": "module"},
+            "Index Scan Backward using jobs_error_category on jobs",
+        ),
+        (
+            "webhook_list_deliveries_by_subscription",
+            {**deliveries, "subscription_id": "s"},
+            "Index Scan Backward using webhook_deliveries_subscription on webhook_deliveries",
+        ),
+        (
+            "webhook_list_deliveries_by_job",
+            {**deliveries, "job_id": "j"},
+            "Index Scan using webhook_deliveries_job on webhook_deliveries",
+        ),
+    ]
+    placeholder = re.compile(r"%\((\w+)\)s")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(pg_schema)))
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        for i, (name, params, step) in enumerate(cases):
+            names = list(dict.fromkeys(placeholder.findall(queries[name])))
+            numbered = {n: f"${k}" for k, n in enumerate(names, start=1)}
+            body = placeholder.sub(lambda m, numbered=numbered: numbered[m.group(1)], queries[name]).replace("%%", "%")
+            conn.execute(f"PREPARE listing_{i} AS {body.strip().rstrip(';')}")
+            values = {**params, "limit": 100}
+            explain = pgsql.SQL("EXPLAIN EXECUTE {}({})").format(
+                pgsql.Identifier(f"listing_{i}"), pgsql.SQL(", ").join(pgsql.Literal(values[n]) for n in names)
+            )
+            plan = [row[0] for row in conn.execute(explain)]
+            assert any(step in line for line in plan), (name, plan)
+            assert not [line for line in plan if "Seq Scan" in line], (name, plan)
+            if name.startswith("list_jobs"):  # both bounds of the page are in the index condition
+                assert any("Index Cond" in line and "id <" in line and "id >=" in line for line in plan), plan

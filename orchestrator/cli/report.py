@@ -206,6 +206,7 @@ def _module_run(s: Span) -> ModuleRun:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: The latest --since that can be printed back (9999-12-31T23:59:59-12:00 is year 10000 in UTC).
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _LATEST_NS: Final = int(dt.datetime(9999, 12, 31, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
 
 
@@ -226,7 +227,8 @@ def parse_since(text: str, now_ns: int) -> int:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return min(max(0, int(when.timestamp() * 1e9)), _LATEST_NS)
+    # In integers: through a float, most microseconds came out tens of nanoseconds off.
+    return min(max(0, (when - _EPOCH) // dt.timedelta(microseconds=1) * 1000), _LATEST_NS)
 
 
 def select(records: Iterable[JobRecord], *, since_ns: int | None, project_id: str | None) -> list[JobRecord]:

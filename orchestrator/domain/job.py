@@ -39,11 +39,12 @@ def now_ns() -> int:
 _MS_LIMIT = (1 << 48) - 1
 
 
-def new_job_id(created_ns: int) -> str:
-    """A uuid7 whose time is the job's creation time (to the millisecond): ids sort by
-    creation, which keeps the jobs index append-mostly, and a listing of the jobs created
-    since a moment starts at that moment's first id (`first_id_at`)."""
-    ms = min(max(created_ns // 1_000_000, 0), _MS_LIMIT)
+def new_job_id(created_ns: int | None = None) -> str:
+    """A uuid7 whose time is the job's creation time (to the millisecond; now without
+    it): ids sort by creation, which keeps the jobs index append-mostly, and a listing of
+    the jobs created since a moment starts at that moment's first id (`first_id_at`).
+    Within one millisecond the order is random (so is "newest first")."""
+    ms = min(max((now_ns() if created_ns is None else created_ns) // 1_000_000, 0), _MS_LIMIT)
     rand = int.from_bytes(secrets.token_bytes(10), "big")
     value = ms << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
     value |= 0b10 << 62 | rand & ((1 << 62) - 1)

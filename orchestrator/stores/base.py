@@ -76,7 +76,9 @@ class JobStore(Protocol):
         after: str | None = None,
     ) -> list[Job]:
         """Jobs newest first; ``after`` is the id of the last job of the previous page;
-        ``since_ns`` keeps jobs created at or after it."""
+        ``since_ns`` keeps jobs created at or after it. A job's id must begin with its
+        creation time, as :meth:`Job.new` makes it (``since_ns`` starts at that moment's
+        first id: a job whose id is older than its ``created_ns`` would not be listed)."""
 
     async def apply(self, transition: Transition) -> Job:
         """Apply one transition atomically: compare-and-set on (status, attempt), update

@@ -87,6 +87,11 @@ def _bind(params: Params | None) -> dict[str, Any]:
 MIN_SQLITE_VERSION: Final = (3, 35, 0)
 
 
+def _is_unbindable(exc: OverflowError) -> bool:
+    """The driver could not bind a parameter: an integer beyond SQLite's 64 bits."""
+    return "too large to convert to SQLite INTEGER" in str(exc)
+
+
 def _primary_code(exc: sqlite3.Error) -> int | None:
     """SQLite's primary result code of an error (its extended code's low byte)."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -204,7 +209,11 @@ class SQLiteConnector:
     async def _thread(self, operation: str, fn: Callable[[], T]) -> T:
         try:
             return await anyio.to_thread.run_sync(fn)
-        except (sqlite3.Error, OverflowError) as exc:
+        except sqlite3.Error as exc:
+            raise self._error(operation, exc) from exc
+        except OverflowError as exc:
+            if not _is_unbindable(exc):
+                raise
             raise self._error(operation, exc) from exc
 
     async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -230,7 +239,11 @@ class SQLiteConnector:
                             delay_ms=round(delay * 1000, 1),
                         )
                     await anyio.sleep(delay)
-                except (sqlite3.Error, OverflowError) as exc:  # a number beyond 64 bits: not bound
+                except sqlite3.Error as exc:
+                    raise self._error(operation, exc) from exc
+                except OverflowError as exc:
+                    if not _is_unbindable(exc):
+                        raise
                     raise self._error(operation, exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -1,4 +1,4 @@
--- Listings an index can serve. Jobs by error category (`orchestrator list
+-- Listings an index can serve. Jobs by error category (`orchestrator jobs
 -- --error-category`): without it, the few jobs of a rare category were found by walking
 -- every job. Only jobs with a category are indexed.
 CREATE INDEX jobs_error_category ON jobs (error_category, id) WHERE error_category IS NOT NULL;
