@@ -170,11 +170,11 @@ def main() -> None:
         ),
         "a job's deliveries (webhooks deliveries --job-id)": (
             [queries["webhook_list_deliveries_by_job"]],
-            {"job_id": ids[args.jobs // 2], "subscription_id": None, "limit": 100},
+            {"job_id": ids[args.jobs // 2], "subscription_id": None, "limit": 100, "before": None},
         ),
         "a subscription's latest 100 deliveries": (
             [queries["webhook_list_deliveries_by_subscription"]],
-            {"job_id": None, "subscription_id": "bench-hook", "limit": 100},
+            {"job_id": None, "subscription_id": "bench-hook", "limit": 100, "before": None},
         ),
         "delete one job (DELETE /v1/jobs/{id})": (
             [queries["delete_deliveries"], queries["delete_jobs"]],

@@ -491,7 +491,11 @@ async def test_webhook_subscriptions_round_trip(app: App) -> None:
         assert (await client.get(f"/v1/webhooks/{hook['id']}")).json() == hook
         assert len((await client.get("/v1/webhooks", params={"project_id": "acme/api"})).json()) == 2
         assert (await client.get("/v1/webhooks", params={"project_id": "other"})).json() == []
-        assert (await client.get(f"/v1/webhooks/{hook['id']}/deliveries")).json() == []
+        deliveries = f"/v1/webhooks/{hook['id']}/deliveries"
+        assert (await client.get(deliveries)).json() == []
+        assert (await client.get(deliveries, params={"before": (1 << 63) - 1})).json() == []
+        for before in (0, 1 << 63, "x", "1.5"):
+            assert_error(await client.get(deliveries, params={"before": before}), 422, "validation_error", "before")
         deleted = await client.delete(f"/v1/webhooks/{hook['id']}")
         assert deleted.status_code == 204
         assert_error(await client.get(f"/v1/webhooks/{hook['id']}"), 404, "not_found")

@@ -138,6 +138,7 @@ def test_run_exits_nonzero_when_the_job_fails(tmp_path: Path, project: Path) -> 
         (["trace", "0000-unknown"], "no job '0000-unknown' in the SQLite database"),
         (["jobs", "--status", "weird"], "invalid choice"),
         (["jobs", "--since", "1x"], "--since '1x': expected a duration (30m, 6h, 2d) or an ISO time"),
+        (["webhooks", "deliveries", "--before", "0"], "--before: 0 is not between 1 and 9223372036854775807"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(tmp_path: Path, project: Path, args: list[str], fragment: str) -> None:

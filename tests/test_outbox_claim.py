@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.domain import Job, JobOptions, JobStatus, TraceContext, now_ns
 from orchestrator.stores.base import JobStore
-from orchestrator.webhooks.models import Subscription
+from orchestrator.webhooks.models import Delivery, Subscription
 from orchestrator.webhooks.store import webhook_store
 
 pytestmark = pytest.mark.anyio
@@ -68,3 +68,16 @@ async def test_listings_give_the_latest_deliveries_in_outbox_order(store: JobSto
         ]
     assert await hooks.list_deliveries(subscription_id="nobody") == []
     assert await hooks.list_deliveries(job_id=jobs[0].id, subscription_id="nobody") == []
+
+    # Paged back with `before` (a page's first seq), every delivery once, in any filter.
+    for where in ({}, {"subscription_id": "a"}, {"job_id": jobs[1].id}):
+        matching = [d for d in everything if all(getattr(d, k) == v for k, v in where.items())]
+        pages: list[list[Delivery]] = []
+        before: int | None = None
+        while page := await hooks.list_deliveries(**where, limit=3, before=before):
+            pages.insert(0, page)
+            before = page[0].seq
+        assert [d for p in pages for d in p] == matching, where
+        assert all(0 < len(p) <= 3 for p in pages)
+    assert await hooks.list_deliveries(before=everything[0].seq) == []
+    assert await hooks.list_deliveries(before=(1 << 63) - 1) == everything

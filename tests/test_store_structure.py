@@ -254,23 +254,23 @@ async def test_listing_deliveries_on_sqlite_reads_the_latest_from_an_index(tmp_p
     await store.open()
     await store.close()
     queries = sql.queries("sqlite")
-    none = {"job_id": None, "subscription_id": None, "limit": 100}
+    none = {"job_id": None, "subscription_id": None, "limit": 100, "before": None}
     expected = [
-        ("webhook_list_deliveries", none, "SCAN webhook_deliveries"),  # from the end of seq, LIMIT rows
+        ("webhook_list_deliveries", none, "SEARCH webhook_deliveries USING INTEGER PRIMARY KEY (rowid<?)"),
         (
             "webhook_list_deliveries_by_job",
             {**none, "job_id": "j"},
-            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_job (job_id=?)",
+            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_job (job_id=? AND rowid<?)",
         ),
         (
             "webhook_list_deliveries_by_job",
-            {**none, "job_id": "j", "subscription_id": "s"},
-            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_job (job_id=?)",
+            {**none, "job_id": "j", "subscription_id": "s", "before": 7},
+            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_job (job_id=? AND rowid<?)",
         ),
         (
             "webhook_list_deliveries_by_subscription",
-            {**none, "subscription_id": "s"},
-            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_subscription (subscription_id=?)",
+            {**none, "subscription_id": "s", "before": 7},
+            "SEARCH webhook_deliveries USING INDEX webhook_deliveries_subscription (subscription_id=? AND seq<?)",
         ),
     ]
     conn = sqlite3.connect(tmp_path / "jobs.db")
@@ -300,7 +300,7 @@ async def test_listings_on_postgresql_can_be_served_by_their_index(postgres_url:
     await store.close()
     queries = sql.queries("postgres")
     jobs = {"status": None, "project_id": None, "error_category": None, "since_ns": None, "since_id": "", "after": None}
-    deliveries = {"job_id": None, "subscription_id": None}
+    deliveries = {"job_id": None, "subscription_id": None, "before": 7}
     cases = [
         ("list_jobs", {**jobs, "since_ns": 5, "since_id": "019a"}, "Index Scan Backward using jobs_pkey on jobs"),
         (
@@ -338,3 +338,5 @@ async def test_listings_on_postgresql_can_be_served_by_their_index(postgres_url:
             assert not [line for line in plan if "Seq Scan" in line], (name, plan)
             if name.startswith("list_jobs"):  # both bounds of the page are in the index condition
                 assert any("Index Cond" in line and "id <" in line and "id >=" in line for line in plan), plan
+            elif name.endswith("by_subscription"):  # a job's few deliveries are filtered
+                assert any("Index Cond" in line and "seq <" in line for line in plan), plan

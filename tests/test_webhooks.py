@@ -143,6 +143,10 @@ async def test_a_job_lifecycle_is_delivered_in_order_signed_and_traced(
             await wait_terminal(client, job["id"])
             stored = await settled(webhook_store(app.store), job["id"], 3)
         api_view = await client.get(f"/v1/jobs/{job['id']}/deliveries")
+        # The subscription's history, the latest first, paged back by seq.
+        latest = (await client.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"limit": 2})).json()
+        earlier_url = f"/v1/webhooks/{hook['id']}/deliveries"
+        earlier = (await client.get(earlier_url, params={"before": latest[0]["seq"]})).json()
 
     received = rx.requests
     assert [r.event for r in received] == LIFECYCLE
@@ -197,6 +201,9 @@ async def test_a_job_lifecycle_is_delivered_in_order_signed_and_traced(
     assert all(d["status"] == "delivered" and d["subscription_id"] == hook["id"] for d in listed)
     assert all([a["outcome"] for a in d["history"]] == ["delivered"] for d in listed)
     assert SECRET not in api_view.text
+    assert [d["id"] for d in earlier + latest] == [d["id"] for d in listed] == [d.id for d in stored]
+    assert [d["seq"] for d in earlier + latest] == sorted(d.seq for d in stored)
+    assert len(latest) == 2
 
 
 # -- retries, dead letters, throttling -------------------------------------------------

@@ -62,6 +62,8 @@ TRACE_HEADER = "X-Trace-Id"
 #: Job ids (uuid7, or a unique prefix of one) and project ids, as query parameters.
 _ID_PATTERN = r"^[0-9a-f-]{1,64}$"
 _PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+#: The largest outbox seq (BIGINT).
+_INT64_MAX = (1 << 63) - 1
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 409, 413, 422, 503)
 }
@@ -300,11 +302,16 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
 
     @api.get("/v1/webhooks/{subscription_id}/deliveries", tags=["webhooks"], dependencies=v1)
     async def webhook_deliveries(
-        subscription_id: str, limit: Annotated[int, Query(ge=1, le=500)] = 100
+        subscription_id: str,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        before: Annotated[
+            int | None, Query(ge=1, le=_INT64_MAX, description="the seq of the first delivery of the page after")
+        ] = None,
     ) -> list[DeliveryOut]:
-        """The latest deliveries of one subscription, oldest first, with every attempt."""
+        """The latest deliveries of one subscription (below ``before``), oldest first,
+        with every attempt."""
         await hooks.get_subscription(subscription_id)
-        found = await hooks.list_deliveries(subscription_id=subscription_id, limit=limit)
+        found = await hooks.list_deliveries(subscription_id=subscription_id, limit=limit, before=before)
         return [DeliveryOut.of(d, await hooks.attempts(d.id)) for d in found]
 
     return api

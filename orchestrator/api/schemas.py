@@ -196,6 +196,7 @@ class AttemptOut(BaseModel):
 
 
 class DeliveryOut(BaseModel):
+    seq: int = Field(description="Outbox order; pass a page's first as `before` for the page before it")
     id: str
     subscription_id: str
     job_id: str
@@ -213,6 +214,7 @@ class DeliveryOut(BaseModel):
     @classmethod
     def of(cls, d: Delivery, attempts: list[Attempt]) -> DeliveryOut:
         return cls(
+            seq=d.seq,
             id=d.id,
             subscription_id=d.subscription_id,
             job_id=d.job_id,

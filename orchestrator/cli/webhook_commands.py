@@ -107,11 +107,14 @@ async def webhooks_deliveries(ctx: Context) -> int:
             (await resolve_subscription(hooks, ctx.args.subscription)).id if ctx.args.subscription else None
         )
         job_id = (await resolve_job(app.store, ctx.args.job_id)).id if ctx.args.job_id else None
-        found = await hooks.list_deliveries(job_id=job_id, subscription_id=subscription_id, limit=ctx.args.limit)
+        found = await hooks.list_deliveries(
+            job_id=job_id, subscription_id=subscription_id, limit=ctx.args.limit, before=ctx.args.before
+        )
         rows: list[dict[str, Any]] = []
         for d in found:
             rows.append(
                 {
+                    "seq": d.seq,
                     "id": d.id,
                     "subscription_id": d.subscription_id,
                     "job_id": d.job_id,
@@ -136,6 +139,7 @@ async def webhooks_deliveries(ctx: Context) -> int:
             print_json(rows)
             return 0
         columns = (
+            Column("seq", "right"),
             Column("delivery", whole=True),
             Column("subscription", whole=True),
             Column("job", whole=True),
@@ -148,6 +152,7 @@ async def webhooks_deliveries(ctx: Context) -> int:
             columns,
             (
                 [
+                    str(row["seq"]),
                     str(row["id"]),
                     row["subscription_id"],
                     row["job_id"],
@@ -187,6 +192,12 @@ def add_webhook_commands(sub: Any) -> None:
     dl.add_argument("--subscription")
     dl.add_argument(
         "--limit", type=int_between(1, 500), default=100, help="the latest N deliveries, oldest first (1-500)"
+    )
+    dl.add_argument(
+        "--before",
+        type=int_between(1, (1 << 63) - 1),
+        metavar="SEQ",
+        help="only deliveries below this seq (a page's first seq: the page before it)",
     )
     dl.add_argument("--json", action="store_true")
     dl.set_defaults(handler=webhooks_deliveries, log_level_default="critical", telemetry=False)

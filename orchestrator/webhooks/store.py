@@ -52,9 +52,15 @@ class WebhookStore(Protocol):
         """Record an attempt and the delivery's new state; False when the lease was lost."""
 
     async def list_deliveries(
-        self, *, job_id: str | None = None, subscription_id: str | None = None, limit: int = 100
+        self,
+        *,
+        job_id: str | None = None,
+        subscription_id: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
     ) -> list[Delivery]:
-        """The latest ``limit`` deliveries matching the filters, in outbox order."""
+        """The latest ``limit`` deliveries matching the filters, in outbox order; with
+        ``before``, those below that ``seq`` (the first ``seq`` of the page after)."""
         ...
 
     async def attempts(self, delivery_id: str) -> list[Attempt]: ...
@@ -203,11 +209,16 @@ class SQLWebhookStore:
         return await self._db.fetchone("webhook_finish_attempt", params) is not None
 
     async def list_deliveries(
-        self, *, job_id: str | None = None, subscription_id: str | None = None, limit: int = 100
+        self,
+        *,
+        job_id: str | None = None,
+        subscription_id: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
     ) -> list[Delivery]:
         if not all(storable(v) for v in (job_id, subscription_id) if v is not None):
             return []
-        params = {"job_id": job_id, "subscription_id": subscription_id, "limit": limit}
+        params = {"job_id": job_id, "subscription_id": subscription_id, "limit": limit, "before": before}
         # Each filter leads through its own index (an optional filter cannot use one).
         if job_id is not None:
             found = await self._db.fetchall("webhook_list_deliveries_by_job", params)

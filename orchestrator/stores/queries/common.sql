@@ -216,16 +216,24 @@ UPDATE webhook_deliveries SET
 WHERE id = :id AND lease_owner = :owner
 RETURNING id;
 
+-- fragment: deliveries_before
+-- A page of deliveries ends below :before (the first seq of the page after it; without
+-- it, at the end of the outbox), written so the index can serve the bound.
+seq < COALESCE(CAST(:before AS BIGINT), 9223372036854775807)
+
 -- name: webhook_list_deliveries
 -- The latest deliveries, in outbox order (read back from the end of the outbox).
-SELECT * FROM (SELECT * FROM webhook_deliveries ORDER BY seq DESC LIMIT :limit) AS latest
+SELECT * FROM (
+    SELECT * FROM webhook_deliveries WHERE {{deliveries_before}} ORDER BY seq DESC LIMIT :limit
+) AS latest
 ORDER BY seq;
 
 -- name: webhook_list_deliveries_by_job
 -- A job's latest deliveries (of one subscription, if given), through webhook_deliveries_job.
 SELECT * FROM (
     SELECT * FROM webhook_deliveries
-    WHERE job_id = :job_id AND (CAST(:subscription_id AS TEXT) IS NULL OR subscription_id = :subscription_id)
+    WHERE job_id = :job_id AND {{deliveries_before}}
+      AND (CAST(:subscription_id AS TEXT) IS NULL OR subscription_id = :subscription_id)
     ORDER BY seq DESC
     LIMIT :limit
 ) AS latest
@@ -234,7 +242,10 @@ ORDER BY seq;
 -- name: webhook_list_deliveries_by_subscription
 -- A subscription's latest deliveries, from the end of webhook_deliveries_subscription.
 SELECT * FROM (
-    SELECT * FROM webhook_deliveries WHERE subscription_id = :subscription_id ORDER BY seq DESC LIMIT :limit
+    SELECT * FROM webhook_deliveries
+    WHERE subscription_id = :subscription_id AND {{deliveries_before}}
+    ORDER BY seq DESC
+    LIMIT :limit
 ) AS latest
 ORDER BY seq;
 
