@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator.domain import Job, LifecycleEntry
 
-__all__ = ["entry_json", "job_json", "timestamp"]
+__all__ = ["entry_json", "job_json", "nanoseconds", "timestamp"]
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -25,6 +25,13 @@ def timestamp(ns: int) -> str:
     in integers (a float rounds, up as often as down): a job's ``created_at`` given back
     as ``--since`` keeps that job."""
     return (_EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def nanoseconds(when: dt.datetime) -> int:
+    """Nanoseconds since the epoch of a time (UTC when it has no zone), in integers."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return (when - _EPOCH) // dt.timedelta(microseconds=1) * 1000
 
 
 def _optional(ns: int | None) -> str | None:

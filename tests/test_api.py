@@ -167,6 +167,20 @@ async def test_list_filters_and_paginates_with_next_cursor(app: App, source: Pat
         assert_error(await client.get("/v1/jobs", params={"limit": 0}), 422, "validation_error", "limit")
         assert_error(await client.get("/v1/jobs", params={"limit": 201}), 422, "validation_error", "limit")
 
+        # By error category, and created since a moment (a job's own created_at keeps it).
+        cancelled = (await client.get("/v1/jobs", params={"error_category": "cancelled"})).json()
+        assert [j["id"] for j in cancelled["items"]] == [mine[1]]
+        assert (await client.get("/v1/jobs", params={"error_category": "module"})).json()["items"] == []
+        by_age = sorted(everything["items"], key=lambda j: j["created_at"])
+        for at in (0, 4, len(by_age) - 1):
+            since = (await client.get("/v1/jobs", params={"since": by_age[at]["created_at"], "limit": 200})).json()
+            assert [j["id"] for j in since["items"]] == [j["id"] for j in reversed(by_age[at:])]
+        later = {"since": "2999-01-01T00:00:00+02:00"}
+        assert (await client.get("/v1/jobs", params=later)).json() == {"items": [], "next_cursor": None}
+        bad = [("error_category", "bogus"), ("since", "yesterday"), ("since", "2026-13-01T00:00:00Z")]
+        for field, value in bad:
+            assert_error(await client.get("/v1/jobs", params={field: value}), 422, "validation_error", field)
+
 
 # -- cancellation ------------------------------------------------------------------------
 

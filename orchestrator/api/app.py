@@ -16,6 +16,7 @@ shown in full.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.api.security import AccessPolicy, BearerAuth, CrossSiteCheck, HostCheck, default_allowed_hosts
 from orchestrator.bootstrap import App
-from orchestrator.domain import JobStatus, now_ns
+from orchestrator.domain import ErrorCategory, JobStatus, now_ns
 from orchestrator.domain.values import check_client_text
+from orchestrator.serialization import nanoseconds
 from orchestrator.settings import Settings
 from orchestrator.telemetry import parse_traceparent
 from orchestrator.usecases.sources import SourcePolicy
@@ -209,9 +211,22 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
         cursor: Annotated[
             str | None, Query(max_length=64, pattern=_ID_PATTERN, description="next_cursor of the previous page")
         ] = None,
+        error_category: Annotated[ErrorCategory | None, Query()] = None,
+        since: Annotated[
+            dt.datetime | None,
+            Query(description="only jobs created at or after this time (RFC 3339; UTC when it has no zone)"),
+        ] = None,
     ) -> JobPage:
-        """Jobs newest first, filtered by project and status, one page at a time."""
-        found = await app.store.list_jobs(status=status_, project_id=project_id, limit=limit + 1, after=cursor)
+        """Jobs newest first, filtered by project, status, error category and creation
+        time, one page at a time."""
+        found = await app.store.list_jobs(
+            status=status_,
+            project_id=project_id,
+            error_category=error_category,
+            since_ns=None if since is None else nanoseconds(since),
+            limit=limit + 1,
+            after=cursor,
+        )
         page = found[:limit]
         next_cursor = page[-1].id if len(found) > limit else None
         return JobPage(items=[JobOut.of(j) for j in page], next_cursor=next_cursor)

@@ -43,6 +43,7 @@ from orchestrator.cli import render
 from orchestrator.cli.render import Column
 from orchestrator.cli.spans import Span
 from orchestrator.domain import ErrorCategory, InvalidRequest, Job, LifecycleEntry, Phase
+from orchestrator.serialization import nanoseconds
 from otel.vocabulary import Attr, SpanName
 
 __all__ = [
@@ -206,7 +207,6 @@ def _module_run(s: Span) -> ModuleRun:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: The latest --since that can be printed back (9999-12-31T23:59:59-12:00 is year 10000 in UTC).
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _LATEST_NS: Final = int(dt.datetime(9999, 12, 31, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
 
 
@@ -225,10 +225,8 @@ def parse_since(text: str, now_ns: int) -> int:
         raise InvalidRequest(
             f"--since {text!r}: expected a duration (30m, 6h, 2d) or an ISO time (2026-11-30T12:00:00Z)"
         ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
     # In integers: through a float, most microseconds came out tens of nanoseconds off.
-    return min(max(0, (when - _EPOCH) // dt.timedelta(microseconds=1) * 1000), _LATEST_NS)
+    return min(max(0, nanoseconds(when)), _LATEST_NS)
 
 
 def select(records: Iterable[JobRecord], *, since_ns: int | None, project_id: str | None) -> list[JobRecord]:
