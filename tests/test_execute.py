@@ -3,8 +3,9 @@ and shutdown, and a real worker that survives every kind of module failure."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -117,6 +118,45 @@ class NotJsonModule(BaseModule):
         return {"when": object()}
 
 
+class RaisingModule(BaseModule):
+    """Raises what it is given: exceptions that are not Exceptions, which took the worker
+    (and every sibling job) down when they escaped."""
+
+    timeout: ClassVar[float] = 5.0
+
+    def __init__(self, name: str, raise_: Callable[[], BaseException]) -> None:
+        self.name = name  # type: ignore[misc]
+        self._raise = raise_
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        await anyio.sleep(0)
+        raise self._raise()
+
+
+class DeafModule(BaseModule):
+    """Swallows its cancellation and returns long after its timeout (and a summary)."""
+
+    name: ClassVar[str] = "deaf"
+    expected_runtime: ClassVar[float] = 0.1
+    timeout: ClassVar[float] = 0.2
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        until = anyio.current_time() + 0.6
+        while anyio.current_time() < until:
+            with contextlib.suppress(BaseException):  # the misbehaviour under test
+                await anyio.sleep(0.05)
+        return {"finished": True}
+
+
+RAISERS: dict[str, Callable[[], BaseException]] = {
+    "interrupting": KeyboardInterrupt,
+    "genexit": GeneratorExit,
+    "bare": BaseException,
+    "owncancel": lambda: anyio.get_cancelled_exc_class()(),
+    "group": lambda: BaseExceptionGroup("several", [KeyboardInterrupt(), ValueError("x")]),
+}
+
+
 class SlowModule(BaseModule):
     """Sleeps 5 s and never checks for cancellation itself."""
 
@@ -145,6 +185,8 @@ def registry(slow: SlowModule | None = None) -> ModuleRegistry:
             OverrunModule(),
             NotJsonModule(),
             OwnTimeoutModule(),
+            DeafModule(),
+            *(RaisingModule(name, raise_) for name, raise_ in RAISERS.items()),
             slow or SlowModule(),
         ]
     )
@@ -230,6 +272,25 @@ CASES: dict[str, Expect] = {
     "notjson": Expect(
         ModuleOutcome.ERROR, "ModuleError", "not JSON-serialisable", JobStatus.FAILED, ErrorCategory.MODULE
     ),
+    "deaf": Expect(
+        ModuleOutcome.TIMEOUT,
+        "TimeoutError",
+        "0.2 s timeout (it ignored the cancellation and returned after 0.",
+        JobStatus.FAILED,
+        ErrorCategory.MODULE_TIMEOUT,
+    ),
+    **{
+        name: Expect(
+            ModuleOutcome.PANIC, type_, f"{type_} (a panic; error id", JobStatus.FAILED, ErrorCategory.MODULE_PANIC
+        )
+        for name, type_ in [
+            ("interrupting", "KeyboardInterrupt"),
+            ("genexit", "GeneratorExit"),
+            ("bare", "BaseException"),
+            ("owncancel", "CancelledError"),
+            ("group", "BaseExceptionGroup"),
+        ]
+    },
 }
 
 
@@ -458,7 +519,7 @@ async def test_executing_a_job_that_is_not_running_is_refused(app: App, tmp_path
 
 
 async def test_a_worker_survives_every_kind_of_module_failure(app: App, tmp_path: Path) -> None:
-    kinds = ["failing", "sleepy", "panicky", "exiting", "notjson", "overrun", "ok"]
+    kinds = ["failing", "sleepy", "panicky", "exiting", "notjson", "overrun", "ok", *RAISERS, "deaf"]
     jobs = {kind: await create(app, tmp_path, [kind]) for kind in kinds}
     worker = app.worker(concurrency=4, worker_id="survivor")
     stopped = anyio.Event()

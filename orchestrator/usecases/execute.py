@@ -16,6 +16,7 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -248,17 +249,23 @@ class ExecuteAnalysisJobUseCase:
                     with as_current(span), anyio.CancelScope() as deadline:
                         analysis.start(module, deadline, ctx)
                         summary = _json_summary(await module.run(ctx))
-                    if deadline.cancelled_caught:
+                    if deadline.cancel_called:  # its deadline passed
                         error = f"exceeded its {analysis.budgets.current(module).timeout_s:g} s timeout"
-                        outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
+                        if not deadline.cancelled_caught:  # it swallowed the cancellation
+                            late = time.perf_counter() - started
+                            error += f" (it ignored the cancellation and returned after {late:.1f} s)"
+                        outcome, exc, summary = ModuleOutcome.TIMEOUT, TimeoutError(error), {}
                 except ModuleError as caught:
                     outcome, error, exc = ModuleOutcome.ERROR, caught.message, caught
-                except anyio.get_cancelled_exc_class():
-                    outcome, error = ModuleOutcome.CANCELLED, "cancelled"
-                    raise
-                except (Exception, SystemExit) as caught:  # noqa: BLE001 - a panic never escapes
-                    # The reason names the exception's type only: its message may quote the
-                    # analysed data. The traceback goes to the worker's log, at the source.
+                except BaseException as caught:  # a panic never escapes
+                    if _is_cancellation(caught) and anyio.current_effective_deadline() == -math.inf:
+                        outcome, error = ModuleOutcome.CANCELLED, "cancelled"
+                        raise  # this task is being cancelled (the job's cancel, a fail-fast, a shutdown)
+                    # Anything else the module raised is a panic: an exception, SystemExit,
+                    # KeyboardInterrupt, GeneratorExit, a group, a cancellation nobody asked
+                    # for (it took the worker down). The reason names the exception's type
+                    # only: its message may quote the analysed data. The traceback goes to
+                    # the worker's log, at the source.
                     error = f"{type(caught).__name__} (a panic; error id {new_error_id()}, details in the worker log)"
                     outcome, exc = ModuleOutcome.PANIC, caught
                 finally:
@@ -412,6 +419,14 @@ def _result(
 _UNLIMITED: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 _MAX_SUMMARY_BYTES = 256 * 1024
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """A cancellation, or a group of nothing else (a module's own task group cancelled)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(cancelled)[1] is None
+    return isinstance(exc, cancelled)
 
 
 def _json_summary(value: object) -> dict[str, Any]:
