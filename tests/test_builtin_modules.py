@@ -135,6 +135,50 @@ def test_default_registry_loads_the_builtins() -> None:
     assert {"inventory", "python_syntax", "secrets", "dependencies", "todos"} <= set(registry.names())
 
 
+def _module(**attrs: Any) -> BaseModule:
+    async def run(self: BaseModule, context: ModuleContext) -> dict[str, Any]:
+        return {}
+
+    cls = type("Declared", (BaseModule,), {"name": "declared", "run": run, **attrs})
+    return cls()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("attrs", "problem"),
+    [
+        # NaN passed the old "<= 0" check and was stored in every result of the module,
+        # where it broke `status`, `report` and GET /v1/jobs for the whole store.
+        ({"expected_runtime": float("nan")}, "expected_runtime must be a finite number of seconds above 0, not nan"),
+        ({"timeout": float("nan")}, "timeout must be a finite number of seconds above 0, not nan"),
+        ({"timeout": float("inf")}, "timeout must be a finite number of seconds above 0, not inf"),
+        ({"expected_runtime": -float("inf")}, "expected_runtime must be a finite number of seconds above 0"),
+        ({"timeout": 0}, "timeout must be a finite number of seconds above 0, not 0"),
+        ({"timeout": -1.0}, "timeout must be a finite number of seconds above 0"),
+        ({"timeout": True}, "timeout must be a number of seconds"),
+        ({"timeout": "60"}, "timeout must be a number of seconds"),
+        # Names a job could not name: non-ASCII digits and letters (isalnum() said yes).
+        ({"name": "café٣"}, "name must be 1-64 ASCII letters, digits, - and _"),
+        ({"name": "x²"}, "name must be 1-64 ASCII letters"),
+        ({"name": "-lead"}, "name must be 1-64 ASCII letters"),
+        ({"name": "a" * 65}, "name must be 1-64 ASCII letters"),
+        ({"name": "ok\n"}, "name must be 1-64 ASCII letters"),
+    ],
+)
+def test_a_module_declaring_what_no_job_can_use_is_refused_at_registration(attrs: dict[str, Any], problem: str) -> None:
+    from orchestrator.modules.registry import ModuleRegistry
+
+    registry = ModuleRegistry([])
+    with pytest.raises(TypeError, match="is not an analysis module") as refused:
+        registry.register(_module(**attrs))
+    assert problem in str(refused.value)
+    assert len(registry) == 0
+    registry.register(_module(name="a" * 64, expected_runtime=1e-9, timeout=1e9))  # the longest name
+    # An expected runtime above the timeout stays allowed: modules written against the
+    # original interface inherit expected_runtime = 1.0 and may set a shorter timeout.
+    registry.register(_module(name="Z9_-", expected_runtime=2, timeout=1))
+    assert registry.names() == ["Z9_-", "a" * 64]
+
+
 # --- the walker ------------------------------------------------------------------------------
 
 

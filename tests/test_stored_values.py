@@ -44,6 +44,7 @@ from orchestrator.domain import (
 )
 from orchestrator.modules.base import ModuleContext
 from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.serialization import job_json
 from orchestrator.usecases.execute import JobControl
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -454,27 +455,46 @@ def test_a_finalize_that_cannot_persist_fails_with_a_reason_naming_no_data(backe
 # -- damaged rows -------------------------------------------------------------------------
 
 
-def damage(app: App, job_id: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """Write a results value no version of ours writes (valid JSON, wrong shape)."""
+def json_of(job_id: str, portal: Any, app: App) -> dict[str, Any]:
+    """The job as GET /v1/jobs/{id} gives it, checked against the form `status --json`
+    prints (both read every field, the results' overrun included)."""
+    response = portal.call(read_via_api, app, f"/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    as_printed = job_json(portal.call(app.store.get, job_id))
+    assert (as_printed["id"], as_printed["damaged"]) == (job_id, response.json()["damaged"])
+    return dict(response.json())
+
+
+def damage(app: App, job: Job, tmp_path: Path, request: pytest.FixtureRequest, how: str) -> None:
+    """Write a results value no version of ours writes now: valid JSON of the wrong shape,
+    or the stored form of a NaN expected runtime (a module could declare one, and every
+    read of its jobs then failed, status, report and GET /v1/jobs included)."""
+    if how == "nan":
+        value = json.dumps([{**r.to_json(), "expected_ms": "NaN"} for r in job.results])
+    else:
+        value = '{"not": "a list"}' if app.store.backend == "sqlite" else '[{"module": 7}]'
     if app.store.backend == "sqlite":
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(tmp_path / "data" / "orchestrator.db")) as conn, conn:
-            conn.execute("UPDATE jobs SET results = ? WHERE id = ?", ('{"not": "a list"}', job_id))
+            conn.execute("UPDATE jobs SET results = ? WHERE id = ?", (value, job.id))
         return
     url, schema = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_schema")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'SET search_path TO "{schema}"')
-        conn.execute("UPDATE jobs SET results = %s::jsonb WHERE id = %s", ('[{"module": 7}]', job_id))
+        conn.execute("UPDATE jobs SET results = %s::jsonb WHERE id = %s", (value, job.id))
 
 
+@pytest.mark.parametrize("how", ["shape", "nan"])
 def test_a_damaged_row_is_listed_as_damaged_and_can_be_deleted(
-    backend_app: Driven, tmp_path: Path, request: pytest.FixtureRequest
+    backend_app: Driven, tmp_path: Path, request: pytest.FixtureRequest, how: str
 ) -> None:
     portal, app = backend_app
     RETURNS["dmg"] = {"ok": True}
     final = portal.call(run_echo, app, "dmg", tmp_path / "src")
-    damage(app, final.id, tmp_path, request)
+    assert final.results
+    damage(app, final, tmp_path, request, how)
+    assert json_of(final.id, portal, app)["damaged"] == "unreadable stored fields: results"
 
     [listed] = portal.call(lambda: app.store.list_jobs(project_id="dmg"))
     assert (listed.id, listed.damaged, listed.results) == (final.id, "unreadable stored fields: results", ())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import secrets
 import time
 import uuid
@@ -213,15 +214,29 @@ class ModuleResult:
             module=data["module"],
             version=data["version"],
             outcome=ModuleOutcome(data["outcome"]),
-            started_ns=data["started_ns"],
-            duration_ms=data["duration_ms"],
-            expected_ms=data["expected_ms"],
-            timeout_ms=data["timeout_ms"],
-            attempt=data.get("attempt", 1),
+            started_ns=_whole(data["started_ns"]),
+            duration_ms=_finite(data["duration_ms"]),
+            expected_ms=_finite(data["expected_ms"]),
+            timeout_ms=_finite(data["timeout_ms"]),
+            attempt=_whole(data.get("attempt", 1)),
             summary=data.get("summary") or {},
             error=data.get("error"),
             error_type=data.get("error_type"),
         )
+
+
+def _finite(value: JSON) -> float:
+    """A stored number read back; anything else (the stored form of a NaN, a string) is
+    refused here, so the result is marked unreadable instead of failing a later read."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    return value
+
+
+def _whole(value: JSON) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"not a whole number: {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

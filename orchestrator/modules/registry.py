@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from typing import Final
@@ -12,11 +14,13 @@ from orchestrator.modules.base import AnalysisModule
 from otel import logs
 from otel.vocabulary import OperationEvent
 
-__all__ = ["ENTRY_POINT_GROUP", "ModuleRegistry"]
+__all__ = ["ENTRY_POINT_GROUP", "MODULE_NAME_PATTERN", "ModuleRegistry"]
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP: Final = "orchestrator.modules"
+#: A module's name, as a module declares it and a job names it.
+MODULE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
 class ModuleRegistry:
@@ -84,12 +88,16 @@ class ModuleRegistry:
 def _check(module: object) -> list[str]:
     problems = []
     name = getattr(module, "name", None)
-    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-        problems.append("name must be a word (letters, digits, - and _)")
+    if not isinstance(name, str) or not re.fullmatch(MODULE_NAME_PATTERN, name):
+        # What a job can name: a name only some callers can spell is of no use.
+        problems.append("name must be 1-64 ASCII letters, digits, - and _, starting with a letter or digit")
     for attr in ("expected_runtime", "timeout"):
         value = getattr(module, attr, None)
-        if not isinstance(value, (int, float)) or value <= 0:
-            problems.append(f"{attr} must be a positive number of seconds")
+        # NaN passed "<= 0" and was stored in every result, where it broke reading them back.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{attr} must be a number of seconds")
+        elif not (math.isfinite(value) and value > 0):
+            problems.append(f"{attr} must be a finite number of seconds above 0, not {value!r}")
     if not callable(getattr(module, "run", None)):
         problems.append("run(context) is missing")
     return problems

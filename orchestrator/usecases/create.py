@@ -23,7 +23,7 @@ from orchestrator.domain.job import ModuleBudget
 from orchestrator.domain.values import check_client_json, check_client_text, storable
 from orchestrator.modules.budget import MAX_BUDGET_SECONDS
 from orchestrator.modules.ignore import MAX_PATTERN_CHARS, MAX_PATTERNS, InvalidPattern, check_patterns
-from orchestrator.modules.registry import ModuleRegistry
+from orchestrator.modules.registry import MODULE_NAME_PATTERN, ModuleRegistry
 from orchestrator.telemetry import JobTelemetry, parse_traceparent
 from orchestrator.usecases.sources import SourcePolicy
 from orchestrator.workflow import JobWorkflow
@@ -58,7 +58,7 @@ class Limits:
 
 LIMITS = Limits()
 
-ModuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+ModuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=MODULE_NAME_PATTERN)]
 
 
 Seconds = Annotated[float, Field(gt=0, le=MAX_BUDGET_SECONDS, allow_inf_nan=False)]
