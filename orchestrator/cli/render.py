@@ -83,11 +83,11 @@ def modules_table(job: Job) -> Table:
             duration.append(" overrun", style="yellow")
         detail = r.error or ", ".join(f"{k}={v}" for k, v in list(_scalars(r.summary))[:3])
         table.add_row(
-            r.module,
+            _visible(r.module),
             Text(str(r.outcome), style=_OUTCOME_STYLE[r.outcome]),
             duration,
             f"{r.expected_ms:,.0f} ms",
-            Text(detail, overflow="ellipsis", no_wrap=True),
+            Text(_visible(detail), overflow="ellipsis", no_wrap=True),
         )
     return table
 
@@ -99,7 +99,7 @@ def _scalars(summary: Any) -> Sequence[tuple[str, Any]]:
 def job_panel(job: Job) -> None:
     """A job's summary: status, reason, per-module outcomes."""
     head = Text.assemble(
-        (f"{job.project_id}", "bold"),
+        (_visible(job.project_id), "bold"),
         "  ",
         status_text(job.status),
         f"  {job.id}",
@@ -107,15 +107,15 @@ def job_panel(job: Job) -> None:
     console.print(head)
     if job.reason:
         style = "red" if job.status is JobStatus.FAILED else ""
-        console.print(Text(f"  reason: {job.reason}", style=style))
+        console.print(Text(f"  reason: {_visible(job.reason)}", style=style))
     if job.error_category:
         console.print(f"  error: {job.error_category} (phase {job.error_phase})")
     if job.cancel_requested and not job.status.terminal:
         by = f" by {job.cancel_requested_by}" if job.cancel_requested_by else ""
-        console.print(Text(f"  cancel requested{by}: {job.cancel_requested}", style="yellow"))
+        console.print(Text(_visible(f"  cancel requested{by}: {job.cancel_requested}"), style="yellow"))
     if job.damaged:
         console.print(Text(f"  damaged: {job.damaged} could not be read back; the rest is as stored", style="yellow"))
-    console.print(f"  trace: {job.trace.trace_id}  attempt: {job.attempt}")
+    console.print(Text(_visible(f"  trace: {job.trace.trace_id}  attempt: {job.attempt}")))
     if job.results:
         console.print(modules_table(job), style="", crop=False)
 
@@ -129,7 +129,7 @@ class Column:
 
 
 Cell = str | Text
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def print_table(columns: Sequence[Column], rows: Iterable[Sequence[Cell]]) -> None:
@@ -151,8 +151,13 @@ def print_table(columns: Sequence[Column], rows: Iterable[Sequence[Cell]]) -> No
 
 
 def _plain(cell: Cell) -> str:
-    text = cell.plain if isinstance(cell, Text) else str(cell)
-    # One row per line whatever a reason or path holds.
+    return _visible(cell.plain if isinstance(cell, Text) else str(cell))
+
+
+def _visible(text: str) -> str:
+    """Control characters written out (``\\n``, ``\\x1b``): a module's error or a reason
+    holding a newline or a terminal escape (a colour, a window title, a hyperlink) is
+    shown as text, on its line, and never drives the terminal."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
@@ -166,7 +171,7 @@ def _rich_table(columns: Sequence[Column], rows: list[list[Cell]]) -> Table:
             table.add_column(column.header, justify=column.justify, overflow="ellipsis", no_wrap=True)
     for row in rows:
         # Text, not str: a reason or path holding "[...]" is shown as is, not read as markup.
-        table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
+        table.add_row(*(cell if isinstance(cell, Text) else Text(_visible(cell)) for cell in row))
     return table
 
 
