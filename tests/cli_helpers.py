@@ -25,7 +25,10 @@ ORCHESTRATOR = [sys.executable, "-m", "orchestrator"]
 PLUGIN_SOURCE = '''\
 """Analysis modules with known behaviour, for the CLI tests (loaded by entry point)."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import anyio
 
@@ -36,6 +39,11 @@ def _started(context):
     """Write the file the option ``started_file`` names (a test waits for it: the module runs)."""
     if "started_file" in context.options:
         pathlib.Path(context.options["started_file"]).write_text("started")
+    if "chatter" in context.options:  # what a careless module writes to stdout, every way
+        print("chatter from print", context.options["chatter"])
+        sys.stdout.buffer.write(b"\\x1b[31m binary \\x00\\n")
+        os.write(1, b"chatter from the file descriptor\\n")
+        subprocess.run([sys.executable, "-c", "print('chatter from a child process')"], check=True)
 
 
 class Echo(BaseModule):

@@ -92,6 +92,23 @@ def _running_job(env: Env, popen: subprocess.Popen[str]) -> str:
     return wait_for(running, what="the job to run")
 
 
+def test_what_modules_print_goes_to_stderr_and_run_json_stays_one_document(env: Env) -> None:
+    """A module printing to stdout (print, raw bytes, the file descriptor, a child process)
+    made `run --json` unparseable: stdout now carries the result alone."""
+    src = str(env.cwd / "src")
+    done = env.run("run", "--source", src, "--modules", "echo", "--option", "echo.chatter=hi", "--json")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert (job["status"], job["results"][0]["summary"]["options"]) == ("completed", {"chatter": "hi"})
+    for said in ("chatter from print hi", "binary", "chatter from the file descriptor", "chatter from a child process"):
+        assert said in done.stderr
+    # Without --json, the panel is the only thing on stdout too.
+    shown = env.run("run", "--source", src, "--modules", "echo", "--option", "echo.chatter=x")
+    assert shown.returncode == 0, shown.stderr
+    assert "chatter" not in shown.stdout
+    assert "completed" in shown.stdout
+
+
 def test_ctrl_c_cancels_the_running_job_cleanly(env: Env) -> None:
     slow_started, echo_started = env.cwd / "slow.started", env.cwd / "echo.started"
     popen, stderr = _start_run(

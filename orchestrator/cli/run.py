@@ -9,11 +9,12 @@ reaper recovers it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -126,7 +127,8 @@ async def run(ctx: Context) -> int:
     async def go(app: App) -> int:
         async with anyio.create_task_group() as signals:
             signals.start_soon(interrupts.watch)
-            job = await _run_here(app, ctx, interrupts)
+            with _modules_write_to_stderr():
+                job = await _run_here(app, ctx, interrupts)
             signals.cancel_scope.cancel()
         if ctx.args.json:
             print_json(job_json(job))
@@ -137,6 +139,27 @@ async def run(ctx: Context) -> int:
         return exit_code(job)
 
     return await with_app(ctx, go)
+
+
+@contextlib.contextmanager
+def _modules_write_to_stderr() -> Iterator[None]:
+    """While the job runs here, what its modules print (``print``, a C library, a child
+    process) goes to stderr: stdout carries the result alone, so ``run --json`` stays
+    one JSON document."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no stdout or stderr to move: nothing to keep apart
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
