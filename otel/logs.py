@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import AnyValue
 
 from otel import context
+from otel.vocabulary import OperationEvent
 
 __all__ = [
     "EVENT_KEY",
@@ -67,6 +69,7 @@ _STANDARD_ATTRS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), 
 }
 
 LOGGER_NAMES: Final = ("orchestrator", "otel", "benchmarks")
+_thread_log = logging.getLogger("otel.threads")
 
 
 def event(
@@ -368,7 +371,31 @@ def configure_logging(
         root.setLevel(logging.WARNING)
     for name in LOGGER_NAMES:
         logging.getLogger(name).setLevel(level)
+    threading.excepthook = _log_thread_exception
     return handler
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception a thread did not handle (a thread a module started, say) is one
+    structured ERROR record naming the thread, with the traceback in its ``exception``
+    field, instead of a raw traceback in the middle of the JSON log."""
+    if args.exc_type is SystemExit:  # as the default hook: a thread's exit, not an error
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    error = args.exc_value if args.exc_value is not None else args.exc_type()
+    if error.__traceback__ is None and args.exc_traceback is not None:
+        error = error.with_traceback(args.exc_traceback)
+    event(
+        _thread_log,
+        logging.ERROR,
+        OperationEvent.ERROR,
+        f"unhandled {args.exc_type.__name__} in thread {name!r}",
+        exc_info=error,
+        operation="thread",
+        error_category="internal",
+        error_type=args.exc_type.__name__,
+        thread=name,
+    )
 
 
 def lower_project_level(level: int) -> None:

@@ -106,3 +106,38 @@ def test_a_disabled_level_builds_nothing_and_caller_lookup_can_be_turned_off(
     logs.event(logger, logging.WARNING, "e", "kept")
     (record,) = handler.records
     assert (record.pathname, record.lineno, record.funcName) == ("(unknown file)", 0, "(unknown function)")
+
+
+def test_an_exception_no_thread_handled_is_one_structured_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread a module started that raises: the default hook wrote a raw traceback into
+    the JSON log (no event, no fields); now one ERROR record naming the thread."""
+    import io
+    import json
+    import threading
+
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # put back afterwards
+    stream = io.StringIO()
+    handler = logs.configure_logging(fmt="json", stream=stream)
+    root = logging.getLogger()
+
+    def fails() -> None:
+        raise ValueError("the module's own thread failed")
+
+    def exits() -> None:
+        raise SystemExit(3)
+
+    try:
+        for target, name in ((fails, "module-helper"), (exits, "leaving")):
+            thread = threading.Thread(target=target, name=name)
+            thread.start()
+            thread.join()
+    finally:
+        root.removeHandler(handler)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["level"], r["event"], r["message"]) for r in records] == [
+        ("error", "operation.error", "unhandled ValueError in thread 'module-helper'")
+    ]
+    [record] = records
+    assert (record["thread"], record["error_type"], record["operation"]) == ("module-helper", "ValueError", "thread")
+    assert "in fails" in record["exception"]
+    assert record["exception"].rstrip().endswith("ValueError: the module's own thread failed")
