@@ -67,6 +67,8 @@ class OperationEvent(enum.StrEnum):
     STORE_RETRY = "store.retry"
     PRUNED = "store.pruned"
     FORCED_EXIT = "worker.forced_exit"
+    #: The worker's event loop was held (a module blocking it), and when it turns again.
+    LOOP_BLOCKED = "worker.loop_blocked"
     TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
     #: The Prometheus scrape endpoint a process started (OTEL_METRICS_EXPORTER=prometheus).
     TELEMETRY_PROMETHEUS = "telemetry.prometheus"

@@ -4,6 +4,8 @@ and shutdown, and a real worker that survives every kind of module failure."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from orchestrator.domain import (
     Phase,
     TransitionConflict,
 )
+from orchestrator.job_queue.worker import Worker, WorkerConfig
 from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
@@ -157,6 +160,17 @@ RAISERS: dict[str, Callable[[], BaseException]] = {
 }
 
 
+class BlockingModule(BaseModule):
+    """Holds the event loop: a blocking call in async run, without run_sync."""
+
+    name: ClassVar[str] = "blocking"
+    timeout: ClassVar[float] = 30.0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        time.sleep(1.0)  # the misbehaviour under test
+        return {}
+
+
 class SlowModule(BaseModule):
     """Sleeps 5 s and never checks for cancellation itself."""
 
@@ -186,6 +200,7 @@ def registry(slow: SlowModule | None = None) -> ModuleRegistry:
             NotJsonModule(),
             OwnTimeoutModule(),
             DeafModule(),
+            BlockingModule(),
             *(RaisingModule(name, raise_) for name, raise_ in RAISERS.items()),
             slow or SlowModule(),
         ]
@@ -559,6 +574,39 @@ async def test_a_worker_survives_every_kind_of_module_failure(app: App, tmp_path
     assert extra_final.status is JobStatus.COMPLETED
     assert worker.jobs_run == len(kinds) + 1
     assert worker.in_flight == {}
+
+
+async def test_a_module_holding_the_event_loop_is_named_in_a_warning(
+    app: App, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop held by a module: nothing else of the worker runs (the job may lose its
+    lease and end worker_lost, category queue); a warning names the job and its modules
+    while it is held, another says for how long once it turns again."""
+    job = await create(app, tmp_path, ["blocking"])
+    config = WorkerConfig(concurrency=1, loop_stall_seconds=0.2)
+    worker = Worker(app.workflow, app.execute, app.telemetry, config, worker_id="staller")
+    caplog.set_level(logging.WARNING, logger="orchestrator.job_queue.stall")
+
+    def reports() -> list[str]:
+        """The report naming the module and the one after it (a loaded machine may
+        hold the loop briefly elsewhere too: those name no module of this job)."""
+        said = [r.getMessage() for r in caplog.records if r.name == "orchestrator.job_queue.stall"]
+        at = next((i for i, message in enumerate(said) if "(modules blocking)" in message), len(said))
+        return said[at : at + 2]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        with anyio.fail_after(10):
+            while not (await app.store.get(job.id)).status.terminal or len(reports()) < 2:
+                await anyio.sleep(0.05)
+        worker.stop()
+    held, again = reports()
+    assert held.startswith("the event loop has been held for ")
+    assert f"while job {job.id} (modules blocking) ran: code in an async module that does not await" in held
+    found = re.fullmatch(r"the event loop turns again after being held for ([0-9.]+) s", again)
+    assert found is not None, again
+    assert 0.8 <= float(found.group(1)) <= 3.0  # the module's 1 s, give or take the beat
+    assert (await app.store.get(job.id)).status is JobStatus.COMPLETED
 
 
 # --- module concurrency ------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from orchestrator.domain import (
     TransitionConflict,
     now_ns,
 )
+from orchestrator.job_queue.stall import STALL_SECONDS, LoopStallMonitor
 from orchestrator.stores import JobStore
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.tracing.reconciler import TraceKeeper
@@ -74,6 +75,8 @@ class WorkerConfig:
     max_attempts: int = 3
     #: Seconds running jobs get to finish on shutdown before they are requeued.
     shutdown_grace_seconds: float = 10.0
+    #: The event loop held this long (a module blocking it) is logged, naming what ran.
+    loop_stall_seconds: float = STALL_SECONDS
 
 
 class Worker:
@@ -96,6 +99,8 @@ class Worker:
         #: Wall-clock nanoseconds for leases (renewal, expiry); a test moves it instead of sleeping.
         self._clock = clock
         self.in_flight: dict[str, JobControl] = {}
+        self._modules_of: dict[str, tuple[str, ...]] = {}
+        self.stall = LoopStallMonitor(self._running, threshold=config.loop_stall_seconds)
         self.jobs_run = 0
         #: Confirms this process's trace exports and rebuilds lost traces (None: off).
         self.traces: TraceKeeper | None = None
@@ -127,6 +132,7 @@ class Worker:
             async with anyio.create_task_group() as jobs, anyio.create_task_group() as loops:
                 loops.start_soon(self._heartbeat_loop)
                 loops.start_soon(self._reaper_loop)
+                loops.start_soon(self.stall.run)
                 if self.traces is not None:
                     loops.start_soon(self.traces.run)
                 self._jobs = jobs
@@ -183,7 +189,14 @@ class Worker:
         if self._idle.is_set():
             self._idle = anyio.Event()
         self.in_flight[job.id] = JobControl()
+        self._modules_of[job.id] = job.modules
         jobs.start_soon(self._run_job, job, slots, name=f"job:{job.id}")
+
+    def _running(self) -> str:
+        """The jobs in flight and their modules (read by the stall monitor's thread)."""
+        return ", ".join(
+            f"job {job_id} (modules {', '.join(modules)})" for job_id, modules in list(self._modules_of.items())
+        )
 
     async def _run_job(self, job: Job, slots: anyio.Semaphore) -> None:
         control = self.in_flight[job.id]
@@ -221,6 +234,7 @@ class Worker:
             self.jobs_run += 1
             self.telemetry.active_jobs(-1)
             del self.in_flight[job.id]
+            self._modules_of.pop(job.id, None)
             slots.release()
             if not self.in_flight:
                 self._idle.set()
