@@ -41,6 +41,8 @@ def _started(context):
         pathlib.Path(context.options["started_file"]).write_text("started")
     if "chatter" in context.options:  # what a careless module writes to stdout, every way
         print("chatter from print", context.options["chatter"])
+        if context.options["chatter"] == "print-only":
+            return
         sys.stdout.buffer.write(b"\\x1b[31m binary \\x00\\n")
         os.write(1, b"chatter from the file descriptor\\n")
         subprocess.run([sys.executable, "-c", "print('chatter from a child process')"], check=True)

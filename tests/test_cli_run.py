@@ -102,6 +102,24 @@ def test_what_modules_print_goes_to_stderr_and_run_json_stays_one_document(env: 
     assert (job["status"], job["results"][0]["summary"]["options"]) == ("completed", {"chatter": "hi"})
     for said in ("chatter from print hi", "binary", "chatter from the file descriptor", "chatter from a child process"):
         assert said in done.stderr
+    # The reader of stderr gone (`run --json ... 2>&1 >out.json | head -1`): what modules
+    # print is dropped, neither failing the module nor landing ahead of the result. (A
+    # write to the file descriptor itself fails then, as any write to stderr would.)
+    quiet = ["--modules", "echo", "--json", "--option", "echo.chatter=print-only"]
+    with (env.cwd / "out.json").open("w") as out:
+        gone = subprocess.Popen(
+            [*ORCHESTRATOR, "run", "--source", src, *quiet],
+            cwd=env.cwd,
+            env={k: v for k, v in env.environ().items() if k != "PYTHONUNBUFFERED"},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.PIPE,
+        )
+        assert gone.stderr is not None
+        gone.stderr.close()
+        assert gone.wait(timeout=120) == 0
+    unbroken = json.loads((env.cwd / "out.json").read_text())
+    assert (unbroken["status"], unbroken["results"][0]["outcome"]) == ("completed", "ok")
     # Without --json, the panel is the only thing on stdout too.
     shown = env.run("run", "--source", src, "--modules", "echo", "--option", "echo.chatter=x")
     assert shown.returncode == 0, shown.stderr

@@ -10,12 +10,13 @@ reaper recovers it.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
 import anyio
 from rich.live import Live
@@ -145,21 +146,61 @@ async def run(ctx: Context) -> int:
 def _modules_write_to_stderr() -> Iterator[None]:
     """While the job runs here, what its modules print (``print``, a C library, a child
     process) goes to stderr: stdout carries the result alone, so ``run --json`` stays
-    one JSON document."""
-    sys.stdout.flush()
+    one JSON document. Python's ``sys.stdout`` is swapped for a writer of its own, which
+    drops what a gone reader of stderr cannot take (a module's print must not fail, nor
+    its text be left in stdout's buffer ahead of the result)."""
+    original = sys.stdout
+    if original is None:  # no stdout at all (`run >&-`): nothing to keep apart
+        yield
+        return
+    with contextlib.suppress(OSError, ValueError):
+        original.flush()
     try:
         saved = os.dup(1)
-        os.dup2(2, 1)
+        os.dup2(2, 1)  # C code and child processes
+        quiet = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="backslashreplace", closefd=True)
     except OSError:  # no stdout or stderr to move: nothing to keep apart
         yield
         return
+    sys.stdout = cast(TextIO, _Forgiving(quiet))
     try:
         yield
     finally:
+        sys.stdout = original
         with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
+            quiet.close()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+class _Forgiving(io.TextIOBase):
+    """A text stream onto ``target`` that drops what cannot be written (a reader gone)."""
+
+    def __init__(self, target: TextIO) -> None:
+        super().__init__()
+        self._target = target
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            self._target.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._target.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._target.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def buffer(self) -> BinaryIO:
+        return self._target.buffer
 
 
 async def _run_here(app: App, ctx: Context, interrupts: Interrupts) -> Job:
