@@ -164,6 +164,43 @@ def test_ctrl_c_cancels_the_running_job_cleanly(env: Env) -> None:
     assert [(e["status_from"], e["status_to"]) for e in events][-1] == ("running", "cancelled")
 
 
+def test_a_second_ctrl_c_stops_a_worker_at_once_and_blames_no_module(env: Env) -> None:
+    """`worker`'s first Ctrl-C finishes its jobs; the second used to raise KeyboardInterrupt
+    in whatever module code ran (Python's handler was back), recorded as that module's
+    panic: the job Failed. It exits at once now, the job left to lease-expiry recovery."""
+    started = env.cwd / "started"
+    submitted = env.run(
+        "submit", "--source", str(env.cwd / "src"), "--modules", "slow", "--json",
+        "--option", "slow.seconds=600", "--option", f"slow.started_file={started}",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    stderr = env.cwd / "worker.stderr"
+    with stderr.open("w") as err:
+        popen = subprocess.Popen(
+            [*ORCHESTRATOR, "worker"],
+            cwd=env.cwd,
+            env=env.environ(ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS="300"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    _STARTED.append(popen)  # type: ignore[arg-type]
+    wait_for(started.exists, what="the module to start")
+    popen.send_signal(signal.SIGINT)
+    wait_for(lambda: "again to exit at once" in stderr.read_text(), what="the first interrupt to be taken")
+    popen.send_signal(signal.SIGINT)
+    assert popen.wait(timeout=60) == 130
+    said = stderr.read_text()
+    assert said.rstrip().endswith(
+        "orchestrator: SIGINT again: exiting at once; jobs still running stay Running until their leases expire, "
+        "then a worker's reaper recovers them"
+    ), said
+    row = job_row(env.data_dir / "orchestrator.db", job_id)
+    assert row is not None
+    assert (row["status"], row["results"]) == ("running", "[]")  # no module blamed
+
+
 def test_a_second_ctrl_c_exits_at_once_and_says_what_is_left(env: Env) -> None:
     popen, stderr = _start_run(env, "--modules", "stubborn")
     job_id = _running_job(env, popen)

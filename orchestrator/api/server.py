@@ -29,7 +29,7 @@ from orchestrator.api.security import is_loopback_bind, is_wildcard_bind
 from orchestrator.bootstrap import open_app
 from orchestrator.domain import InvalidRequest, OrchestratorError
 from orchestrator.job_queue import Worker
-from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog
+from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog, exit_at_once
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.usecases.sources import is_pseudo_filesystem
@@ -203,11 +203,15 @@ async def _stop_on_signal(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
+    # Open after the first signal, as the worker's: a second one exits at once.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
-        async for _ in signals:
+        stopping = False
+        async for signum in signals:
+            if stopping:
+                exit_at_once(f"{signal.Signals(signum).name} again")
+            stopping = True
             server.should_exit = True
             for worker in workers:
                 worker.stop()
             watchdog.arm()  # whatever a module does, serve stops within the grace (and a margin)
-            return

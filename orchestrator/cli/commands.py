@@ -30,7 +30,7 @@ from orchestrator.domain import (
     now_ns,
 )
 from orchestrator.job_queue import Worker
-from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog
+from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog, exit_at_once
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.serialization import entry_json, job_json, timestamp
 
@@ -91,17 +91,22 @@ async def worker(ctx: Context) -> int:
 async def _stop_on_signal(
     w: Worker, watchdog: ExitWatchdog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
+    # The receiver stays open after the first signal: a second one exits at once. (Closed,
+    # Python's own handler came back, and the second Ctrl-C raised KeyboardInterrupt in
+    # whatever module code ran: recorded as that module's panic.)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
+            if w.stopping:
+                exit_at_once(f"{signal.Signals(signum).name} again")
             render.err_console.print(
                 f"{signal.Signals(signum).name}: finishing running jobs "
-                f"(up to {w.config.shutdown_grace_seconds:g} s), then requeueing the rest",
+                f"(up to {w.config.shutdown_grace_seconds:g} s), then requeueing the rest "
+                "(again to exit at once)",
                 style="yellow",
             )
             w.stop()
             watchdog.arm()  # whatever a module does, the worker stops within the grace (and a margin)
-            return
 
 
 async def status(ctx: Context) -> int:

@@ -17,12 +17,12 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NoReturn
 
 from otel import logs
 from otel.vocabulary import OperationEvent
 
-__all__ = ["EXIT_MARGIN_SECONDS", "ExitWatchdog"]
+__all__ = ["EXIT_MARGIN_SECONDS", "ExitWatchdog", "exit_at_once"]
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +74,15 @@ class ExitWatchdog:
             if self._flush is not None:
                 self._flush(2.0)
         self._exit(self._exit_code)
+
+
+def exit_at_once(why: str) -> NoReturn:
+    """A second interrupt: leave now. The jobs still running keep their leases until they
+    expire; then a worker's reaper requeues them (or fails them past their attempts)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr may be gone
+        sys.stderr.write(
+            f"orchestrator: {why}: exiting at once; jobs still running stay Running until their "
+            "leases expire, then a worker's reaper recovers them\n"
+        )
+        sys.stderr.flush()
+    os._exit(130)

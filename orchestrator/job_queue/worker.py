@@ -154,6 +154,11 @@ class Worker:
         """Stop claiming; running jobs get the grace period, then go back to the queue."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """:meth:`stop` was called."""
+        return self._stop.is_set()
+
     async def _drain(self) -> None:
         with anyio.move_on_after(self.config.shutdown_grace_seconds):
             await self._idle.wait()
