@@ -32,7 +32,7 @@ from orchestrator.bootstrap import open_app
 from orchestrator.job_queue import Worker
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
-from otel.logs import configure_logging
+from otel.logs import configure_logging, log_thread_exceptions
 from otel.setup import Telemetry, setup_telemetry
 
 __all__ = ["main"]
@@ -87,6 +87,7 @@ def main() -> int:
     settings = Settings()
     level = os.environ.get("ORCHESTRATOR_LOG_LEVEL", "warning").upper()
     stream = configure_logging(level, "json")
+    log_thread_exceptions()
     stream.setLevel(logging.WARNING)
     telemetry = setup_telemetry(service_version=__version__, telemetry_dir=settings.telemetry_dir)
     heap_dir = os.environ.get("BENCH_TRACEMALLOC")

@@ -371,8 +371,14 @@ def configure_logging(
         root.setLevel(logging.WARNING)
     for name in LOGGER_NAMES:
         logging.getLogger(name).setLevel(level)
-    threading.excepthook = _log_thread_exception
     return handler
+
+
+def log_thread_exceptions() -> None:
+    """Make an exception no thread handled a log record (:func:`_log_thread_exception`).
+    For a program's entry point: it replaces the process's ``threading.excepthook``
+    (a test runner's own, say), so a library's setup does not call it."""
+    threading.excepthook = _log_thread_exception
 
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:

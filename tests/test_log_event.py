@@ -118,6 +118,7 @@ def test_an_exception_no_thread_handled_is_one_structured_record(monkeypatch: py
     monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # put back afterwards
     stream = io.StringIO()
     handler = logs.configure_logging(fmt="json", stream=stream)
+    logs.log_thread_exceptions()
     root = logging.getLogger()
 
     def fails() -> None:

@@ -39,7 +39,7 @@ from orchestrator.modules.runners import leave_blocked_threads
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
 from otel.environment import TelemetryConfigError
-from otel.logs import EVENT_KEY, configure_logging
+from otel.logs import EVENT_KEY, configure_logging, log_thread_exceptions
 from otel.setup import Telemetry, setup_telemetry
 
 __all__ = ["DEMO_DIR", "main", "request_from_args"]
@@ -257,6 +257,7 @@ def _main(argv: Sequence[str] | None) -> int:
     explicit = "log_level" in settings.model_fields_set
     level = args.log_level or (settings.log_level if explicit else None) or args.log_level_default or "info"
     stream = configure_logging(level.upper(), settings.log_format)
+    log_thread_exceptions()
     if level != "debug" and stream.formatter is not None:
         stream.setFormatter(_BriefPluginErrors(stream.formatter))
     if not explicit and args.log_level is None and args.log_level_default is not None:
