@@ -148,12 +148,14 @@ def _module(**attrs: Any) -> BaseModule:
     [
         # NaN passed the old "<= 0" check and was stored in every result of the module,
         # where it broke `status`, `report` and GET /v1/jobs for the whole store.
-        ({"expected_runtime": float("nan")}, "expected_runtime must be a finite number of seconds above 0, not nan"),
-        ({"timeout": float("nan")}, "timeout must be a finite number of seconds above 0, not nan"),
-        ({"timeout": float("inf")}, "timeout must be a finite number of seconds above 0, not inf"),
-        ({"expected_runtime": -float("inf")}, "expected_runtime must be a finite number of seconds above 0"),
-        ({"timeout": 0}, "timeout must be a finite number of seconds above 0, not 0"),
-        ({"timeout": -1.0}, "timeout must be a finite number of seconds above 0"),
+        ({"expected_runtime": float("nan")}, "expected_runtime must be above 0 and at most 604800 seconds, not nan"),
+        ({"timeout": float("nan")}, "timeout must be above 0 and at most 604800 seconds, not nan"),
+        ({"timeout": float("inf")}, "timeout must be above 0 and at most 604800 seconds, not inf"),
+        ({"expected_runtime": -float("inf")}, "expected_runtime must be above 0 and at most 604800 seconds"),
+        ({"timeout": 0}, "timeout must be above 0 and at most 604800 seconds, not 0"),
+        ({"timeout": -1.0}, "timeout must be above 0 and at most 604800 seconds"),
+        ({"timeout": 1e306}, "timeout must be above 0 and at most 604800 seconds, not 1e+306"),  # inf in ms
+        ({"timeout": 604800.5}, "timeout must be above 0 and at most 604800 seconds"),
         ({"timeout": True}, "timeout must be a number of seconds"),
         ({"timeout": "60"}, "timeout must be a number of seconds"),
         # Names a job could not name: non-ASCII digits and letters (isalnum() said yes).
@@ -172,7 +174,7 @@ def test_a_module_declaring_what_no_job_can_use_is_refused_at_registration(attrs
         registry.register(_module(**attrs))
     assert problem in str(refused.value)
     assert len(registry) == 0
-    registry.register(_module(name="a" * 64, expected_runtime=1e-9, timeout=1e9))  # the longest name
+    registry.register(_module(name="a" * 64, expected_runtime=1e-9, timeout=604800))  # the limits
     # An expected runtime above the timeout stays allowed: modules written against the
     # original interface inherit expected_runtime = 1.0 and may set a shorter timeout.
     registry.register(_module(name="Z9_-", expected_runtime=2, timeout=1))

@@ -151,6 +151,21 @@ class DeafModule(BaseModule):
         return {"finished": True}
 
 
+class ReraisingModule(BaseModule):
+    """Turns its timeout's cancellation into an error of its own."""
+
+    name: ClassVar[str] = "reraising"
+    expected_runtime: ClassVar[float] = 0.1
+    timeout: ClassVar[float] = 0.2
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        try:
+            await anyio.sleep(5)
+        except anyio.get_cancelled_exc_class():
+            raise ModuleError("interrupted while waiting") from None
+        return {}
+
+
 RAISERS: dict[str, Callable[[], BaseException]] = {
     "interrupting": KeyboardInterrupt,
     "genexit": GeneratorExit,
@@ -200,6 +215,7 @@ def registry(slow: SlowModule | None = None) -> ModuleRegistry:
             NotJsonModule(),
             OwnTimeoutModule(),
             DeafModule(),
+            ReraisingModule(),
             BlockingModule(),
             *(RaisingModule(name, raise_) for name, raise_ in RAISERS.items()),
             slow or SlowModule(),
@@ -291,6 +307,13 @@ CASES: dict[str, Expect] = {
         ModuleOutcome.TIMEOUT,
         "TimeoutError",
         "0.2 s timeout (it ignored the cancellation and returned after 0.",
+        JobStatus.FAILED,
+        ErrorCategory.MODULE_TIMEOUT,
+    ),
+    "reraising": Expect(
+        ModuleOutcome.TIMEOUT,
+        "TimeoutError",
+        "0.2 s timeout (it raised ModuleError when cancelled)",
         JobStatus.FAILED,
         ErrorCategory.MODULE_TIMEOUT,
     ),

@@ -5,8 +5,10 @@ blocking read, a long computation) holds the worker's event loop: no heartbeat r
 lease, no cancellation or timeout is seen, nothing else runs. The job then loses its
 lease and ends as ``worker_lost`` (category ``queue``), and nothing pointed at the module.
 :class:`LoopStallMonitor` beats on the loop and watches the beat from a thread: when the
-loop has been held past a threshold it logs one warning naming the jobs and modules that
-were running, and one more when the loop turns again, with how long it was held.
+loop has been held past a threshold while the worker ran jobs, it logs one warning naming
+them and their modules (every module of each: which one holds the loop is not known),
+and one more when the loop turns again, with how long it was held. Anything else that
+holds the loop (a stopped process, code of the process's own) is reported the same way.
 """
 
 from __future__ import annotations
@@ -66,12 +68,15 @@ class LoopStallMonitor:
             beat = self._beat
             held = self._clock() - beat
             if held_since is None and held > self.threshold:
+                running = self._describe()
+                if not running:
+                    continue  # none of this worker's jobs ran: another worker's monitor reports it
                 held_since = beat
                 logs.event(
                     log,
                     logging.WARNING,
                     OperationEvent.LOOP_BLOCKED,
-                    f"the event loop has been held for {held:.1f} s while {self._describe()} ran: code in an "
+                    f"the event loop has been held for {held:.1f} s while {running} ran: code in an "
                     "async module that does not await (a blocking call outside run_sync) stops heartbeats, "
                     "cancellations and timeouts; its job may lose its lease",
                     held_s=round(held, 1),
@@ -90,6 +95,6 @@ class LoopStallMonitor:
 
     def _describe(self) -> str:
         try:
-            return self._running() or "nothing of ours"
+            return self._running()
         except RuntimeError:  # what ran changed as it was read (the loop moved on)
             return "jobs"

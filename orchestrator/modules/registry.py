@@ -11,6 +11,7 @@ from typing import Final
 
 from orchestrator.domain import UnknownModule
 from orchestrator.modules.base import AnalysisModule
+from orchestrator.modules.budget import MAX_BUDGET_SECONDS
 from otel import logs
 from otel.vocabulary import OperationEvent
 
@@ -96,8 +97,9 @@ def _check(module: object) -> list[str]:
         # NaN passed "<= 0" and was stored in every result, where it broke reading them back.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{attr} must be a number of seconds")
-        elif not (math.isfinite(value) and value > 0):
-            problems.append(f"{attr} must be a finite number of seconds above 0, not {value!r}")
+        elif not (math.isfinite(value) and 0 < value <= MAX_BUDGET_SECONDS):
+            # Past it, a value in milliseconds could overflow to infinity when stored.
+            problems.append(f"{attr} must be above 0 and at most {MAX_BUDGET_SECONDS:g} seconds, not {value!r}")
     if not callable(getattr(module, "run", None)):
         problems.append("run(context) is missing")
     return problems

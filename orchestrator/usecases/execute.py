@@ -242,6 +242,7 @@ class ExecuteAnalysisJobUseCase:
                 started_ns, started = self._clock(), time.perf_counter()
                 outcome, summary, error = ModuleOutcome.OK, {}, None
                 exc: BaseException | None = None
+                deadline: anyio.CancelScope | None = None
                 try:
                     # A deadline, not fail_after: a TimeoutError the module's own code raises
                     # (a network call) is a panic, not the hard timeout. The budget moves the
@@ -255,12 +256,19 @@ class ExecuteAnalysisJobUseCase:
                             late = time.perf_counter() - started
                             error += f" (it ignored the cancellation and returned after {late:.1f} s)"
                         outcome, exc, summary = ModuleOutcome.TIMEOUT, TimeoutError(error), {}
-                except ModuleError as caught:
-                    outcome, error, exc = ModuleOutcome.ERROR, caught.message, caught
                 except BaseException as caught:  # a panic never escapes
                     if _is_cancellation(caught) and anyio.current_effective_deadline() == -math.inf:
                         outcome, error = ModuleOutcome.CANCELLED, "cancelled"
                         raise  # this task is being cancelled (the job's cancel, a fail-fast, a shutdown)
+                    if deadline is not None and deadline.cancel_called:
+                        # Its timeout's cancellation, turned into an error of its own.
+                        error = f"exceeded its {analysis.budgets.current(module).timeout_s:g} s timeout"
+                        error += f" (it raised {type(caught).__name__} when cancelled)"
+                        outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
+                        return
+                    if isinstance(caught, ModuleError):
+                        outcome, error, exc = ModuleOutcome.ERROR, caught.message, caught
+                        return
                     # Anything else the module raised is a panic: an exception, SystemExit,
                     # KeyboardInterrupt, GeneratorExit, a group, a cancellation nobody asked
                     # for (it took the worker down). The reason names the exception's type
