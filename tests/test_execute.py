@@ -186,6 +186,19 @@ class BlockingModule(BaseModule):
         return {}
 
 
+class ReturningModule(BaseModule):
+    """Returns what it is given."""
+
+    timeout: ClassVar[float] = 5.0
+
+    def __init__(self, name: str, summary: object) -> None:
+        self.name = name  # type: ignore[misc]
+        self._summary = summary
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        return self._summary  # type: ignore[return-value]
+
+
 class SlowModule(BaseModule):
     """Sleeps 5 s and never checks for cancellation itself."""
 
@@ -216,6 +229,10 @@ def registry(slow: SlowModule | None = None) -> ModuleRegistry:
             OwnTimeoutModule(),
             DeafModule(),
             ReraisingModule(),
+            # Keys that become one once stored (one value was lost without a word), and a
+            # key JSON has no form for (it was stored as its repr).
+            ReturningModule("colliding", {1: "one", "1": "another one"}),
+            ReturningModule("tuplekey", {"nested": {(1, 2): "pair"}}),
             BlockingModule(),
             *(RaisingModule(name, raise_) for name, raise_ in RAISERS.items()),
             slow or SlowModule(),
@@ -309,6 +326,20 @@ CASES: dict[str, Expect] = {
         "0.2 s timeout (it ignored the cancellation and returned after 0.",
         JobStatus.FAILED,
         ErrorCategory.MODULE_TIMEOUT,
+    ),
+    "colliding": Expect(
+        ModuleOutcome.ERROR,
+        "ModuleError",
+        "not JSON-serialisable: two keys of one object are the same text once stored",
+        JobStatus.FAILED,
+        ErrorCategory.MODULE,
+    ),
+    "tuplekey": Expect(
+        ModuleOutcome.ERROR,
+        "ModuleError",
+        "not JSON-serialisable: a key of type tuple is not a JSON object key",
+        JobStatus.FAILED,
+        ErrorCategory.MODULE,
     ),
     "reraising": Expect(
         ModuleOutcome.TIMEOUT,

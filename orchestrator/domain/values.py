@@ -113,7 +113,17 @@ def canonical_json(value: Any, *, depth: int = 0, strict: bool = False) -> Any:
     if depth >= MAX_DEPTH:
         return _TRUNCATED
     if isinstance(value, Mapping):
-        return {canonical_text(str(k)): canonical_json(v, depth=depth + 1, strict=strict) for k, v in value.items()}
+        if not strict:
+            return {canonical_text(str(k)): canonical_json(v, depth=depth + 1, strict=strict) for k, v in value.items()}
+        found: dict[str, Any] = {}
+        for k, v in value.items():
+            if not (k is None or isinstance(k, (str, int, float))):
+                raise TypeError(f"a key of type {type(k).__name__} is not a JSON object key")
+            key = canonical_text(str(k))
+            if key in found:  # one of the two would be lost without a word
+                raise ValueError("two keys of one object are the same text once stored (such as 1 and '1')")
+            found[key] = canonical_json(v, depth=depth + 1, strict=strict)
+        return found
     if isinstance(value, (list, tuple)):
         return [canonical_json(v, depth=depth + 1, strict=strict) for v in value]
     if strict:
