@@ -45,7 +45,7 @@ from orchestrator.api.schemas import (
 from orchestrator.api.security import AccessPolicy, BearerAuth, CrossSiteCheck, HostCheck, default_allowed_hosts
 from orchestrator.bootstrap import App
 from orchestrator.domain import ErrorCategory, JobStatus, now_ns
-from orchestrator.domain.values import check_client_text
+from orchestrator.domain.values import MAX_STORED_INT, check_client_text
 from orchestrator.serialization import nanoseconds
 from orchestrator.settings import Settings
 from orchestrator.telemetry import parse_traceparent
@@ -64,8 +64,6 @@ TRACE_HEADER = "X-Trace-Id"
 #: Job ids (uuid7, or a unique prefix of one) and project ids, as query parameters.
 _ID_PATTERN = r"^[0-9a-f-]{1,64}$"
 _PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
-#: The largest outbox seq (BIGINT).
-_INT64_MAX = (1 << 63) - 1
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 409, 413, 422, 503)
 }
@@ -320,7 +318,7 @@ def create_api(app: App, config: ApiConfig | None = None, **overrides: Any) -> F
         subscription_id: str,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         before: Annotated[
-            int | None, Query(ge=1, le=_INT64_MAX, description="the seq of the first delivery of the page after")
+            int | None, Query(ge=1, le=MAX_STORED_INT, description="the seq of the first delivery of the page after")
         ] = None,
     ) -> list[DeliveryOut]:
         """The latest deliveries of one subscription (below ``before``), oldest first,

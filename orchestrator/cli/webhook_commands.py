@@ -11,6 +11,7 @@ from orchestrator.cli.ids import resolve_job, resolve_subscription
 from orchestrator.cli.main import Context, int_between, print_json, with_app
 from orchestrator.cli.render import Column
 from orchestrator.domain import InvalidRequest, now_ns
+from orchestrator.domain.values import MAX_STORED_INT
 from orchestrator.usecases.create import validate_project_id
 from orchestrator.webhooks.models import SUBSCRIBABLE_EVENTS, Subscription, display_url, url_fingerprint
 from orchestrator.webhooks.store import webhook_store
@@ -195,7 +196,7 @@ def add_webhook_commands(sub: Any) -> None:
     )
     dl.add_argument(
         "--before",
-        type=int_between(1, (1 << 63) - 1),
+        type=int_between(1, MAX_STORED_INT),
         metavar="SEQ",
         help="only deliveries below this seq (a page's first seq: the page before it)",
     )

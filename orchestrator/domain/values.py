@@ -36,6 +36,7 @@ __all__ = [
     "CLIENT_MAX_DEPTH",
     "MAX_DEPTH",
     "MAX_REASON_CHARS",
+    "MAX_STORED_INT",
     "canonical_json",
     "canonical_reason",
     "canonical_text",
@@ -50,6 +51,8 @@ MAX_DEPTH: Final = 64
 CLIENT_MAX_DEPTH: Final = 32
 #: Longest reason stored (longer ones are cut, with a marker).
 MAX_REASON_CHARS: Final = 2000
+#: The largest integer a store keeps (BIGINT, SQLite INTEGER): times, sequence numbers.
+MAX_STORED_INT: Final = (1 << 63) - 1
 #: Integral floats this large print without a decimal point in PostgreSQL's numeric.
 _INTEGRAL_FLOAT_LIMIT: Final = 1e16
 _TRUNCATED: Final = "<truncated: nested deeper than 64 levels>"

@@ -43,7 +43,7 @@ from orchestrator.domain import (
     TransitionConflict,
 )
 from orchestrator.domain.job import first_id_at
-from orchestrator.domain.values import canonical_reason, canonical_text, storable
+from orchestrator.domain.values import MAX_STORED_INT, canonical_reason, canonical_text, storable
 from orchestrator.stores import rows, sql
 from orchestrator.stores.base import RootStamps
 from orchestrator.stores.connector import Connector, Params, Row, TransitionRefused
@@ -57,9 +57,6 @@ log = logging.getLogger("orchestrator.stores")
 _Applied = tuple[Job, list[LifecycleEntry]]
 
 _BACKENDS = {"sqlite": "sqlite", "postgres": "postgresql"}
-
-#: The largest value a stored time can have (BIGINT, SQLite INTEGER).
-_INT64_MAX: Final = (1 << 63) - 1
 
 #: A trace claim picks among this many times its limit of due jobs (see trace_claim).
 _TRACE_CLAIM_CANDIDATES: Final = 4
@@ -409,7 +406,7 @@ class SQLJobStore:
             "error_category": error_category and str(error_category),
             # Every stored time fits a signed 64-bit integer: a later moment (the year 2999)
             # matches no job, an earlier one every job.
-            "since_ns": None if since_ns is None else min(max(since_ns, 0), _INT64_MAX),
+            "since_ns": None if since_ns is None else min(max(since_ns, 0), MAX_STORED_INT),
             "since_id": "" if since_ns is None else first_id_at(since_ns),
             "after": after,
             "limit": limit,

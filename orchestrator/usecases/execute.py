@@ -251,7 +251,7 @@ class ExecuteAnalysisJobUseCase:
                         analysis.start(module, deadline, ctx)
                         summary = _json_summary(await module.run(ctx))
                     if deadline.cancel_called:  # its deadline passed
-                        error = f"exceeded its {analysis.budgets.current(module).timeout_s:g} s timeout"
+                        error = _timed_out(analysis, module)
                         if not deadline.cancelled_caught:  # it swallowed the cancellation
                             late = time.perf_counter() - started
                             error += f" (it ignored the cancellation and returned after {late:.1f} s)"
@@ -262,8 +262,7 @@ class ExecuteAnalysisJobUseCase:
                         raise  # this task is being cancelled (the job's cancel, a fail-fast, a shutdown)
                     if deadline is not None and deadline.cancel_called:
                         # Its timeout's cancellation, turned into an error of its own.
-                        error = f"exceeded its {analysis.budgets.current(module).timeout_s:g} s timeout"
-                        error += f" (it raised {type(caught).__name__} when cancelled)"
+                        error = f"{_timed_out(analysis, module)} (it raised {type(caught).__name__} when cancelled)"
                         outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
                         return
                     if isinstance(caught, ModuleError):
@@ -427,6 +426,10 @@ def _result(
 _UNLIMITED: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 _MAX_SUMMARY_BYTES = 256 * 1024
+
+
+def _timed_out(analysis: JobAnalysis, module: AnalysisModule) -> str:
+    return f"exceeded its {analysis.budgets.current(module).timeout_s:g} s timeout"
 
 
 def _is_cancellation(exc: BaseException) -> bool:
