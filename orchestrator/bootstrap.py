@@ -119,6 +119,7 @@ async def open_app(
             module_concurrency=settings.module_concurrency,
             analysis=AnalysisConfig.from_settings(settings),
             finalize_retry_seconds=settings.lease_seconds,
+            abandon_seconds=settings.module_abandon_seconds,
         )
         yield App(
             settings=settings,

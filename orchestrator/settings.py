@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     #: Seconds between the passes of each worker's trace reconciler.
     reconcile_seconds: float = Field(default=15.0, gt=0, le=3600)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+    #: A module still running this long after its timeout or its job's cancellation was
+    #: delivered (it ignores cancellation) is abandoned: its job goes on without it.
+    module_abandon_seconds: float = Field(default=5.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     #: Load third-party modules from the ``orchestrator.modules`` entry-point group.

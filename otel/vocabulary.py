@@ -69,6 +69,9 @@ class OperationEvent(enum.StrEnum):
     FORCED_EXIT = "worker.forced_exit"
     #: The worker's event loop was held (a module blocking it), and when it turns again.
     LOOP_BLOCKED = "worker.loop_blocked"
+    #: A module that ignored its cancellation past the grace, left running (warning), and
+    #: when it ends at last (info, ``ended``).
+    MODULE_ABANDONED = "job.module.abandoned"
     TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
     #: The Prometheus scrape endpoint a process started (OTEL_METRICS_EXPORTER=prometheus).
     TELEMETRY_PROMETHEUS = "telemetry.prometheus"

@@ -110,6 +110,22 @@ class Stubborn(BaseModule):
         return {}
 
 
+class Deaf(BaseModule):
+    name = "deaf"
+    expected_runtime = 0.1
+    timeout = 0.3
+    description = "ignores every cancellation, even the one asyncio sends at exit"
+
+    async def run(self, context):
+        _started(context)
+        while True:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(600)
+            except BaseException:
+                pass
+
+
 class Hang(BaseModule):
     name = "hang"
     expected_runtime = 0.1
@@ -146,8 +162,9 @@ def _install(root: Path, package: str, source: str, entry_points: Mapping[str, s
 
 
 def write_plugin(root: Path) -> Path:
-    """The test modules (echo, slow, boom, panic, hang, stubborn) as an installed distribution."""
+    """The test modules (echo, slow, boom, panic, hang, stubborn, deaf) as an installed distribution."""
     names = {"echo": "Echo", "slow": "Slow", "boom": "Boom", "panic": "Panic", "hang": "Hang", "stubborn": "Stubborn"}
+    names["deaf"] = "Deaf"
     return _install(root, "cli_test_modules", PLUGIN_SOURCE, {n: f"cli_test_modules:{c}" for n, c in names.items()})
 
 

@@ -220,6 +220,34 @@ def test_a_second_ctrl_c_exits_at_once_and_says_what_is_left(env: Env) -> None:
     assert row["status"] == "running"  # left to lease-expiry recovery, as the message says
 
 
+def test_run_ends_a_job_whose_module_ignores_its_timeout_and_exits_without_waiting_for_it(env: Env) -> None:
+    """A module that ignores every cancellation held its job Running, and `run` with it,
+    for good: the job ends now (the module abandoned after the grace), and the process
+    exits although the module still runs (asyncio waits for every task at exit)."""
+    done = env.run(
+        "run", "--source", str(env.cwd / "src"), "--modules", "deaf,echo", "--json",
+        env={"ORCHESTRATOR_MODULE_ABANDON_SECONDS": "0.5"}, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    job = json.loads(done.stdout)
+    assert (job["status"], job["error_category"]) == ("failed", "module_timeout")
+    results = {r["module"]: r for r in job["results"]}
+    assert results["deaf"]["outcome"] == "timeout"
+    assert results["deaf"]["error"] == (
+        "exceeded its 0.3 s timeout (it ignored the cancellation for 0.5 s and was abandoned, "
+        "still running in the worker)"
+    )
+    assert results["echo"]["outcome"] == "ok"
+    assert done.stderr.rstrip().endswith(
+        f"orchestrator: abandoned module still running (job {job['id']} module deaf): "
+        "exiting without waiting for them"
+    ), done.stderr
+    assert "Traceback" not in done.stderr
+    row = job_row(env.data_dir / "orchestrator.db", job["id"])
+    assert row is not None
+    assert (row["status"], row["lease_owner"]) == ("failed", None)
+
+
 def _read_pty(fd: int) -> str:
     chunks = []
     while True:

@@ -194,7 +194,7 @@ def test_listing_modules_neither_needs_nor_creates_a_store(env: Env) -> None:
     assert unreachable.stderr == ""
     listed = [line.split()[0] for line in unreachable.stdout.splitlines()[1:]]
     assert listed == [
-        *("boom", "dependencies", "echo", "hang", "inventory", "panic"),
+        *("boom", "deaf", "dependencies", "echo", "hang", "inventory", "panic"),
         *("python_syntax", "secrets", "slow", "stubborn", "todos"),
     ]
 

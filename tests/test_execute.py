@@ -31,6 +31,9 @@ from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
 from orchestrator.usecases import CancelKind, JobControl
+from orchestrator.usecases.execute import abandoned_modules
+from otel.logs import EVENT_KEY, FIELDS_KEY
+from otel.vocabulary import OperationEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -166,6 +169,31 @@ class ReraisingModule(BaseModule):
         return {}
 
 
+class HopelessModule(BaseModule):
+    """Ignores every cancellation, its timeout's and its job's, until the test lets it go."""
+
+    expected_runtime: ClassVar[float] = 0.1
+
+    def __init__(self, name: str, timeout: float) -> None:
+        self.name = name  # type: ignore[misc]
+        self.timeout = timeout  # type: ignore[misc]
+        self.started = 0
+        self.ended = 0
+        self._released: anyio.Event | None = None
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        self.started += 1
+        self._released = self._released or anyio.Event()
+        with anyio.CancelScope(shield=True):  # the misbehaviour under test
+            await self._released.wait()
+        self.ended += 1
+        return {"finished": True}
+
+    def release(self) -> None:
+        if self._released is not None:
+            self._released.set()
+
+
 RAISERS: dict[str, Callable[[], BaseException]] = {
     "interrupting": KeyboardInterrupt,
     "genexit": GeneratorExit,
@@ -215,9 +243,10 @@ class SlowModule(BaseModule):
         return {"slept": 5}
 
 
-def registry(slow: SlowModule | None = None) -> ModuleRegistry:
+def registry(slow: SlowModule | None = None, hopeless: tuple[HopelessModule, ...] = ()) -> ModuleRegistry:
     return ModuleRegistry(
         [
+            *hopeless,
             OkModule(),
             DelayedOkModule(),
             FailingModule(),
@@ -249,10 +278,22 @@ def slow() -> SlowModule:
 
 
 @pytest.fixture
-async def app(tmp_path: Path, slow: SlowModule) -> AsyncIterator[App]:
-    settings = Settings(data_dir=tmp_path / "data", poll_seconds=0.05, cancel_poll_seconds=0.1)
-    async with open_app(settings, registry=registry(slow)) as opened:
-        yield opened
+def hopeless() -> tuple[HopelessModule, HopelessModule]:
+    """One past its 0.2 s timeout at once, one that only a cancellation reaches."""
+    return HopelessModule("hopeless", 0.2), HopelessModule("hopeless_long", 30.0)
+
+
+@pytest.fixture
+async def app(tmp_path: Path, slow: SlowModule, hopeless: tuple[HopelessModule, ...]) -> AsyncIterator[App]:
+    settings = Settings(
+        data_dir=tmp_path / "data", poll_seconds=0.05, cancel_poll_seconds=0.1, module_abandon_seconds=0.3
+    )
+    try:
+        async with open_app(settings, registry=registry(slow, hopeless)) as opened:
+            yield opened
+    finally:
+        for module in hopeless:  # abandoned, still running: let them end with the test
+            module.release()
 
 
 async def create(app: App, source: Path, modules: list[str], **options: Any) -> Job:
@@ -575,6 +616,112 @@ async def test_a_lost_lease_discards_the_results_and_writes_nothing(app: App, tm
     assert final == running
     assert await app.store.get(running.id) == running
     assert await app.store.history(running.id) == history_before
+
+
+def abandonments(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, dict[str, Any]]]:
+    return [
+        (r.levelno, r.getMessage(), getattr(r, FIELDS_KEY))
+        for r in caplog.records
+        if getattr(r, EVENT_KEY, None) == OperationEvent.MODULE_ABANDONED
+    ]
+
+
+async def test_a_module_ignoring_its_timeout_for_good_is_abandoned_and_its_job_ends(
+    app: App, tmp_path: Path, hopeless: tuple[HopelessModule, HopelessModule], caplog: pytest.LogCaptureFixture
+) -> None:
+    """It held its job Running for good (the heartbeat kept the lease alive): now the job
+    ends, the module's result saying it was abandoned, and the module is left to end."""
+    caplog.set_level(logging.INFO, logger="orchestrator.usecases.execute")
+    module = hopeless[0]
+
+    with anyio.fail_after(4):  # not for good
+        final = await run_job(app, tmp_path, ["hopeless", "ok"])
+
+    results = by_module(final)
+    assert (final.status, final.error_category) == (JobStatus.FAILED, ErrorCategory.MODULE_TIMEOUT)
+    assert results["hopeless"].outcome is ModuleOutcome.TIMEOUT
+    assert results["hopeless"].error == (
+        "exceeded its 0.2 s timeout (it ignored the cancellation for 0.3 s and was abandoned, "
+        "still running in the worker)"
+    )
+    assert results["hopeless"].error_type == "TimeoutError"
+    assert 490 <= results["hopeless"].duration_ms < 4000  # its timeout and the grace
+    assert results["ok"].outcome is ModuleOutcome.OK
+    assert (module.started, module.ended) == (1, 0)
+    assert abandoned_modules() == [f"job {final.id} module hopeless"]
+    [(level, message, fields)] = abandonments(caplog)
+    assert level == logging.WARNING
+    assert message == (
+        "module hopeless it ignored the cancellation for 0.3 s and was abandoned, still running in the worker: "
+        "its job goes on without it"
+    )
+    assert (fields["job_id"], fields["module"]) == (final.id, "hopeless")
+
+    module.release()  # it ends at last: said, and forgotten
+    with anyio.fail_after(2):
+        while module.ended == 0 or len(abandonments(caplog)) < 2:
+            await anyio.sleep(0.01)
+    level, message, fields = abandonments(caplog)[1]
+    assert level == logging.INFO
+    assert re.fullmatch(r"abandoned module hopeless ended after [0-9.]+ s", message), message
+    assert fields["ended"] is True
+    assert abandoned_modules() == []
+    assert await app.store.get(final.id) == final  # its late summary changed nothing
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [(CancelKind.USER, JobStatus.CANCELLED), (CancelKind.SHUTDOWN, JobStatus.QUEUED)],
+    ids=["user cancel", "shutdown"],
+)
+async def test_a_module_ignoring_its_jobs_cancellation_is_abandoned_after_the_grace(
+    app: App,
+    tmp_path: Path,
+    hopeless: tuple[HopelessModule, HopelessModule],
+    kind: CancelKind,
+    status: JobStatus,
+) -> None:
+    """A user's cancel, or a worker's shutdown, waited for the module for good."""
+    module = hopeless[1]
+    running = await claim(app, await create(app, tmp_path, ["hopeless_long"]))
+    control = JobControl()
+    outcome: dict[str, Job] = {}
+
+    async def execute() -> None:
+        outcome["job"] = await app.execute.execute(running, control=control, worker_id="w1")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(execute)
+        with anyio.fail_after(2):
+            while not module.started:
+                await anyio.sleep(0.01)
+        cancelled_at = time.perf_counter()
+        control.cancel(kind, "stopped by the test")
+        with anyio.fail_after(4):  # not for good
+            while "job" not in outcome:
+                await anyio.sleep(0.01)
+    assert time.perf_counter() - cancelled_at >= 0.3  # it had the grace
+    final = outcome["job"]
+    assert (final.status, final.reason) == (status, "stopped by the test")
+    result = by_module(final)["hopeless_long"]
+    assert result.outcome is ModuleOutcome.CANCELLED
+    assert result.error == (
+        "cancelled (it ignored the cancellation for 0.3 s and was abandoned, still running in the worker)"
+    )
+    assert abandoned_modules() == [f"job {final.id} module hopeless_long"]
+
+
+async def test_fail_fast_abandons_a_sibling_that_ignores_its_cancellation(
+    app: App, tmp_path: Path, hopeless: tuple[HopelessModule, HopelessModule]
+) -> None:
+    with anyio.fail_after(4):  # not for good
+        final = await run_job(app, tmp_path, ["failing", "hopeless_long"], failure_policy="fail_fast")
+    results = by_module(final)
+    assert (final.status, final.error_category) == (JobStatus.FAILED, ErrorCategory.MODULE)
+    assert results["failing"].outcome is ModuleOutcome.ERROR
+    assert results["hopeless_long"].outcome is ModuleOutcome.CANCELLED
+    assert results["hopeless_long"].error is not None
+    assert "was abandoned" in results["hopeless_long"].error
 
 
 async def test_executing_a_job_that_is_not_running_is_refused(app: App, tmp_path: Path) -> None:

@@ -34,10 +34,12 @@ from orchestrator.domain import (
     JobStatus,
     OrchestratorError,
 )
+from orchestrator.job_queue.watchdog import ExitWatchdog
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.modules.runners import leave_blocked_threads
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
+from orchestrator.usecases.execute import abandoned_modules
 from otel.environment import TelemetryConfigError
 from otel.logs import EVENT_KEY, configure_logging, log_thread_exceptions
 from otel.setup import Telemetry, setup_telemetry
@@ -275,7 +277,7 @@ def _main(argv: Sequence[str] | None) -> int:
     handler: Handler = args.handler
     try:
         try:
-            code = anyio.run(handler, Context(args, settings, telemetry))
+            code = anyio.run(_leaving, handler, Context(args, settings, telemetry))
         except BaseExceptionGroup as group:
             raise _alone(group) from None  # a task group's wrapping of one error
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
@@ -294,6 +296,32 @@ def _main(argv: Sequence[str] | None) -> int:
         telemetry.shutdown(timeout_s=5.0)
         _note_lost_telemetry(telemetry)
         logging.shutdown()
+
+
+#: Time modules this process abandoned get to end once its command is done (asyncio
+#: cancels every task at exit and waits for each: one that ignores it would hold the exit).
+ABANDONED_EXIT_SECONDS = 2.0
+
+
+async def _leaving(handler: Handler, ctx: Context) -> int:
+    """The command; then, if modules it abandoned (they ignored their cancellation) still
+    run, the process exits without waiting for them past ``ABANDONED_EXIT_SECONDS``."""
+    code = EXIT_FAILED
+    try:
+        code = await handler(ctx)
+        return code
+    finally:
+        left = abandoned_modules()
+        if left:
+            ExitWatchdog(
+                ABANDONED_EXIT_SECONDS,
+                flush=ctx.telemetry.flush,
+                exit_code=code,
+                message=(
+                    f"abandoned module{'s' if len(left) > 1 else ''} still running ({'; '.join(left)}): "
+                    "exiting without waiting for them"
+                ),
+            ).arm()
 
 
 def _sigterm(signum: int, frame: object) -> None:

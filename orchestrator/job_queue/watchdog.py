@@ -40,8 +40,10 @@ class ExitWatchdog:
         flush: Callable[[float], None] | None = None,
         exit_code: int = 0,
         exit: Callable[[int], None] = os._exit,
+        message: str | None = None,
     ) -> None:
         self.seconds = seconds
+        self._message = message
         self._flush = flush
         self._exit_code = exit_code
         self._exit = exit
@@ -62,7 +64,7 @@ class ExitWatchdog:
 
     def _fire(self) -> None:
         self.fired.set()
-        message = (
+        message = self._message or (
             f"still running {self.seconds:g} s after the stop was asked (a module does not honour cancellation); "
             "exiting now: its job keeps its lease until it expires, then another worker's reaper recovers it"
         )

@@ -12,11 +12,11 @@ can escape: module errors, timeouts and panics all become results.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -42,7 +42,7 @@ from orchestrator.domain import (
 from orchestrator.domain.errors import new_error_id
 from orchestrator.domain.values import canonical_json
 from orchestrator.modules.analysis import AnalysisConfig
-from orchestrator.modules.base import AnalysisModule
+from orchestrator.modules.base import AnalysisModule, ModuleContext
 from orchestrator.modules.budget import Budget
 from orchestrator.modules.job_run import JobAnalysis
 from orchestrator.modules.progress import ProgressListener
@@ -104,8 +104,11 @@ class ExecuteAnalysisJobUseCase:
         clock: Callable[[], int] = now_ns,
         analysis: AnalysisConfig | None = None,
         finalize_retry_seconds: float = 30.0,
+        abandon_seconds: float = 5.0,
     ) -> None:
         self._workflow = workflow
+        #: How long a module that ignores its cancellation is waited for, then abandoned.
+        self._abandon_seconds = abandon_seconds
         self._finalize_retry_seconds = finalize_retry_seconds
         self._registry = registry
         self._telemetry = telemetry
@@ -242,39 +245,43 @@ class ExecuteAnalysisJobUseCase:
                 started_ns, started = self._clock(), time.perf_counter()
                 outcome, summary, error = ModuleOutcome.OK, {}, None
                 exc: BaseException | None = None
-                deadline: anyio.CancelScope | None = None
+                # In a task of its own: one that ignores its cancellation can be abandoned.
+                run = _ModuleRun(module, ctx, analysis, span, job)
                 try:
-                    # A deadline, not fail_after: a TimeoutError the module's own code raises
-                    # (a network call) is a panic, not the hard timeout. The budget moves the
-                    # deadline once the tree's size is known.
-                    with as_current(span), anyio.CancelScope() as deadline:
-                        analysis.start(module, deadline, ctx)
-                        summary = _json_summary(await module.run(ctx))
-                    if deadline.cancel_called:  # its deadline passed
+                    ended = await run.finish(self._abandon_seconds)
+                    deadline = run.deadline
+                    if not ended:
+                        error = f"{_timed_out(analysis, module)} ({_abandoned(self._abandon_seconds)})"
+                        outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
+                    elif deadline.cancel_called:  # its deadline passed
                         error = _timed_out(analysis, module)
-                        if not deadline.cancelled_caught:  # it swallowed the cancellation
+                        if run.error is not None:
+                            # Its timeout's cancellation, turned into an error of its own.
+                            error += f" (it raised {type(run.error).__name__} when cancelled)"
+                        elif not deadline.cancelled_caught:  # it swallowed the cancellation
                             late = time.perf_counter() - started
                             error += f" (it ignored the cancellation and returned after {late:.1f} s)"
-                        outcome, exc, summary = ModuleOutcome.TIMEOUT, TimeoutError(error), {}
-                except BaseException as caught:  # a panic never escapes
-                    if _is_cancellation(caught) and anyio.current_effective_deadline() == -math.inf:
-                        outcome, error = ModuleOutcome.CANCELLED, "cancelled"
-                        raise  # this task is being cancelled (the job's cancel, a fail-fast, a shutdown)
-                    if deadline is not None and deadline.cancel_called:
-                        # Its timeout's cancellation, turned into an error of its own.
-                        error = f"{_timed_out(analysis, module)} (it raised {type(caught).__name__} when cancelled)"
                         outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
-                        return
-                    if isinstance(caught, ModuleError):
-                        outcome, error, exc = ModuleOutcome.ERROR, caught.message, caught
-                        return
-                    # Anything else the module raised is a panic: an exception, SystemExit,
-                    # KeyboardInterrupt, GeneratorExit, a group, a cancellation nobody asked
-                    # for (it took the worker down). The reason names the exception's type
-                    # only: its message may quote the analysed data. The traceback goes to
-                    # the worker's log, at the source.
-                    error = f"{type(caught).__name__} (a panic; error id {new_error_id()}, details in the worker log)"
-                    outcome, exc = ModuleOutcome.PANIC, caught
+                    elif isinstance(run.error, ModuleError):
+                        outcome, error, exc = ModuleOutcome.ERROR, run.error.message, run.error
+                    elif run.error is not None:
+                        # Anything else the module raised is a panic: an exception,
+                        # SystemExit, KeyboardInterrupt, GeneratorExit, a group, a
+                        # cancellation nobody asked for (it took the worker down). The
+                        # reason names the exception's type only: its message may quote the
+                        # analysed data. The traceback goes to the worker's log, at the source.
+                        kind = type(run.error).__name__
+                        error = f"{kind} (a panic; error id {new_error_id()}, details in the worker log)"
+                        outcome, exc = ModuleOutcome.PANIC, run.error
+                    else:
+                        summary = run.summary
+                except BaseException:
+                    # This task is being cancelled (the job's cancel, a fail-fast, a
+                    # shutdown): the module was asked to stop, and abandoned if it did not.
+                    outcome, error = ModuleOutcome.CANCELLED, "cancelled"
+                    if run.abandoned:
+                        error += f" ({_abandoned(self._abandon_seconds)})"
+                    raise
                 finally:
                     if outcome is not ModuleOutcome.OK:
                         ctx.cancel()  # stops the module's worker threads
@@ -432,12 +439,105 @@ def _timed_out(analysis: JobAnalysis, module: AnalysisModule) -> str:
     return f"exceeded its {analysis.budgets.current(module).timeout_s:g} s timeout"
 
 
-def _is_cancellation(exc: BaseException) -> bool:
-    """A cancellation, or a group of nothing else (a module's own task group cancelled)."""
-    cancelled = anyio.get_cancelled_exc_class()
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(cancelled)[1] is None
-    return isinstance(exc, cancelled)
+#: How often a module's deadline is looked at again while it is not known yet (its budget
+#: sets it once its task starts, and moves it while the job's files are walked).
+_RECHECK_SECONDS = 1.0
+
+#: Modules abandoned by this process that are still running (a strong reference each: the
+#: event loop keeps only weak ones).
+_abandoned_runs: set[_ModuleRun] = set()
+
+
+def abandoned_modules() -> list[str]:
+    """The modules this process abandoned that are still running, as ``job <id> module <name>``."""
+    return sorted(f"job {run.job_id} module {run.name}" for run in _abandoned_runs)
+
+
+def _abandoned(seconds: float) -> str:
+    return f"it ignored the cancellation for {seconds:g} s and was abandoned, still running in the worker"
+
+
+class _ModuleRun:
+    """One module's ``run`` in an asyncio task of its own, under its deadline.
+
+    The job's task waits for it (:meth:`finish`). A module that ignores its cancellation,
+    its timeout's or its job's, for ``grace`` seconds is abandoned: its job goes on without
+    it, and the task is left to end whenever it does (logged then). Everything the module
+    raises is kept (``error``), never raised in the task: asyncio lets ``KeyboardInterrupt``
+    and ``SystemExit`` out of a task into the event loop, which would stop the worker."""
+
+    __slots__ = ("abandoned", "deadline", "error", "job_id", "name", "started", "summary", "task")
+
+    def __init__(
+        self, module: AnalysisModule, ctx: ModuleContext, analysis: JobAnalysis, span: trace.Span, job: Job
+    ) -> None:
+        self.name, self.job_id = module.name, job.id
+        self.deadline = anyio.CancelScope()
+        self.summary: dict[str, Any] = {}
+        self.error: BaseException | None = None
+        self.abandoned = False
+        self.started = time.perf_counter()
+        # The context (the module's span, the log fields) is the caller's, copied.
+        self.task = asyncio.get_running_loop().create_task(self._run(module, ctx, analysis, span))
+
+    async def _run(self, module: AnalysisModule, ctx: ModuleContext, analysis: JobAnalysis, span: trace.Span) -> None:
+        try:
+            # A deadline, not fail_after: a TimeoutError the module's own code raises (a
+            # network call) is a panic, not the hard timeout. The budget moves the deadline
+            # once the tree's size is known.
+            with as_current(span), self.deadline:
+                analysis.start(module, self.deadline, ctx)
+                self.summary = _json_summary(await module.run(ctx))
+        except BaseException as exc:  # noqa: BLE001 - the job's task decides what it was
+            self.error = exc
+
+    async def finish(self, grace: float) -> bool:
+        """Wait for the module to end: False when it was abandoned after its deadline. When
+        this task is cancelled, the module is cancelled too, and waited for as long."""
+        try:
+            while not self.task.done():
+                now, due = anyio.current_time(), self.deadline.deadline
+                if self.deadline.cancel_called or now >= due:
+                    self.deadline.cancel()
+                    return await self._grace(grace)
+                await asyncio.wait((self.task,), timeout=min(due - now, _RECHECK_SECONDS))
+            return True
+        except BaseException:
+            self.deadline.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._grace(grace)
+            raise
+
+    async def _grace(self, grace: float) -> bool:
+        if not self.task.done():
+            await asyncio.wait((self.task,), timeout=grace)
+        if self.task.done():
+            return True
+        self.abandoned = True
+        _abandoned_runs.add(self)
+        self.task.add_done_callback(self._ended)
+        logs.event(
+            log,
+            logging.WARNING,
+            OperationEvent.MODULE_ABANDONED,
+            f"module {self.name} {_abandoned(grace)}: its job goes on without it",
+            module=self.name,
+            job_id=self.job_id,
+            seconds=grace,
+        )
+        return False
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        _abandoned_runs.discard(self)
+        logs.event(
+            log,
+            logging.INFO,
+            OperationEvent.MODULE_ABANDONED,
+            f"abandoned module {self.name} ended after {time.perf_counter() - self.started:.1f} s",
+            module=self.name,
+            job_id=self.job_id,
+            ended=True,
+        )
 
 
 def _json_summary(value: object) -> dict[str, Any]:
