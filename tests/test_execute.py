@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
 from orchestrator.usecases import CancelKind, JobControl
-from orchestrator.usecases.execute import abandoned_modules
+from orchestrator.usecases.execute import abandoned_modules, module_holding
 from otel.logs import EVENT_KEY, FIELDS_KEY
 from otel.vocabulary import OperationEvent
 
@@ -777,22 +778,25 @@ async def test_a_worker_survives_every_kind_of_module_failure(app: App, tmp_path
     assert worker.in_flight == {}
 
 
-async def test_a_module_holding_the_event_loop_is_named_in_a_warning(
+async def test_the_module_holding_the_event_loop_is_named_in_a_warning(
     app: App, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The loop held by a module: nothing else of the worker runs (the job may lose its
-    lease and end worker_lost, category queue); a warning names the job and its modules
-    while it is held, another says for how long once it turns again."""
-    job = await create(app, tmp_path, ["blocking"])
+    lease and end worker_lost, category queue); a warning names the module holding it
+    (not its sibling, waiting meanwhile) and its job, another says for how long once it
+    turns again."""
+    job = await create(app, tmp_path, ["delayed", "blocking"])
     config = WorkerConfig(concurrency=1, loop_stall_seconds=0.2)
     worker = Worker(app.workflow, app.execute, app.telemetry, config, worker_id="staller")
     caplog.set_level(logging.WARNING, logger="orchestrator.job_queue.stall")
 
-    def reports() -> list[str]:
+    def reports() -> list[tuple[str, dict[str, Any]]]:
         """The report naming the module and the one after it (a loaded machine may
         hold the loop briefly elsewhere too: those name no module of this job)."""
-        said = [r.getMessage() for r in caplog.records if r.name == "orchestrator.job_queue.stall"]
-        at = next((i for i, message in enumerate(said) if "(modules blocking)" in message), len(said))
+        said = [
+            (r.getMessage(), getattr(r, FIELDS_KEY)) for r in caplog.records if r.name == "orchestrator.job_queue.stall"
+        ]
+        at = next((i for i, (message, _) in enumerate(said) if "by module blocking" in message), len(said))
         return said[at : at + 2]
 
     async with anyio.create_task_group() as tg:
@@ -801,13 +805,41 @@ async def test_a_module_holding_the_event_loop_is_named_in_a_warning(
             while not (await app.store.get(job.id)).status.terminal or len(reports()) < 2:
                 await anyio.sleep(0.05)
         worker.stop()
-    held, again = reports()
+    (held, fields), (again, _) = reports()
     assert held.startswith("the event loop has been held for ")
-    assert f"while job {job.id} (modules blocking) ran: code in an async module that does not await" in held
+    assert (
+        f" s by module blocking of job {job.id}: code in an async module that does not await (a blocking call "
+        "outside run_sync) stops heartbeats, cancellations and timeouts; its job may lose its lease"
+    ) in held
+    assert fields["holder"] == f"module blocking of job {job.id}"
     found = re.fullmatch(r"the event loop turns again after being held for ([0-9.]+) s", again)
     assert found is not None, again
     assert 0.8 <= float(found.group(1)) <= 3.0  # the module's 1 s, give or take the beat
     assert (await app.store.get(job.id)).status is JobStatus.COMPLETED
+
+
+async def test_a_loop_held_by_code_of_no_module_names_the_jobs_that_ran(
+    app: App, tmp_path: Path, slow: SlowModule, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Held elsewhere (the process's own code, a stopped process): the monitor cannot
+    tell more than the jobs that ran and their modules."""
+    job = await create(app, tmp_path, ["slow"])
+    config = WorkerConfig(concurrency=1, loop_stall_seconds=0.2, shutdown_grace_seconds=0)
+    worker = Worker(app.workflow, app.execute, app.telemetry, config, worker_id="staller")
+    caplog.set_level(logging.WARNING, logger="orchestrator.job_queue.stall")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        with anyio.fail_after(5):
+            while not slow.started:
+                await anyio.sleep(0.01)
+        worker.stall.reported.clear()
+        time.sleep(1.0)  # this test's own code holds the loop, while the module awaits
+        with anyio.fail_after(5):
+            await anyio.to_thread.run_sync(worker.stall.reported.wait)
+        worker.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "orchestrator.job_queue.stall"]
+    assert any(f"s while job {job.id} (modules slow) ran: code in an async module" in m for m in said), said
+    assert not any("by module" in m for m in said), said
 
 
 # --- module concurrency ------------------------------------------------------------------------

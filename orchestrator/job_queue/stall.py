@@ -6,17 +6,20 @@ lease, no cancellation or timeout is seen, nothing else runs. The job then loses
 lease and ends as ``worker_lost`` (category ``queue``), and nothing pointed at the module.
 :class:`LoopStallMonitor` beats on the loop and watches the beat from a thread: when the
 loop has been held past a threshold while the worker ran jobs, it logs one warning naming
-them and their modules (every module of each: which one holds the loop is not known),
-and one more when the loop turns again, with how long it was held. Anything else that
-holds the loop (a stopped process, code of the process's own) is reported the same way.
+the module whose code holds it (found on the loop thread's stack) and its job, and one
+more when the loop turns again, with how long it was held. Anything else that holds the
+loop (a stopped process, code of the process's own) is reported naming the jobs that ran
+and their modules.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Final
 
 import anyio
@@ -33,17 +36,21 @@ STALL_SECONDS: Final = 5.0
 
 
 class LoopStallMonitor:
-    """Run :meth:`run` in the loop's task group; ``running`` says what ran (from the thread)."""
+    """Run :meth:`run` in the loop's task group; ``running`` says what ran and ``holding``
+    which code of it a frame of the loop's thread is in (both called from the thread)."""
 
     def __init__(
         self,
         running: Callable[[], str],
         *,
+        holding: Callable[[FrameType | None], str | None] = lambda frame: None,
         threshold: float = STALL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.threshold = threshold
         self._running = running
+        self._holding = holding
+        self._loop_thread = threading.get_ident()
         self._clock = clock
         self._beat = clock()
         self._stop = threading.Event()
@@ -52,6 +59,7 @@ class LoopStallMonitor:
 
     async def run(self) -> None:
         self._stop.clear()
+        self._loop_thread = threading.get_ident()
         self._beat = self._clock()
         watcher = threading.Thread(target=self._watch, name="loop-stall-monitor", daemon=True)
         watcher.start()
@@ -72,14 +80,17 @@ class LoopStallMonitor:
                 if not running:
                     continue  # none of this worker's jobs ran: another worker's monitor reports it
                 held_since = beat
+                holder = self._holder()
+                where = f"by {holder}" if holder is not None else f"while {running} ran"
                 logs.event(
                     log,
                     logging.WARNING,
                     OperationEvent.LOOP_BLOCKED,
-                    f"the event loop has been held for {held:.1f} s while {running} ran: code in an "
+                    f"the event loop has been held for {held:.1f} s {where}: code in an "
                     "async module that does not await (a blocking call outside run_sync) stops heartbeats, "
                     "cancellations and timeouts; its job may lose its lease",
                     held_s=round(held, 1),
+                    holder=holder,
                 )
                 self.reported.set()
             elif held_since is not None and beat > held_since:
@@ -92,6 +103,13 @@ class LoopStallMonitor:
                 )
                 held_since = None
                 self.reported.set()
+
+    def _holder(self) -> str | None:
+        """The module whose code the loop's thread is in now, if it is a module's."""
+        try:
+            return self._holding(sys._current_frames().get(self._loop_thread))
+        except RuntimeError:  # what ran changed as it was read (the loop moved on)
+            return None
 
     def _describe(self) -> str:
         try:

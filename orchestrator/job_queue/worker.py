@@ -43,7 +43,7 @@ from orchestrator.job_queue.stall import STALL_SECONDS, LoopStallMonitor
 from orchestrator.stores import JobStore
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.tracing.reconciler import TraceKeeper
-from orchestrator.usecases.execute import CancelKind, JobControl, JobExecutor
+from orchestrator.usecases.execute import CancelKind, JobControl, JobExecutor, module_holding
 from orchestrator.workflow import JobWorkflow
 from otel import context, logs
 from otel.vocabulary import OperationEvent
@@ -100,7 +100,7 @@ class Worker:
         self._clock = clock
         self.in_flight: dict[str, JobControl] = {}
         self._modules_of: dict[str, tuple[str, ...]] = {}
-        self.stall = LoopStallMonitor(self._running, threshold=config.loop_stall_seconds)
+        self.stall = LoopStallMonitor(self._running, holding=module_holding, threshold=config.loop_stall_seconds)
         self.jobs_run = 0
         #: Confirms this process's trace exports and rebuilds lost traces (None: off).
         self.traces: TraceKeeper | None = None

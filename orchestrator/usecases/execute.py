@@ -20,7 +20,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from types import CoroutineType, FrameType
+from typing import Any, Protocol, cast
 
 import anyio
 from opentelemetry import trace
@@ -447,10 +448,25 @@ _RECHECK_SECONDS = 1.0
 #: event loop keeps only weak ones).
 _abandoned_runs: set[_ModuleRun] = set()
 
+#: The module runs in progress by the frame of their coroutine: which module's code holds
+#: the event loop can be told from the loop thread's stack (see :func:`module_holding`).
+_runs_by_frame: dict[FrameType, _ModuleRun] = {}
+
 
 def abandoned_modules() -> list[str]:
     """The modules this process abandoned that are still running, as ``job <id> module <name>``."""
     return sorted(f"job {run.job_id} module {run.name}" for run in _abandoned_runs)
+
+
+def module_holding(frame: FrameType | None) -> str | None:
+    """The module whose code runs at ``frame`` (a thread's current frame, from another
+    thread: the stall monitor's), as ``module <name> of job <id>``; None when none does."""
+    while frame is not None:
+        run = _runs_by_frame.get(frame)
+        if run is not None:
+            return f"module {run.name} of job {run.job_id}"
+        frame = frame.f_back
+    return None
 
 
 def _abandoned(seconds: float) -> str:
@@ -466,7 +482,7 @@ class _ModuleRun:
     raises is kept (``error``), never raised in the task: asyncio lets ``KeyboardInterrupt``
     and ``SystemExit`` out of a task into the event loop, which would stop the worker."""
 
-    __slots__ = ("abandoned", "deadline", "error", "job_id", "name", "started", "summary", "task")
+    __slots__ = ("_frame", "abandoned", "deadline", "error", "job_id", "name", "started", "summary", "task")
 
     def __init__(
         self, module: AnalysisModule, ctx: ModuleContext, analysis: JobAnalysis, span: trace.Span, job: Job
@@ -477,8 +493,13 @@ class _ModuleRun:
         self.error: BaseException | None = None
         self.abandoned = False
         self.started = time.perf_counter()
+        running = cast("CoroutineType[Any, Any, None]", self._run(module, ctx, analysis, span))
+        frame = running.cr_frame
+        assert frame is not None  # not started yet, so not finished either
+        self._frame = frame
+        _runs_by_frame[self._frame] = self
         # The context (the module's span, the log fields) is the caller's, copied.
-        self.task = asyncio.get_running_loop().create_task(self._run(module, ctx, analysis, span))
+        self.task = asyncio.get_running_loop().create_task(running)
 
     async def _run(self, module: AnalysisModule, ctx: ModuleContext, analysis: JobAnalysis, span: trace.Span) -> None:
         try:
@@ -507,6 +528,9 @@ class _ModuleRun:
             with anyio.CancelScope(shield=True):
                 await self._grace(grace)
             raise
+        finally:
+            if self.task.done():
+                _runs_by_frame.pop(self._frame, None)
 
     async def _grace(self, grace: float) -> bool:
         if not self.task.done():
@@ -529,6 +553,7 @@ class _ModuleRun:
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         _abandoned_runs.discard(self)
+        _runs_by_frame.pop(self._frame, None)
         logs.event(
             log,
             logging.INFO,
