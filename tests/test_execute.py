@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,10 @@ def registry(slow: SlowModule | None = None, hopeless: tuple[HopelessModule, ...
             # key JSON has no form for (it was stored as its repr).
             ReturningModule("colliding", {1: "one", "1": "another one"}),
             ReturningModule("tuplekey", {"nested": {(1, 2): "pair"}}),
+            # Over the 256 KiB limit: one long text, and many short numbers (known only
+            # once encoded: 30,000 x 11 characters).
+            ReturningModule("longtext", {"text": "x" * (256 * 1024)}),
+            ReturningModule("numbers", {"numbers": [123456789] * 30_000}),
             BlockingModule(),
             *(RaisingModule(name, raise_) for name, raise_ in RAISERS.items()),
             slow or SlowModule(),
@@ -380,6 +385,21 @@ CASES: dict[str, Expect] = {
         ModuleOutcome.ERROR,
         "ModuleError",
         "not JSON-serialisable: a key of type tuple is not a JSON object key",
+        JobStatus.FAILED,
+        ErrorCategory.MODULE,
+    ),
+    "longtext": Expect(
+        ModuleOutcome.ERROR,
+        "ModuleError",
+        "returned a summary of more than 262144 bytes (limit 262144)",
+        JobStatus.FAILED,
+        ErrorCategory.MODULE,
+    ),
+    "numbers": Expect(
+        ModuleOutcome.ERROR,
+        "ModuleError",
+        # '{"numbers": [' (13), 30,000 x 9 digits, 29,999 x ', ', ']}' (2)
+        "returned a summary of 330013 bytes (limit 262144)",
         JobStatus.FAILED,
         ErrorCategory.MODULE,
     ),
@@ -840,6 +860,27 @@ async def test_a_loop_held_by_code_of_no_module_names_the_jobs_that_ran(
     said = [r.getMessage() for r in caplog.records if r.name == "orchestrator.job_queue.stall"]
     assert any(f"s while job {job.id} (modules slow) ran: code in an async module" in m for m in said), said
     assert not any("by module" in m for m in said), said
+
+
+async def test_a_huge_summary_is_refused_without_being_copied_or_encoded(tmp_path: Path) -> None:
+    """A 64 MB text in a summary was canonicalised and encoded before the size limit was
+    checked (a 200 MB one took 676 MB)."""
+    huge = ReturningModule("huge", {"ok": 1, "nested": [{"text": "y" * (64 * 1024 * 1024)}]})
+    settings = Settings(data_dir=tmp_path / "data", poll_seconds=0.05)
+    async with open_app(settings, registry=ModuleRegistry([huge])) as app:
+        running = await claim(app, await create(app, tmp_path, ["huge"]))
+        tracemalloc.start()
+        try:
+            final = await app.execute.execute(running, control=JobControl(), worker_id="w1")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    result = by_module(final)["huge"]
+    assert (result.outcome, result.error) == (
+        ModuleOutcome.ERROR,
+        "returned a summary of more than 262144 bytes (limit 262144)",
+    )
+    assert peak < 8 * 1024 * 1024, peak  # not one more copy of the text
 
 
 # --- module concurrency ------------------------------------------------------------------------

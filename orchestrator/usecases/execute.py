@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from types import CoroutineType, FrameType
 from typing import Any, Protocol, cast
@@ -41,7 +42,7 @@ from orchestrator.domain import (
     now_ns,
 )
 from orchestrator.domain.errors import new_error_id
-from orchestrator.domain.values import canonical_json
+from orchestrator.domain.values import MAX_DEPTH, canonical_json
 from orchestrator.modules.analysis import AnalysisConfig
 from orchestrator.modules.base import AnalysisModule, ModuleContext
 from orchestrator.modules.budget import Budget
@@ -569,6 +570,9 @@ def _json_summary(value: object) -> dict[str, Any]:
     """A module's summary, checked: a JSON object of bounded size, or a ModuleError."""
     if not isinstance(value, dict):
         raise ModuleError(f"returned {type(value).__name__}, not a JSON object")
+    if _larger_than(value, _MAX_SUMMARY_BYTES):
+        # Before it is copied and encoded: a 200 MB string took 676 MB to be refused.
+        raise ModuleError(f"returned a summary of more than {_MAX_SUMMARY_BYTES} bytes (limit {_MAX_SUMMARY_BYTES})")
     try:
         # The canonical form the store keeps: NaN and infinities as strings, undecodable
         # file names and NUL as escapes, nesting cut at a bounded depth.
@@ -579,6 +583,33 @@ def _json_summary(value: object) -> dict[str, Any]:
     if len(encoded) > _MAX_SUMMARY_BYTES:
         raise ModuleError(f"returned a summary of {len(encoded)} bytes (limit {_MAX_SUMMARY_BYTES})")
     return summary
+
+
+_END = object()
+
+
+def _larger_than(value: object, limit: int) -> bool:
+    """Whether ``value`` encoded as JSON certainly takes more than ``limit`` characters:
+    a lower bound of its size (each text's length, one character for anything else),
+    counted only until it passes ``limit``, without recursion and without copying."""
+    size = 0
+    pending: list[tuple[Iterator[object], int]] = [(iter((value,)), 0)]
+    while pending:
+        items, depth = pending[-1]
+        item = next(items, _END)
+        if item is _END:
+            pending.pop()
+            continue
+        size += 1  # a digit, a quote, a bracket or a separator at least
+        if isinstance(item, str):
+            size += len(item)
+        elif depth < MAX_DEPTH and isinstance(item, dict):  # deeper, it is cut when stored
+            pending.append((itertools.chain.from_iterable(item.items()), depth + 1))
+        elif depth < MAX_DEPTH and isinstance(item, (list, tuple)):
+            pending.append((iter(item), depth + 1))
+        if size > limit:
+            return True
+    return False
 
 
 def _strip(result: ModuleResult) -> ModuleResult:
