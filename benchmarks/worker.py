@@ -58,6 +58,7 @@ async def _run(settings: Settings, telemetry: Telemetry) -> None:
         writes = getattr(app.store, "_terminal_writes", None)
         if writes is not None:
             print(f"terminal transitions: {writes.items} in {writes.groups} writes", file=sys.stderr, flush=True)
+        print(f"claims: {worker.claimed} jobs in {worker.claims} statements", file=sys.stderr, flush=True)
 
 
 def _snapshot_heap(folder: Path, every: float) -> None:

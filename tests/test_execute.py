@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +32,7 @@ from orchestrator.modules.base import BaseModule, ModuleContext, ModuleSummary
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.settings import Settings
 from orchestrator.usecases import CancelKind, JobControl
-from orchestrator.usecases.execute import abandoned_modules, module_holding
+from orchestrator.usecases.execute import abandoned_modules
 from otel.logs import EVENT_KEY, FIELDS_KEY
 from otel.vocabulary import OperationEvent
 

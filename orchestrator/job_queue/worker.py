@@ -102,6 +102,9 @@ class Worker:
         self._modules_of: dict[str, tuple[str, ...]] = {}
         self.stall = LoopStallMonitor(self._running, holding=module_holding, threshold=config.loop_stall_seconds)
         self.jobs_run = 0
+        #: Claim statements sent, and the jobs they claimed (for benchmarks).
+        self.claims = 0
+        self.claimed = 0
         #: Confirms this process's trace exports and rebuilds lost traces (None: off).
         self.traces: TraceKeeper | None = None
         self._stop = anyio.Event()
@@ -183,6 +186,8 @@ class Worker:
                 await self._store_outage("claim", exc, backoff)
                 continue
             backoff.reset()
+            self.claims += 1
+            self.claimed += len(claimed)
             _release(slots, free - len(claimed))
             for job in claimed:
                 self._start(jobs, job, slots)
