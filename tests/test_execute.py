@@ -672,7 +672,7 @@ async def test_a_module_ignoring_its_timeout_for_good_is_abandoned_and_its_job_e
     [(level, message, fields)] = abandonments(caplog)
     assert level == logging.WARNING
     assert message == (
-        "module hopeless it ignored the cancellation for 0.3 s and was abandoned, still running in the worker: "
+        "module hopeless: it ignored the cancellation for 0.3 s and was abandoned, still running in the worker; "
         "its job goes on without it"
     )
     assert (fields["job_id"], fields["module"]) == (final.id, "hopeless")

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import socket
+import sqlite3
 import string
 import time
 from collections.abc import Iterator
@@ -691,8 +692,14 @@ def test_a_module_blocked_in_a_read_does_not_stop_shutdown(tmp_path: Path) -> No
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: security-blocker\nVersion: 0.0\n")
     (dist / "entry_points.txt").write_text("[orchestrator.modules]\nblocker = security_blocker:Blocker\n")
-    grace = 2.0
-    env = serve_env(tmp_path / "data", source_roots=root, load_entry_points="true", shutdown_grace_seconds=grace)
+    grace, abandon = 2.0, 1.0
+    env = serve_env(
+        tmp_path / "data",
+        source_roots=root,
+        load_entry_points="true",
+        shutdown_grace_seconds=grace,
+        module_abandon_seconds=abandon,
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")]))
     served = start_serve(tmp_path / "data", "--workers-in-process", "1", env=env)
     try:
@@ -715,8 +722,19 @@ def test_a_module_blocked_in_a_read_does_not_stop_shutdown(tmp_path: Path) -> No
         code = served.stop(timeout=grace + 20)
         took = time.monotonic() - started
     assert code == 0, served.output()[-2000:]
-    assert took < grace + 8, f"serve took {took:.1f} s to stop with a {grace} s grace"
-    assert "a module does not honour cancellation" in served.output()
+    assert took < grace + abandon + 8, f"serve took {took:.1f} s to stop with a {grace} s grace"
+    # The module, deaf to its cancellation, was abandoned: its job went back to the queue
+    # at once (it used to stay Running until its lease expired, the process killed by its
+    # exit watchdog), and the thread it left blocked does not hold the exit.
+    output = served.output()
+    assert "module blocker: it ignored the cancellation for 1 s and was abandoned" in output, output[-3000:]
+    assert "leaving 1 blocked thread(s) behind at exit: AnyIO worker thread" in output
+    database = sqlite3.connect(tmp_path / "data" / "orchestrator.db")
+    try:
+        status, reason = database.execute("SELECT status, reason FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    finally:
+        database.close()
+    assert (status, reason) == ("queued", "worker_shutdown")
 
 
 # -- a source swapped for a symlink while its job waited in the queue ----------------------

@@ -172,7 +172,9 @@ async def _serve(
         for warning in warnings:
             logs.event(log, logging.WARNING, OperationEvent.API_SECURITY, warning)
         async with anyio.create_task_group() as services:
-            watchdog = ExitWatchdog(settings.shutdown_grace_seconds + EXIT_MARGIN_SECONDS, flush=telemetry.flush)
+            # The grace, the time a module ignoring its cancellation gets, the margin.
+            seconds = settings.shutdown_grace_seconds + settings.module_abandon_seconds + EXIT_MARGIN_SECONDS
+            watchdog = ExitWatchdog(seconds, flush=telemetry.flush)
             # Started (its handler installed) before serve announces itself: a SIGTERM from
             # then on is a graceful stop, never an interrupted start-up.
             await services.start(_stop_on_signal, server, workers, watchdog)

@@ -74,7 +74,10 @@ async def worker(ctx: Context) -> int:
             "Ctrl-C or SIGTERM to stop",
             style="dim",
         )
-        watchdog = ExitWatchdog(w.config.shutdown_grace_seconds + EXIT_MARGIN_SECONDS, flush=ctx.telemetry.flush)
+        # The grace, then the time a module ignoring its cancellation is given before it is
+        # abandoned (its job requeued all the same), then the margin.
+        seconds = w.config.shutdown_grace_seconds + app.settings.module_abandon_seconds + EXIT_MARGIN_SECONDS
+        watchdog = ExitWatchdog(seconds, flush=ctx.telemetry.flush)
         async with anyio.create_task_group() as tg:
             # Started (its handler installed) before the worker announces itself: a SIGTERM
             # from then on is a graceful stop, never an interrupted start-up.

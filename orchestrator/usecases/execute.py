@@ -545,7 +545,7 @@ class _ModuleRun:
             log,
             logging.WARNING,
             OperationEvent.MODULE_ABANDONED,
-            f"module {self.name} {_abandoned(grace)}: its job goes on without it",
+            f"module {self.name}: {_abandoned(grace)}; its job goes on without it",
             module=self.name,
             job_id=self.job_id,
             seconds=grace,
