@@ -195,6 +195,37 @@ class HopelessModule(BaseModule):
             self._released.set()
 
 
+class AnsweringModule(BaseModule):
+    """Answers its job's cancellation with something of its own: kept as its outcome."""
+
+    expected_runtime: ClassVar[float] = 1.0
+    timeout: ClassVar[float] = 30.0
+
+    def __init__(self, name: str, answer: Callable[[], ModuleSummary]) -> None:
+        self.name = name  # type: ignore[misc]
+        self._answer = answer
+        self.started = 0
+
+    async def run(self, context: ModuleContext) -> ModuleSummary:
+        self.started += 1
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            return self._answer()
+        return {}
+
+
+def _raise(exc: BaseException) -> ModuleSummary:
+    raise exc
+
+
+ANSWERS: dict[str, tuple[Callable[[], ModuleSummary], ModuleOutcome, str | None]] = {
+    "answer_summary": (lambda: {"partial": True}, ModuleOutcome.OK, None),
+    "answer_error": (lambda: _raise(ModuleError("stopped half way")), ModuleOutcome.ERROR, "stopped half way"),
+    "answer_panic": (lambda: _raise(RuntimeError("oops")), ModuleOutcome.PANIC, "RuntimeError (a panic; error id"),
+}
+
+
 RAISERS: dict[str, Callable[[], BaseException]] = {
     "interrupting": KeyboardInterrupt,
     "genexit": GeneratorExit,
@@ -268,6 +299,7 @@ def registry(slow: SlowModule | None = None, hopeless: tuple[HopelessModule, ...
             ReturningModule("longtext", {"text": "x" * (256 * 1024)}),
             ReturningModule("numbers", {"numbers": [123456789] * 30_000}),
             BlockingModule(),
+            *(AnsweringModule(name, answer) for name, (answer, _, _) in ANSWERS.items()),
             *(RaisingModule(name, raise_) for name, raise_ in RAISERS.items()),
             slow or SlowModule(),
         ]
@@ -291,7 +323,7 @@ def hopeless() -> tuple[HopelessModule, HopelessModule]:
 @pytest.fixture
 async def app(tmp_path: Path, slow: SlowModule, hopeless: tuple[HopelessModule, ...]) -> AsyncIterator[App]:
     settings = Settings(
-        data_dir=tmp_path / "data", poll_seconds=0.05, cancel_poll_seconds=0.1, module_abandon_seconds=0.3
+        data_dir=tmp_path / "data", poll_seconds=0.05, cancel_poll_seconds=0.1, module_abandon_seconds=1.0
     )
     try:
         async with open_app(settings, registry=registry(slow, hopeless)) as opened:
@@ -661,18 +693,18 @@ async def test_a_module_ignoring_its_timeout_for_good_is_abandoned_and_its_job_e
     assert (final.status, final.error_category) == (JobStatus.FAILED, ErrorCategory.MODULE_TIMEOUT)
     assert results["hopeless"].outcome is ModuleOutcome.TIMEOUT
     assert results["hopeless"].error == (
-        "exceeded its 0.2 s timeout (it ignored the cancellation for 0.3 s and was abandoned, "
+        "exceeded its 0.2 s timeout (it ignored the cancellation for 1 s and was abandoned, "
         "still running in the worker)"
     )
     assert results["hopeless"].error_type == "TimeoutError"
-    assert 490 <= results["hopeless"].duration_ms < 4000  # its timeout and the grace
+    assert 1190 <= results["hopeless"].duration_ms < 4000  # its timeout and the grace
     assert results["ok"].outcome is ModuleOutcome.OK
     assert (module.started, module.ended) == (1, 0)
     assert abandoned_modules() == [f"job {final.id} module hopeless"]
     [(level, message, fields)] = abandonments(caplog)
     assert level == logging.WARNING
     assert message == (
-        "module hopeless: it ignored the cancellation for 0.3 s and was abandoned, still running in the worker; "
+        "module hopeless: it ignored the cancellation for 1 s and was abandoned, still running in the worker; "
         "its job goes on without it"
     )
     assert (fields["job_id"], fields["module"]) == (final.id, "hopeless")
@@ -720,15 +752,49 @@ async def test_a_module_ignoring_its_jobs_cancellation_is_abandoned_after_the_gr
         with anyio.fail_after(4):  # not for good
             while "job" not in outcome:
                 await anyio.sleep(0.01)
-    assert time.perf_counter() - cancelled_at >= 0.3  # it had the grace
+    assert time.perf_counter() - cancelled_at >= 1.0  # it had the grace
     final = outcome["job"]
     assert (final.status, final.reason) == (status, "stopped by the test")
     result = by_module(final)["hopeless_long"]
     assert result.outcome is ModuleOutcome.CANCELLED
     assert result.error == (
-        "cancelled (it ignored the cancellation for 0.3 s and was abandoned, still running in the worker)"
+        "cancelled (it ignored the cancellation for 1 s and was abandoned, still running in the worker)"
     )
     assert abandoned_modules() == [f"job {final.id} module hopeless_long"]
+
+
+@pytest.mark.parametrize("name", list(ANSWERS))
+async def test_a_module_answering_its_jobs_cancellation_keeps_its_own_outcome(
+    app: App, tmp_path: Path, name: str
+) -> None:
+    """A module that returns a summary, or raises, when its job is cancelled: its outcome
+    is what it did (as before modules ran in tasks of their own), the job Cancelled."""
+    _, outcome, error = ANSWERS[name]
+    module = app.registry.get(name)
+    assert isinstance(module, AnsweringModule)
+    running = await claim(app, await create(app, tmp_path, [name]))
+    control = JobControl()
+    finals: list[Job] = []
+
+    async def execute() -> None:
+        finals.append(await app.execute.execute(running, control=control, worker_id="w1"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(execute)
+        with anyio.fail_after(2):
+            while not module.started:
+                await anyio.sleep(0.01)
+        control.cancel(CancelKind.USER, "stopped by the test")
+    [final] = finals
+    assert (final.status, final.reason) == (JobStatus.CANCELLED, "stopped by the test")
+    result = by_module(final)[name]
+    assert result.outcome is outcome
+    if error is None:
+        assert (result.error, result.summary) == (None, {"partial": True})
+    else:
+        assert result.error is not None
+        assert result.error.startswith(error), result.error
+        assert result.summary == {}
 
 
 async def test_fail_fast_abandons_a_sibling_that_ignores_its_cancellation(

@@ -65,3 +65,16 @@ def test_reports_from_many_threads_are_safe() -> None:
     reporter.finish()
     assert seen[-1].final
     assert sum(1 for u in seen if u.milestone) == 3
+
+
+def test_nothing_is_reported_after_the_final_update() -> None:
+    """A module abandoned while still running (it ignored its cancellation) went on
+    reporting after its final update, to listeners and to its ended span."""
+    seen: list[ModuleProgress] = []
+    reporter = ProgressReporter("j", "m", seen.append, interval=0.0)
+    reporter.report(3, 10)
+    reporter.finish()
+    reporter.report(7, 10)
+    reporter.report(10, 10)
+    assert [(u.done, u.final) for u in seen] == [(3, False), (3, True)]
+    assert reporter.latest == (3, 10)

@@ -8,6 +8,7 @@ exits 1. No traceback is shown for either.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -276,10 +277,13 @@ def _main(argv: Sequence[str] | None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm)
     handler: Handler = args.handler
     try:
+        guard = _AbandonedExit(telemetry)
         try:
-            code = anyio.run(_leaving, handler, Context(args, settings, telemetry))
+            code = anyio.run(_leaving, handler, Context(args, settings, telemetry), guard)
         except BaseExceptionGroup as group:
             raise _alone(group) from None  # a task group's wrapping of one error
+        finally:
+            guard.disarm()
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
     except OrchestratorError as exc:
@@ -303,25 +307,58 @@ def _main(argv: Sequence[str] | None) -> int:
 ABANDONED_EXIT_SECONDS = 2.0
 
 
-async def _leaving(handler: Handler, ctx: Context) -> int:
-    """The command; then, if modules it abandoned (they ignored their cancellation) still
-    run, the process exits without waiting for them past ``ABANDONED_EXIT_SECONDS``."""
-    code = EXIT_FAILED
+class _AbandonedExit:
+    """Ends the process when modules its command abandoned (they ignored their
+    cancellation) hold its exit: armed as the command ends, disarmed once the event loop
+    is closed, when everything else runs as usual."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+        self._watchdog: ExitWatchdog | None = None
+
+    def arm(self, code: int, error: str | None = None) -> None:
+        left = abandoned_modules()
+        if not left:
+            return
+        # What the command wrote (run --json's result) must not stay in a buffer os._exit drops.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        message = (
+            f"abandoned module{'s' if len(left) > 1 else ''} still running ({'; '.join(left)}): "
+            "exiting without waiting for them"
+        )
+        if error is not None:
+            message = f"error: {_one_line(error)}; {message}"
+        self._watchdog = ExitWatchdog(
+            ABANDONED_EXIT_SECONDS, flush=self._telemetry.flush, exit_code=code, message=message
+        )
+        self._watchdog.arm()
+
+    def disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+
+
+async def _leaving(handler: Handler, ctx: Context, guard: _AbandonedExit) -> int:
+    """The command, then ``guard`` armed with its exit code (and error, if it failed)."""
     try:
         code = await handler(ctx)
-        return code
-    finally:
-        left = abandoned_modules()
-        if left:
-            ExitWatchdog(
-                ABANDONED_EXIT_SECONDS,
-                flush=ctx.telemetry.flush,
-                exit_code=code,
-                message=(
-                    f"abandoned module{'s' if len(left) > 1 else ''} still running ({'; '.join(left)}): "
-                    "exiting without waiting for them"
-                ),
-            ).arm()
+    except BaseException as exc:
+        guard.arm(*_exit_of(exc))
+        raise
+    guard.arm(code)
+    return code
+
+
+def _exit_of(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the error line ``_main`` gives a command's exception."""
+    if isinstance(exc, BaseExceptionGroup):
+        exc = _alone(exc)
+    if isinstance(exc, OrchestratorError):
+        return (EXIT_USAGE if exc.category in _USER_ERRORS else EXIT_FAILED), exc.message
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    return EXIT_FAILED, f"{type(exc).__name__}: {exc}"
 
 
 def _sigterm(signum: int, frame: object) -> None:
@@ -394,12 +431,15 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _fail(message: str, code: int) -> int:
+    print(f"orchestrator: error: {_one_line(message)}", file=sys.stderr)
+    return code
+
+
+def _one_line(message: str) -> str:
     # One line, always. Multi-line messages (a database driver's "...\n\tIs the server
     # running...") become one sentence; other control characters are shown escaped.
     message = _LINE_BREAKS.sub(" ", message.strip())
-    message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
-    print(f"orchestrator: error: {message}", file=sys.stderr)
-    return code
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
 
 
 def print_json(value: Any) -> None:

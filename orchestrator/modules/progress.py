@@ -63,12 +63,15 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._last_sent: float | None = None
         self._milestones_passed = 0
+        self._finished = False
         self.latest: tuple[int, int | None] | None = None
 
     def report(self, done: int, total: int | None) -> None:
         if done < 0 or (total is not None and total < 0):
             raise ValueError("progress counts are never negative")
         with self._lock:
+            if self._finished:
+                return  # after the final update (a module abandoned, still running): nobody listens
             self.latest = (done, total)
             milestone = False
             if total:
@@ -86,6 +89,7 @@ class ProgressReporter:
     def finish(self) -> None:
         """The final update (the module has finished), with the last counts reported."""
         with self._lock:
+            self._finished = True
             done, total = self.latest or (0, None)
         self._deliver(ModuleProgress(self._job_id, self._module, done, total, final=True))
 

@@ -18,6 +18,7 @@ import enum
 import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -214,8 +215,8 @@ class ExecuteAnalysisJobUseCase:
         with control.scope:
             async with analysis:
                 if total == 1:
-                    # One module runs in the job's own task: a task group would only add a
-                    # task, its handle and their cancel scopes.
+                    # One module is waited for in the job's own task: a task group would
+                    # only add a task, its handle and their cancel scopes.
                     await self._run_module(job, job.modules[0], limiter, on_result, analysis)
                 else:
                     async with anyio.create_task_group() as tg:
@@ -245,45 +246,22 @@ class ExecuteAnalysisJobUseCase:
                 span = self._telemetry.module_started(job, name, module.version, module.expected_runtime)
                 ctx = analysis.context(name, span)
                 started_ns, started = self._clock(), time.perf_counter()
-                outcome, summary, error = ModuleOutcome.OK, {}, None
+                outcome, error = ModuleOutcome.OK, None
+                summary: dict[str, Any] = {}
                 exc: BaseException | None = None
+                interrupted: BaseException | None = None
                 # In a task of its own: one that ignores its cancellation can be abandoned.
                 run = _ModuleRun(module, ctx, analysis, span, job)
                 try:
-                    ended = await run.finish(self._abandon_seconds)
-                    deadline = run.deadline
-                    if not ended:
-                        error = f"{_timed_out(analysis, module)} ({_abandoned(self._abandon_seconds)})"
-                        outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
-                    elif deadline.cancel_called:  # its deadline passed
-                        error = _timed_out(analysis, module)
-                        if run.error is not None:
-                            # Its timeout's cancellation, turned into an error of its own.
-                            error += f" (it raised {type(run.error).__name__} when cancelled)"
-                        elif not deadline.cancelled_caught:  # it swallowed the cancellation
-                            late = time.perf_counter() - started
-                            error += f" (it ignored the cancellation and returned after {late:.1f} s)"
-                        outcome, exc = ModuleOutcome.TIMEOUT, TimeoutError(error)
-                    elif isinstance(run.error, ModuleError):
-                        outcome, error, exc = ModuleOutcome.ERROR, run.error.message, run.error
-                    elif run.error is not None:
-                        # Anything else the module raised is a panic: an exception,
-                        # SystemExit, KeyboardInterrupt, GeneratorExit, a group, a
-                        # cancellation nobody asked for (it took the worker down). The
-                        # reason names the exception's type only: its message may quote the
-                        # analysed data. The traceback goes to the worker's log, at the source.
-                        kind = type(run.error).__name__
-                        error = f"{kind} (a panic; error id {new_error_id()}, details in the worker log)"
-                        outcome, exc = ModuleOutcome.PANIC, run.error
-                    else:
-                        summary = run.summary
-                except BaseException:
-                    # This task is being cancelled (the job's cancel, a fail-fast, a
-                    # shutdown): the module was asked to stop, and abandoned if it did not.
-                    outcome, error = ModuleOutcome.CANCELLED, "cancelled"
-                    if run.abandoned:
-                        error += f" ({_abandoned(self._abandon_seconds)})"
-                    raise
+                    try:
+                        await run.finish(self._abandon_seconds)
+                    except BaseException as cancelled:  # noqa: BLE001 - raised again below
+                        # This task is being cancelled (the job's cancel, a fail-fast, a
+                        # shutdown): the module was asked to stop too, and waited for.
+                        interrupted = cancelled
+                    outcome, summary, error, exc = run.outcome(
+                        _timed_out(analysis, module), interrupted=interrupted is not None
+                    )
                 finally:
                     if outcome is not ModuleOutcome.OK:
                         ctx.cancel()  # stops the module's worker threads
@@ -293,6 +271,8 @@ class ExecuteAnalysisJobUseCase:
                     result = _result(module, job, outcome, started_ns, elapsed, summary, error, exc, budget)
                     self._telemetry.module_finished(job, span, result, exc)
                     on_result(result)
+                if interrupted is not None:
+                    raise interrupted
 
     def _not_started(self, job: Job, name: str) -> ModuleResult:
         module = self._registry.get(name)
@@ -441,10 +421,6 @@ def _timed_out(analysis: JobAnalysis, module: AnalysisModule) -> str:
     return f"exceeded its {analysis.budgets.current(module).timeout_s:g} s timeout"
 
 
-#: How often a module's deadline is looked at again while it is not known yet (its budget
-#: sets it once its task starts, and moves it while the job's files are walked).
-_RECHECK_SECONDS = 1.0
-
 #: Modules abandoned by this process that are still running (a strong reference each: the
 #: event loop keeps only weak ones).
 _abandoned_runs: set[_ModuleRun] = set()
@@ -456,6 +432,8 @@ _runs_by_frame: dict[FrameType, _ModuleRun] = {}
 
 def abandoned_modules() -> list[str]:
     """The modules this process abandoned that are still running, as ``job <id> module <name>``."""
+    for run in [run for run in _abandoned_runs if run.task.get_loop().is_closed()]:
+        _abandoned_runs.discard(run)  # its event loop is gone (an earlier command of this process)
     return sorted(f"job {run.job_id} module {run.name}" for run in _abandoned_runs)
 
 
@@ -483,61 +461,80 @@ class _ModuleRun:
     raises is kept (``error``), never raised in the task: asyncio lets ``KeyboardInterrupt``
     and ``SystemExit`` out of a task into the event loop, which would stop the worker."""
 
-    __slots__ = ("_frame", "abandoned", "deadline", "error", "job_id", "name", "started", "summary", "task")
+    __slots__ = (
+        "_frame",
+        "_grace_ends",
+        "abandoned",
+        "deadline",
+        "error",
+        "grace",
+        "job_id",
+        "name",
+        "started",
+        "summary",
+        "task",
+    )
 
     def __init__(
         self, module: AnalysisModule, ctx: ModuleContext, analysis: JobAnalysis, span: trace.Span, job: Job
     ) -> None:
         self.name, self.job_id = module.name, job.id
-        self.deadline = anyio.CancelScope()
         self.summary: dict[str, Any] = {}
         self.error: BaseException | None = None
         self.abandoned = False
+        self.grace = 0.0
+        self._grace_ends: float | None = None
         self.started = time.perf_counter()
-        running = cast("CoroutineType[Any, Any, None]", self._run(module, ctx, analysis, span))
+        # The deadline is set here, in the job's task, so that it waits for the module
+        # knowing it (the budget only moves it later, once the job's files are walked).
+        self.deadline = anyio.CancelScope()
+        analysis.start(module, self.deadline, ctx)
+        running = cast("CoroutineType[Any, Any, None]", self._run(module, ctx, span))
         frame = running.cr_frame
         assert frame is not None  # not started yet, so not finished either
         self._frame = frame
-        _runs_by_frame[self._frame] = self
+        _runs_by_frame[frame] = self
         # The context (the module's span, the log fields) is the caller's, copied.
-        self.task = asyncio.get_running_loop().create_task(running)
+        self.task = asyncio.get_running_loop().create_task(running, name=f"module:{module.name}:{job.id}")
 
-    async def _run(self, module: AnalysisModule, ctx: ModuleContext, analysis: JobAnalysis, span: trace.Span) -> None:
+    async def _run(self, module: AnalysisModule, ctx: ModuleContext, span: trace.Span) -> None:
         try:
             # A deadline, not fail_after: a TimeoutError the module's own code raises (a
-            # network call) is a panic, not the hard timeout. The budget moves the deadline
-            # once the tree's size is known.
+            # network call) is a panic, not the hard timeout.
             with as_current(span), self.deadline:
-                analysis.start(module, self.deadline, ctx)
                 self.summary = _json_summary(await module.run(ctx))
         except BaseException as exc:  # noqa: BLE001 - the job's task decides what it was
             self.error = exc
 
-    async def finish(self, grace: float) -> bool:
-        """Wait for the module to end: False when it was abandoned after its deadline. When
-        this task is cancelled, the module is cancelled too, and waited for as long."""
+    async def finish(self, grace: float) -> None:
+        """Wait for the module to end, or abandon it ``grace`` seconds after its deadline.
+        When this task is cancelled, the module is cancelled too, and waited for as long
+        (the rest of the grace if it had begun)."""
+        self.grace = grace
         try:
             while not self.task.done():
                 now, due = anyio.current_time(), self.deadline.deadline
                 if self.deadline.cancel_called or now >= due:
                     self.deadline.cancel()
-                    return await self._grace(grace)
-                await asyncio.wait((self.task,), timeout=min(due - now, _RECHECK_SECONDS))
-            return True
+                    await self._grace()
+                    return
+                await asyncio.wait((self.task,), timeout=None if due == math.inf else due - now)
         except BaseException:
             self.deadline.cancel()
             with anyio.CancelScope(shield=True):
-                await self._grace(grace)
+                await self._grace()
             raise
         finally:
             if self.task.done():
                 _runs_by_frame.pop(self._frame, None)
 
-    async def _grace(self, grace: float) -> bool:
+    async def _grace(self) -> None:
+        if self._grace_ends is None:
+            self._grace_ends = anyio.current_time() + self.grace
         if not self.task.done():
-            await asyncio.wait((self.task,), timeout=grace)
-        if self.task.done():
-            return True
+            await asyncio.wait((self.task,), timeout=max(0.0, self._grace_ends - anyio.current_time()))
+        if self.task.done() or self.abandoned:
+            return
         self.abandoned = True
         _abandoned_runs.add(self)
         self.task.add_done_callback(self._ended)
@@ -545,25 +542,71 @@ class _ModuleRun:
             log,
             logging.WARNING,
             OperationEvent.MODULE_ABANDONED,
-            f"module {self.name}: {_abandoned(grace)}; its job goes on without it",
+            f"module {self.name}: {_abandoned(self.grace)}; its job goes on without it",
             module=self.name,
             job_id=self.job_id,
-            seconds=grace,
+            seconds=self.grace,
         )
-        return False
+
+    def outcome(
+        self, timed_out: str, *, interrupted: bool
+    ) -> tuple[ModuleOutcome, dict[str, Any], str | None, BaseException | None]:
+        """(outcome, summary, error, exception) of the run once :meth:`finish` is done.
+        ``interrupted``: the job's task was cancelled (and the module with it); ``timed_out``
+        says which timeout it exceeded."""
+        deadline, error = self.deadline, self.error
+        if self.abandoned:
+            if interrupted:
+                return ModuleOutcome.CANCELLED, {}, f"cancelled ({_abandoned(self.grace)})", None
+            reason = f"{timed_out} ({_abandoned(self.grace)})"
+            return ModuleOutcome.TIMEOUT, {}, reason, TimeoutError(reason)
+        if interrupted:
+            if deadline.cancelled_caught or (error is not None and _is_cancellation(error)):
+                return ModuleOutcome.CANCELLED, {}, "cancelled", None
+            # It answered its job's cancellation with a result or an error of its own: kept.
+        elif deadline.cancel_called:  # its deadline passed
+            if error is not None:
+                # Its timeout's cancellation, turned into an error of its own.
+                reason = f"{timed_out} (it raised {type(error).__name__} when cancelled)"
+            elif not deadline.cancelled_caught:  # it swallowed the cancellation
+                late = time.perf_counter() - self.started
+                reason = f"{timed_out} (it ignored the cancellation and returned after {late:.1f} s)"
+            else:
+                reason = timed_out
+            return ModuleOutcome.TIMEOUT, {}, reason, TimeoutError(reason)
+        if isinstance(error, ModuleError):
+            return ModuleOutcome.ERROR, {}, error.message, error
+        if error is not None:
+            # Anything else the module raised is a panic: an exception, SystemExit,
+            # KeyboardInterrupt, GeneratorExit, a group, a cancellation nobody asked for (it
+            # took the worker down). The reason names the exception's type only: its message
+            # may quote the analysed data. The traceback goes to the worker's log, at the source.
+            reason = f"{type(error).__name__} (a panic; error id {new_error_id()}, details in the worker log)"
+            return ModuleOutcome.PANIC, {}, reason, error
+        return ModuleOutcome.OK, self.summary, None, None
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         _abandoned_runs.discard(self)
         _runs_by_frame.pop(self._frame, None)
+        how = "" if self.error is None else f" with {type(self.error).__name__}"
         logs.event(
             log,
             logging.INFO,
             OperationEvent.MODULE_ABANDONED,
-            f"abandoned module {self.name} ended after {time.perf_counter() - self.started:.1f} s",
+            f"abandoned module {self.name} ended{how} after {time.perf_counter() - self.started:.1f} s",
             module=self.name,
             job_id=self.job_id,
             ended=True,
+            error_type=type(self.error).__name__ if self.error is not None else None,
         )
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """A cancellation, or a group of nothing else (a module's own task group cancelled)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(cancelled)[1] is None
+    return isinstance(exc, cancelled)
 
 
 def _json_summary(value: object) -> dict[str, Any]:
