@@ -52,6 +52,7 @@ class App:
             reap_seconds=s.reap_seconds,
             max_attempts=s.max_attempts,
             shutdown_grace_seconds=s.shutdown_grace_seconds,
+            max_abandoned_modules=s.max_abandoned_modules,
         )
         worker = Worker(self.workflow, executor or self.execute, self.telemetry, config, worker_id=worker_id)
         if self.deliveries is not None:

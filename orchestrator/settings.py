@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     #: A module still running this long after its timeout or its job's cancellation was
     #: delivered (it ignores cancellation) is abandoned: its job goes on without it.
     module_abandon_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: Abandoned modules still running at which a worker stops claiming and stops (its
+    #: supervisor starts a fresh process): each keeps its memory, and maybe a core.
+    max_abandoned_modules: int = Field(default=8, ge=1, le=10_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     #: Load third-party modules from the ``orchestrator.modules`` entry-point group.

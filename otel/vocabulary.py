@@ -72,6 +72,8 @@ class OperationEvent(enum.StrEnum):
     #: A module that ignored its cancellation past the grace, left running (warning), and
     #: when it ends at last (info, ``ended``).
     MODULE_ABANDONED = "job.module.abandoned"
+    #: A worker stopping because too many modules it abandoned still run (error).
+    WORKER_RECYCLE = "worker.recycle"
     TELEMETRY_EXPORT_FAILED = "telemetry.export_failed"
     #: The Prometheus scrape endpoint a process started (OTEL_METRICS_EXPORTER=prometheus).
     TELEMETRY_PROMETHEUS = "telemetry.prometheus"

@@ -8,11 +8,14 @@ command whose handler runs a job of a deaf module, then ends as the case says.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from api_helpers import serve_env, start_serve
+from cli_helpers import write_plugin
 
 SCRIPT = '''
 import sys
@@ -126,3 +129,32 @@ def test_a_module_ending_at_exit_lets_the_process_end_as_usual(tmp_path: Path) -
     assert '"status": "failed"' in done.stdout
     assert "telemetry shut down" in done.stderr
     assert "exiting without waiting" not in done.stderr, done.stderr
+
+
+def test_serve_whose_worker_abandoned_its_limit_of_modules_exits_75(tmp_path: Path) -> None:
+    """Past the limit of abandoned modules, serve's in-process worker stops and serve with
+    it (EX_TEMPFAIL), for its supervisor to start a fresh process."""
+    root = tmp_path / "root"
+    (root / "project").mkdir(parents=True)
+    env = serve_env(
+        tmp_path / "data",
+        source_roots=root,
+        load_entry_points="true",
+        module_abandon_seconds=0.3,
+        max_abandoned_modules=1,
+    )
+    plugins = write_plugin(tmp_path / "plugins")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
+    served = start_serve(tmp_path / "data", "--workers-in-process", "1", env=env)
+    try:
+        with served.client() as client:
+            job = {"project_id": "p", "source": str(root / "project"), "modules": ["deaf"]}
+            created = client.post("/v1/jobs", json=job)
+            assert created.status_code == 201, created.text
+        code = served.popen.wait(timeout=60)
+    finally:
+        served.stop()
+    output = served.output()
+    assert code == 75, output[-3000:]
+    assert '"event": "worker.recycle"' in output
+    assert "abandoned module still running" in output  # and it did not wait for it

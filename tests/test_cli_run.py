@@ -248,6 +248,28 @@ def test_run_ends_a_job_whose_module_ignores_its_timeout_and_exits_without_waiti
     assert (row["status"], row["lease_owner"]) == ("failed", None)
 
 
+def test_a_worker_that_abandoned_its_limit_of_modules_exits_75_for_its_supervisor(env: Env) -> None:
+    """Abandoned modules keep their memory (and may spin a core): past the limit the worker
+    stops claiming and exits EX_TEMPFAIL, for systemd or Docker to start a fresh one."""
+    ids = []
+    for _ in range(2):
+        submitted = env.run("submit", "--source", str(env.cwd / "src"), "--modules", "deaf", "--json")
+        assert submitted.returncode == 0, submitted.stderr
+        ids.append(json.loads(submitted.stdout)["id"])
+    done = env.run(
+        "worker", "--concurrency", "1",
+        env={"ORCHESTRATOR_MODULE_ABANDON_SECONDS": "0.3", "ORCHESTRATOR_MAX_ABANDONED_MODULES": "1"},
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 75, done.stderr[-3000:]
+    assert "stopped: too many modules it abandoned still run (ORCHESTRATOR_MAX_ABANDONED_MODULES=1); exit 75" in (
+        done.stderr
+    ), done.stderr[-3000:]
+    assert '"event": "worker.recycle"' in done.stderr
+    rows = [job_row(env.data_dir / "orchestrator.db", job_id) for job_id in ids]
+    assert [(row or {}).get("status") for row in rows] == ["failed", "queued"]  # the second for a fresh worker
+
+
 def _read_pty(fd: int) -> str:
     chunks = []
     while True:

@@ -797,6 +797,28 @@ async def test_a_module_answering_its_jobs_cancellation_keeps_its_own_outcome(
         assert result.summary == {}
 
 
+async def test_a_worker_stops_claiming_once_it_abandoned_its_limit_of_modules(
+    app: App, tmp_path: Path, hopeless: tuple[HopelessModule, HopelessModule], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each abandoned module keeps its memory and CPU: past the limit the worker stops,
+    for its supervisor to start a fresh process, instead of piling them up."""
+    caplog.set_level(logging.ERROR, logger="orchestrator.job_queue.worker")
+    jobs = [await create(app, tmp_path, ["hopeless"]) for _ in range(3)]
+    config = WorkerConfig(concurrency=1, max_abandoned_modules=2, shutdown_grace_seconds=0)
+    worker = Worker(app.workflow, app.execute, app.telemetry, config, worker_id="recycled")
+    with anyio.fail_after(10):
+        await worker.run()  # returns by itself
+    assert worker.recycled
+    for job in jobs[:2]:
+        assert (await app.store.get(job.id)).error_category is ErrorCategory.MODULE_TIMEOUT
+    assert (await app.store.get(jobs[2].id)).status is JobStatus.QUEUED  # left to a fresh worker
+    said = [r.getMessage() for r in caplog.records if getattr(r, EVENT_KEY, None) == OperationEvent.WORKER_RECYCLE]
+    assert said == [
+        "2 modules abandoned by this process still run (limit 2, ORCHESTRATOR_MAX_ABANDONED_MODULES): "
+        "this worker stops claiming and stops, for its supervisor to start a fresh process"
+    ]
+
+
 async def test_fail_fast_abandons_a_sibling_that_ignores_its_cancellation(
     app: App, tmp_path: Path, hopeless: tuple[HopelessModule, HopelessModule]
 ) -> None:

@@ -30,6 +30,7 @@ from orchestrator.bootstrap import open_app
 from orchestrator.domain import InvalidRequest, OrchestratorError
 from orchestrator.job_queue import Worker
 from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog, exit_at_once
+from orchestrator.job_queue.worker import EXIT_RECYCLE
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.usecases.sources import is_pseudo_filesystem
@@ -190,12 +191,18 @@ async def _serve(
                 services.start_soon(app.dispatcher().run)
             async with anyio.create_task_group() as running:
                 for worker in workers:
-                    running.start_soon(worker.run)
+                    running.start_soon(_run_worker, worker, server)
                 await server.serve(sockets=[sock])
                 for worker in workers:
                     worker.stop()
             services.cancel_scope.cancel()
-    return 0
+    return EXIT_RECYCLE if any(worker.recycled for worker in workers) else 0
+
+
+async def _run_worker(worker: Worker, server: uvicorn.Server) -> None:
+    await worker.run()
+    if worker.recycled:  # the whole process goes, for its supervisor to start a fresh one
+        server.should_exit = True
 
 
 async def _stop_on_signal(

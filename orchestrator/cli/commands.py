@@ -31,6 +31,7 @@ from orchestrator.domain import (
 )
 from orchestrator.job_queue import Worker
 from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog, exit_at_once
+from orchestrator.job_queue.worker import EXIT_RECYCLE
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.serialization import entry_json, job_json, timestamp
 
@@ -86,6 +87,14 @@ async def worker(ctx: Context) -> int:
                 tg.start_soon(app.dispatcher().run)
             await w.run()
             tg.cancel_scope.cancel()
+        if w.recycled:
+            render.err_console.print(
+                f"worker {w.worker_id} stopped: too many modules it abandoned still run "
+                f"(ORCHESTRATOR_MAX_ABANDONED_MODULES={w.config.max_abandoned_modules}); exit {EXIT_RECYCLE}, "
+                "for its supervisor to start a fresh process",
+                style="red",
+            )
+            return EXIT_RECYCLE
         return 0
 
     return await with_app(ctx, go)

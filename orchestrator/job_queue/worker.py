@@ -25,6 +25,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -43,14 +44,26 @@ from orchestrator.job_queue.stall import STALL_SECONDS, LoopStallMonitor
 from orchestrator.stores import JobStore
 from orchestrator.telemetry import JobTelemetry
 from orchestrator.tracing.reconciler import TraceKeeper
-from orchestrator.usecases.execute import CancelKind, JobControl, JobExecutor, module_holding
+from orchestrator.usecases.execute import (
+    CancelKind,
+    JobControl,
+    JobExecutor,
+    abandoned_count,
+    abandoned_modules,
+    module_holding,
+)
 from orchestrator.workflow import JobWorkflow
 from otel import context, logs
 from otel.vocabulary import OperationEvent
 
-__all__ = ["Worker", "WorkerConfig", "new_worker_id"]
+__all__ = ["EXIT_RECYCLE", "Worker", "WorkerConfig", "new_worker_id"]
 
 log = logging.getLogger(__name__)
+
+
+#: The exit status (EX_TEMPFAIL) of a process whose worker stopped itself because too many
+#: modules it abandoned still run: its supervisor should start a fresh process.
+EXIT_RECYCLE: Final = 75
 
 
 def new_worker_id() -> str:
@@ -77,6 +90,9 @@ class WorkerConfig:
     shutdown_grace_seconds: float = 10.0
     #: The event loop held this long (a module blocking it) is logged, naming what ran.
     loop_stall_seconds: float = STALL_SECONDS
+    #: Modules abandoned by this process (they ignored their cancellation) still running
+    #: at which the worker stops claiming and stops, for its supervisor to start afresh.
+    max_abandoned_modules: int = 8
 
 
 class Worker:
@@ -102,6 +118,9 @@ class Worker:
         self._modules_of: dict[str, tuple[str, ...]] = {}
         self.stall = LoopStallMonitor(self._running, holding=module_holding, threshold=config.loop_stall_seconds)
         self.jobs_run = 0
+        #: The worker stopped itself: too many modules it abandoned still run (the process
+        #: should be replaced: ``worker`` exits with EXIT_RECYCLE).
+        self.recycled = False
         #: Claim statements sent, and the jobs they claimed (for benchmarks).
         self.claims = 0
         self.claimed = 0
@@ -176,6 +195,10 @@ class Worker:
         backoff = _Backoff()
         while not self._stop.is_set():
             await slots.acquire()
+            if abandoned_count() >= self.config.max_abandoned_modules:
+                slots.release()
+                self._recycle()
+                return
             free = 1 + _take_free(slots)  # claim as many jobs as there are free slots, in one statement
             try:
                 claimed = await self.workflow.claim_batch(
@@ -193,6 +216,21 @@ class Worker:
                 self._start(jobs, job, slots)
             if not claimed:
                 await self.store.wait_for_work(max_wait=self.config.poll_seconds)
+
+    def _recycle(self) -> None:
+        """Too many abandoned modules still run in this process: stop, and say why."""
+        self.recycled = True
+        limit = self.config.max_abandoned_modules
+        logs.event(
+            log,
+            logging.ERROR,
+            OperationEvent.WORKER_RECYCLE,
+            f"{abandoned_count()} modules abandoned by this process still run (limit {limit}, "
+            "ORCHESTRATOR_MAX_ABANDONED_MODULES): this worker stops claiming and stops, for its supervisor "
+            "to start a fresh process",
+            abandoned=abandoned_modules(),
+        )
+        self.stop()
 
     def _start(self, jobs: anyio.abc.TaskGroup, job: Job, slots: anyio.Semaphore) -> None:
         """Run a Running job in the worker's job task group (its slot already taken)."""

@@ -430,6 +430,11 @@ _abandoned_runs: set[_ModuleRun] = set()
 _runs_by_frame: dict[FrameType, _ModuleRun] = {}
 
 
+def abandoned_count() -> int:
+    """How many modules this process abandoned are still running."""
+    return len(abandoned_modules()) if _abandoned_runs else 0
+
+
 def abandoned_modules() -> list[str]:
     """The modules this process abandoned that are still running, as ``job <id> module <name>``."""
     for run in [run for run in _abandoned_runs if run.task.get_loop().is_closed()]:
