@@ -588,6 +588,46 @@ async def test_a_transition_past_its_deadline_is_cancelled_in_the_server_and_not
 
 
 @pytest.mark.postgres
+async def test_a_cancellation_that_fails_unexpectedly_still_abandons_the_statement_at_its_deadline(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request to cancel a statement past its deadline failing with an error psycopg
+    does not raise (a bug, an OSError): the statement ran on to its own end (a held lock's
+    60 s) and that error came out instead of the store's typed one."""
+
+    async def broken(self: object, *, timeout: float = 30.0) -> None:
+        raise RuntimeError("the cancel request broke")
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "cancel_safe", broken)
+    async with pg_store(postgres_url, pg_schema, lock_timeout=60.0, write_seconds=1.0) as store:
+        (job,) = await running_jobs(store, 1)
+        with (
+            row_locks(postgres_url, pg_schema, [job.id]),
+            anyio.fail_after(30),
+            pytest.raises(PersistenceError) as raised,
+        ):
+            await store.apply(finish(job))
+        assert raised.value.message.startswith(
+            f"the postgresql store at {store.target} did not apply_transition within 1 s (the server did "
+            "not answer its cancellation either: it may still have been written; error id "
+        ), raised.value.message
+        said = "the cancellation of a statement past its deadline failed"
+        failures = [r for r in caplog.records if said in r.getMessage()]
+        assert len(failures) == 1
+        assert failures[0].exc_info is not None
+        assert str(failures[0].exc_info[1]) == "the cancel request broke"
+        # Abandoned, not cancelled: once the lock is gone it may land, as the error said.
+        # The job ends once either way.
+        with anyio.fail_after(30):
+            try:
+                current = await store.apply(finish(job))
+            except TransitionConflict:
+                current = await store.get(job.id)
+        assert current.status is JobStatus.COMPLETED
+        assert [e.status_to for e in await store.history(job.id)].count(JobStatus.COMPLETED) == 1
+
+
+@pytest.mark.postgres
 async def test_lease_renewals_skip_a_row_another_session_holds_and_keep_it(postgres_url: str, pg_schema: str) -> None:
     async with pg_store(postgres_url, pg_schema, lock_timeout=60.0) as store:
         locked, free, lost = await running_jobs(store, 3)

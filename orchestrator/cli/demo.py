@@ -22,6 +22,7 @@ import shlex
 import shutil
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,7 +167,7 @@ async def demo(ctx: Context) -> int:
         worker = app.worker(concurrency=2, executor=_CancelledOnceRunning(app.execute, app.workflow, cancel_ids))
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
-            jobs = await _watch(app, jobs)
+            jobs = await _watch(app, jobs, stopped=lambda: worker.stopping)
             worker.stop()
         render.console.print()
         for job in jobs:
@@ -194,13 +195,13 @@ async def demo(ctx: Context) -> int:
     return code
 
 
-async def _watch(app: App, jobs: list[Job]) -> list[Job]:
-    """Show progress until every job is terminal."""
+async def _watch(app: App, jobs: list[Job], *, stopped: Callable[[], bool]) -> list[Job]:
+    """Show progress until every job is terminal, or the worker ``stopped`` by itself."""
     with Live(_progress(jobs), console=render.console, refresh_per_second=8, transient=False) as live:
         while True:
             jobs = [await app.store.get(j.id) for j in jobs]
             live.update(_progress(jobs))
-            if all(j.status.terminal for j in jobs):
+            if all(j.status.terminal for j in jobs) or stopped():
                 return jobs
             await anyio.sleep(0.1)
 

@@ -435,6 +435,7 @@ async def run_until(worker: Worker, done: Callable[[], Awaitable[bool]], *, chec
     """Run ``worker`` until ``done()`` is true (used by ``run`` and ``demo``)."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
-        while not await done():  # noqa: ASYNC110 - done() is an async store query
+        # (or until it stopped by itself: too many modules it abandoned still run)
+        while not worker.stopping and not await done():  # noqa: ASYNC110 - done() is an async store query
             await anyio.sleep(check_seconds)
         worker.stop()

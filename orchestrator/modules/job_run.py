@@ -73,6 +73,8 @@ class JobAnalysis:
         self._token: Any = None
         self._loop_thread = 0
         self._walk_timer: asyncio.TimerHandle | None = None
+        #: Modules whose final progress update was sent: later ones are dropped.
+        self._finished: set[str] = set()
 
     async def __aenter__(self) -> JobAnalysis:
         self._token = anyio.lowlevel.current_token()
@@ -119,6 +121,7 @@ class JobAnalysis:
 
     def finish(self, module: AnalysisModule, context: ModuleContext, span: trace.Span) -> Budget:
         """``module`` has finished: its last progress, and the budget it ran under."""
+        self._finished.add(module.name)
         if context.progress_reporter is not None:
             context.progress_reporter.finish()
         budget = self.budgets.finish(
@@ -141,6 +144,8 @@ class JobAnalysis:
             anyio.from_thread.run_sync(self._publish, span, update, token=self._token)
 
     def _publish(self, span: trace.Span, update: ModuleProgress) -> None:
+        if update.module in self._finished and not update.final:
+            return  # sent from a thread before the final one, arriving after it: too late
         self._telemetry.module_progress(span, update.done, update.total, milestone=update.milestone, final=update.final)
         for listener in list(self._listeners):
             try:

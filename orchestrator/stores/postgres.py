@@ -295,11 +295,16 @@ class PostgresConnector:
             async def cancel() -> None:
                 nonlocal asked
                 asked = True
-                with anyio.move_on_after(_CANCEL_SECONDS):
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.cancel_safe(timeout=_CANCEL_SECONDS)
-                    await anyio.sleep(_CANCEL_SECONDS)  # for the server's answer
-                abandon.cancel()
+                try:
+                    with anyio.move_on_after(_CANCEL_SECONDS):
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.cancel_safe(timeout=_CANCEL_SECONDS)
+                        await anyio.sleep(_CANCEL_SECONDS)  # for the server's answer
+                finally:
+                    # Past its deadline the statement is abandoned, whatever happened to the
+                    # request to cancel it (unless the statement ended meanwhile: this task
+                    # is then cancelled, and the scope has nothing left to cut).
+                    abandon.cancel()
 
             def due() -> None:
                 nonlocal canceller
@@ -320,10 +325,18 @@ class PostgresConnector:
                     canceller.cancel()  # the statement ended (or this task is cancelled): no more to ask
                     with anyio.CancelScope(shield=True):
                         await asyncio.wait((canceller,))
-        if canceller is not None and not canceller.cancelled():
+        if canceller is not None and canceller.done() and not canceller.cancelled():
             unexpected = canceller.exception()  # (not a psycopg error: those it suppresses)
-            if failed is None and isinstance(unexpected, Exception):
-                failed = unexpected  # raised below
+            if unexpected is not None:
+                logs.event(
+                    log,
+                    logging.WARNING,
+                    OperationEvent.ERROR,
+                    "the cancellation of a statement past its deadline failed",
+                    exc_info=unexpected,
+                    operation=f"store.{name}",
+                    target=self.target,
+                )
         if isinstance(failed, psycopg.errors.QueryCanceled) and asked:
             raise self._past_deadline(name, deadline, written=False) from failed
         if asked and not conn.closed:

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import CoroutineType, FrameType
 from typing import Any, Protocol, cast
@@ -250,9 +250,9 @@ class ExecuteAnalysisJobUseCase:
                 summary: dict[str, Any] = {}
                 exc: BaseException | None = None
                 interrupted: BaseException | None = None
-                # In a task of its own: one that ignores its cancellation can be abandoned.
-                run = _ModuleRun(module, ctx, analysis, span, job)
                 try:
+                    # In a task of its own: one that ignores its cancellation can be abandoned.
+                    run = _ModuleRun(module, ctx, analysis, span, job)
                     try:
                         await run.finish(self._abandon_seconds)
                     except BaseException as cancelled:  # noqa: BLE001 - raised again below
@@ -262,6 +262,8 @@ class ExecuteAnalysisJobUseCase:
                     outcome, summary, error, exc = run.outcome(
                         _timed_out(analysis, module), interrupted=interrupted is not None
                     )
+                except Exception as failed:  # noqa: BLE001 - its budget could not be set, say: this module's panic
+                    outcome, error, exc = ModuleOutcome.PANIC, _panic(failed), failed
                 finally:
                     if outcome is not ModuleOutcome.OK:
                         ctx.cancel()  # stops the module's worker threads
@@ -586,8 +588,7 @@ class _ModuleRun:
             # KeyboardInterrupt, GeneratorExit, a group, a cancellation nobody asked for (it
             # took the worker down). The reason names the exception's type only: its message
             # may quote the analysed data. The traceback goes to the worker's log, at the source.
-            reason = f"{type(error).__name__} (a panic; error id {new_error_id()}, details in the worker log)"
-            return ModuleOutcome.PANIC, {}, reason, error
+            return ModuleOutcome.PANIC, {}, _panic(error), error
         return ModuleOutcome.OK, self.summary, None, None
 
     def _ended(self, task: asyncio.Task[None]) -> None:
@@ -604,6 +605,10 @@ class _ModuleRun:
             ended=True,
             error_type=type(self.error).__name__ if self.error is not None else None,
         )
+
+
+def _panic(exc: BaseException) -> str:
+    return f"{type(exc).__name__} (a panic; error id {new_error_id()}, details in the worker log)"
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -651,7 +656,7 @@ def _larger_than(value: object, limit: int) -> bool:
         size += 1  # a digit, a quote, a bracket or a separator at least
         if isinstance(item, str):
             size += len(item)
-        elif depth < MAX_DEPTH and isinstance(item, dict):  # deeper, it is cut when stored
+        elif depth < MAX_DEPTH and isinstance(item, Mapping):  # deeper, it is cut when stored
             pending.append((itertools.chain.from_iterable(item.items()), depth + 1))
         elif depth < MAX_DEPTH and isinstance(item, (list, tuple)):
             pending.append((iter(item), depth + 1))
