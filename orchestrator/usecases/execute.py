@@ -260,7 +260,7 @@ class ExecuteAnalysisJobUseCase:
                         # shutdown): the module was asked to stop too, and waited for.
                         interrupted = cancelled
                     outcome, summary, error, exc = run.outcome(
-                        _timed_out(analysis, module), interrupted=interrupted is not None
+                        lambda: _timed_out(analysis, module), interrupted=interrupted is not None
                     )
                 except Exception as failed:  # noqa: BLE001 - its budget could not be set, say: this module's panic
                     outcome, error, exc = ModuleOutcome.PANIC, _panic(failed), failed
@@ -556,22 +556,23 @@ class _ModuleRun:
         )
 
     def outcome(
-        self, timed_out: str, *, interrupted: bool
+        self, timeout: Callable[[], str], *, interrupted: bool
     ) -> tuple[ModuleOutcome, dict[str, Any], str | None, BaseException | None]:
         """(outcome, summary, error, exception) of the run once :meth:`finish` is done.
-        ``interrupted``: the job's task was cancelled (and the module with it); ``timed_out``
+        ``interrupted``: the job's task was cancelled (and the module with it); ``timeout()``
         says which timeout it exceeded."""
         deadline, error = self.deadline, self.error
         if self.abandoned:
             if interrupted:
                 return ModuleOutcome.CANCELLED, {}, f"cancelled ({_abandoned(self.grace)})", None
-            reason = f"{timed_out} ({_abandoned(self.grace)})"
+            reason = f"{timeout()} ({_abandoned(self.grace)})"
             return ModuleOutcome.TIMEOUT, {}, reason, TimeoutError(reason)
         if interrupted:
             if deadline.cancelled_caught or (error is not None and _is_cancellation(error)):
                 return ModuleOutcome.CANCELLED, {}, "cancelled", None
             # It answered its job's cancellation with a result or an error of its own: kept.
         elif deadline.cancel_called:  # its deadline passed
+            timed_out = timeout()
             if error is not None:
                 # Its timeout's cancellation, turned into an error of its own.
                 reason = f"{timed_out} (it raised {type(error).__name__} when cancelled)"
@@ -645,6 +646,8 @@ def _larger_than(value: object, limit: int) -> bool:
     """Whether ``value`` encoded as JSON certainly takes more than ``limit`` characters:
     a lower bound of its size (each text's length, one character for anything else),
     counted only until it passes ``limit``, without recursion and without copying."""
+    if not value:
+        return False  # (an empty summary: most modules that only check something)
     size = 0
     pending: list[tuple[Iterator[object], int]] = [(iter((value,)), 0)]
     while pending:
