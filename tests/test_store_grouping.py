@@ -71,6 +71,25 @@ async def test_a_lone_write_is_written_at_once_alone() -> None:
     assert recorder.groups == [["a"]]
 
 
+async def test_writes_submitted_in_one_turn_of_the_event_loop_go_together() -> None:
+    """Tasks woken together (jobs claimed together end together) write in one group: the
+    first waits one turn of the loop before it writes, instead of writing alone and the
+    others together after it (two round trips, and the next claims out of step)."""
+    recorder = Recorder()
+    writes = GroupedWrites(recorder.write, key=lambda item: item)
+    results: dict[str, str] = {}
+
+    async def submit(item: str) -> None:
+        results[item] = await writes.submit(item)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for item in ("a", "b", "c"):
+                tg.start_soon(submit, item)
+    assert recorder.groups == [["a", "b", "c"]]
+    assert results == {"a": "done a", "b": "done b", "c": "done c"}
+
+
 async def test_writes_arriving_while_one_is_in_flight_go_together_next() -> None:
     recorder = Recorder()
     recorder.hold = True
@@ -481,13 +500,13 @@ async def test_a_group_behind_a_row_lock_is_retried_by_each_caller_at_once_not_o
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch)
-                # The first is written alone, the five others queue behind it and go
-                # together next; once that group is past its deadline, each of the five
-                # is retried alone by its own caller, all five at the same time.
+                # The six arrive in one turn of the event loop and go together; once that
+                # group is past its deadline, each of the six is retried alone by its own
+                # caller, all six at the same time.
                 outcomes = await apply_together(store, [finish(job) for job in jobs])
                 tg.cancel_scope.cancel()
             assert blocked_by(postgres_url, holder) == 0  # every statement cancelled in the server
-        assert most_waiting == 5
+        assert most_waiting == 6
         for job in jobs:
             outcome = outcomes[job.id]
             assert isinstance(outcome, PersistenceError), outcome

@@ -1,11 +1,11 @@
 """Group commit: writes that arrive while one is in flight go together in the next.
 
 A worker ends several jobs at about the same time (its free slots are claimed together,
-no-op modules finish together). :class:`GroupedWrites` sends the first write at once,
-alone: an idle process waits for nothing. Writes that arrive while it is in flight
-queue up and are sent together as soon as it returns, as one group: one transaction and
-one round trip instead of one each. The window is the in-flight write itself; no timer
-delays anything.
+no-op modules finish together). :class:`GroupedWrites` sends a write after one turn of
+the event loop, with every write submitted meanwhile (by the tasks woken together with
+its caller): an idle process waits for nothing but that turn. Writes that arrive while a
+group is in flight queue up and are sent together as soon as it returns, as one group:
+one transaction and one round trip instead of one each. No timer delays anything.
 
 Each caller gets its own outcome (a result or an exception). Once a group is sent it is
 shielded from cancellation, so the outcome of every write in it reaches its caller: a
@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["GroupedWrites"]
 
@@ -114,6 +115,10 @@ class GroupedWrites(Generic[I, R]):
         """Write the next group: the oldest queued writes (the caller's, ``own``, is among
         them, unless a write with the same key is ahead of it: then it leads again after)."""
         self._writing = True
+        # One turn of the event loop first: writes of tasks woken together with this one
+        # (jobs claimed together end together) join its group instead of waiting for the
+        # next. Shielded: cancelling the caller here would leave the queue without a leader.
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         group = self._take()
         outcomes: Sequence[R | BaseException]
         try:
