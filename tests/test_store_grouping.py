@@ -5,6 +5,7 @@ outbox rows and outcome; one job's failure fails only that job."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
 from faults.tcp_proxy import TcpProxy
@@ -63,7 +65,7 @@ class Recorder:
         return [ValueError(item) if item.startswith("bad") else f"done {item}" for item in items]
 
 
-async def test_a_lone_write_is_written_at_once_alone() -> None:
+async def test_a_lone_write_is_written_alone() -> None:
     recorder = Recorder()
     writes = GroupedWrites(recorder.write, key=lambda item: item)
     with anyio.fail_after(1):
@@ -88,6 +90,29 @@ async def test_writes_submitted_in_one_turn_of_the_event_loop_go_together() -> N
                 tg.start_soon(submit, item)
     assert recorder.groups == [["a", "b", "c"]]
     assert results == {"a": "done a", "b": "done b", "c": "done c"}
+
+
+async def test_a_leader_interrupted_in_its_turn_hands_the_queue_over() -> None:
+    """Something other than anyio's cancellation (a native cancel, KeyboardInterrupt)
+    raised in the leader's turn of the loop: nothing of it was sent, and the write queued
+    behind it is written (it used to wait forever, the queue still marked as writing)."""
+    recorder = Recorder()
+    writes = GroupedWrites(recorder.write, key=lambda item: item)
+    results: dict[str, str] = {}
+
+    async def follower() -> None:
+        results["b"] = await writes.submit("b")
+
+    lead = asyncio.get_running_loop().create_task(writes.submit("a"))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follower)
+            await anyio.lowlevel.checkpoint()  # "a" takes its turn, "b" queues behind it
+            lead.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lead
+    assert recorder.groups == [["b"]]
+    assert results == {"b": "done b"}
 
 
 async def test_writes_arriving_while_one_is_in_flight_go_together_next() -> None:

@@ -1,9 +1,10 @@
-"""Group commit: writes that arrive while one is in flight go together in the next.
+"""Group commit: writes submitted in one turn of the event loop, or while a group is in
+flight, go together.
 
 A worker ends several jobs at about the same time (its free slots are claimed together,
 no-op modules finish together). :class:`GroupedWrites` sends a write after one turn of
-the event loop, with every write submitted meanwhile (by the tasks woken together with
-its caller): an idle process waits for nothing but that turn. Writes that arrive while a
+the event loop, with the writes submitted meanwhile (by the tasks woken together with its
+caller; at most ``max_size``, one per key): an idle process waits for nothing but that turn. Writes that arrive while a
 group is in flight queue up and are sent together as soon as it returns, as one group:
 one transaction and one round trip instead of one each. No timer delays anything.
 
@@ -11,7 +12,9 @@ Each caller gets its own outcome (a result or an exception). Once a group is sen
 shielded from cancellation, so the outcome of every write in it reaches its caller: a
 caller cancelled while its write is being written waits for that outcome and returns it
 (the cancellation reaches it at its next checkpoint); a caller cancelled while its write
-is still queued takes it out of the queue (it is never sent). With ``shield_alone=False``
+is still queued behind a group in flight takes it out of the queue (it is never sent).
+The caller leading a group is not cancelled during its turn of the loop: it sends the
+group, its own write in it, then learns of its cancellation. With ``shield_alone=False``
 a caller writing its own write alone is not shielded: it is the only one a cancellation
 of that write concerns (as for a write without grouping). Two writes with the same key
 never share a group: the second waits for the next.
@@ -117,8 +120,14 @@ class GroupedWrites(Generic[I, R]):
         self._writing = True
         # One turn of the event loop first: writes of tasks woken together with this one
         # (jobs claimed together end together) join its group instead of waiting for the
-        # next. Shielded: cancelling the caller here would leave the queue without a leader.
-        await anyio.lowlevel.cancel_shielded_checkpoint()
+        # next. Shielded from anyio's cancellation; anything else raised here (a native
+        # cancel, KeyboardInterrupt) takes nothing and sends nothing, and the next queued
+        # caller leads (submit hands over).
+        try:
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+        except BaseException:
+            self._writing = False
+            raise
         group = self._take()
         outcomes: Sequence[R | BaseException]
         try:
