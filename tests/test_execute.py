@@ -11,7 +11,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import anyio
 import pytest
@@ -583,11 +583,15 @@ async def test_fail_fast_cancels_modules_that_had_not_started(app: App, tmp_path
 # --- cancellation and shutdown -----------------------------------------------------------------
 
 
+class Started(Protocol):
+    started: int
+
+
 async def execute_then_cancel(
-    app: App, running: Job, slow: SlowModule, kind: CancelKind, reason: str
+    app: App, running: Job, module: Started, kind: CancelKind, reason: str
 ) -> tuple[Job, float]:
-    """Execute ``running``; once the slow module runs, cancel; return the job and the
-    seconds from the cancel to the end of execute."""
+    """Execute ``running``; once ``module`` runs, cancel; return the job and the seconds
+    from the cancel to the end of execute."""
     control = JobControl()
     outcome: dict[str, Job] = {}
 
@@ -597,7 +601,7 @@ async def execute_then_cancel(
     async with anyio.create_task_group() as tg:
         tg.start_soon(execute)
         with anyio.fail_after(2):
-            while not slow.started:
+            while not module.started:
                 await anyio.sleep(0.01)
         cancelled_at = time.perf_counter()
         control.cancel(kind, reason)
@@ -734,26 +738,10 @@ async def test_a_module_ignoring_its_jobs_cancellation_is_abandoned_after_the_gr
     status: JobStatus,
 ) -> None:
     """A user's cancel, or a worker's shutdown, waited for the module for good."""
-    module = hopeless[1]
     running = await claim(app, await create(app, tmp_path, ["hopeless_long"]))
-    control = JobControl()
-    outcome: dict[str, Job] = {}
-
-    async def execute() -> None:
-        outcome["job"] = await app.execute.execute(running, control=control, worker_id="w1")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(execute)
-        with anyio.fail_after(2):
-            while not module.started:
-                await anyio.sleep(0.01)
-        cancelled_at = time.perf_counter()
-        control.cancel(kind, "stopped by the test")
-        with anyio.fail_after(4):  # not for good
-            while "job" not in outcome:
-                await anyio.sleep(0.01)
-    assert time.perf_counter() - cancelled_at >= 1.0  # it had the grace
-    final = outcome["job"]
+    with anyio.fail_after(6):  # not for good
+        final, took = await execute_then_cancel(app, running, hopeless[1], kind, "stopped by the test")
+    assert took >= 1.0  # it had the grace
     assert (final.status, final.reason) == (status, "stopped by the test")
     result = by_module(final)["hopeless_long"]
     assert result.outcome is ModuleOutcome.CANCELLED
@@ -773,19 +761,7 @@ async def test_a_module_answering_its_jobs_cancellation_keeps_its_own_outcome(
     module = app.registry.get(name)
     assert isinstance(module, AnsweringModule)
     running = await claim(app, await create(app, tmp_path, [name]))
-    control = JobControl()
-    finals: list[Job] = []
-
-    async def execute() -> None:
-        finals.append(await app.execute.execute(running, control=control, worker_id="w1"))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(execute)
-        with anyio.fail_after(2):
-            while not module.started:
-                await anyio.sleep(0.01)
-        control.cancel(CancelKind.USER, "stopped by the test")
-    [final] = finals
+    final, _ = await execute_then_cancel(app, running, module, CancelKind.USER, "stopped by the test")
     assert (final.status, final.reason) == (JobStatus.CANCELLED, "stopped by the test")
     result = by_module(final)[name]
     assert result.outcome is outcome
