@@ -29,7 +29,7 @@ from orchestrator.api.security import is_loopback_bind, is_wildcard_bind
 from orchestrator.bootstrap import open_app
 from orchestrator.domain import InvalidRequest, OrchestratorError
 from orchestrator.job_queue import Worker
-from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog, exit_at_once
+from orchestrator.job_queue.watchdog import ExitWatchdog, exit_at_once, shutdown_exit_seconds
 from orchestrator.job_queue.worker import EXIT_RECYCLE
 from orchestrator.settings import Settings
 from orchestrator.telemetry import JobTelemetry
@@ -173,8 +173,7 @@ async def _serve(
         for warning in warnings:
             logs.event(log, logging.WARNING, OperationEvent.API_SECURITY, warning)
         async with anyio.create_task_group() as services:
-            # The grace, the time a module ignoring its cancellation gets, the margin.
-            seconds = settings.shutdown_grace_seconds + settings.module_abandon_seconds + EXIT_MARGIN_SECONDS
+            seconds = shutdown_exit_seconds(settings.shutdown_grace_seconds, settings.module_abandon_seconds)
             watchdog = ExitWatchdog(seconds, flush=telemetry.flush)
             # Started (its handler installed) before serve announces itself: a SIGTERM from
             # then on is a graceful stop, never an interrupted start-up.

@@ -30,7 +30,7 @@ from orchestrator.domain import (
     now_ns,
 )
 from orchestrator.job_queue import Worker
-from orchestrator.job_queue.watchdog import EXIT_MARGIN_SECONDS, ExitWatchdog, exit_at_once
+from orchestrator.job_queue.watchdog import ExitWatchdog, exit_at_once, shutdown_exit_seconds
 from orchestrator.job_queue.worker import EXIT_RECYCLE
 from orchestrator.modules.registry import ModuleRegistry
 from orchestrator.serialization import entry_json, job_json, timestamp
@@ -75,9 +75,7 @@ async def worker(ctx: Context) -> int:
             "Ctrl-C or SIGTERM to stop",
             style="dim",
         )
-        # The grace, then the time a module ignoring its cancellation is given before it is
-        # abandoned (its job requeued all the same), then the margin.
-        seconds = w.config.shutdown_grace_seconds + app.settings.module_abandon_seconds + EXIT_MARGIN_SECONDS
+        seconds = shutdown_exit_seconds(w.config.shutdown_grace_seconds, app.settings.module_abandon_seconds)
         watchdog = ExitWatchdog(seconds, flush=ctx.telemetry.flush)
         async with anyio.create_task_group() as tg:
             # Started (its handler installed) before the worker announces itself: a SIGTERM

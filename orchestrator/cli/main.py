@@ -286,11 +286,9 @@ def _main(argv: Sequence[str] | None) -> int:
             guard.disarm()
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
-    except OrchestratorError as exc:
-        code = EXIT_USAGE if exc.category in _USER_ERRORS else EXIT_FAILED
-        return _fail(exc.message, code)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+    except (OrchestratorError, KeyboardInterrupt) as exc:
+        code, message = _exit_of(exc)
+        return _fail(message, code)
     except BaseException as exc:
         if _only_broken_pipes(exc):
             return _closed_pipe()

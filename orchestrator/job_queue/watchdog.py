@@ -22,12 +22,19 @@ from typing import Final, NoReturn
 from otel import logs
 from otel.vocabulary import OperationEvent
 
-__all__ = ["EXIT_MARGIN_SECONDS", "ExitWatchdog", "exit_at_once"]
+__all__ = ["EXIT_MARGIN_SECONDS", "ExitWatchdog", "exit_at_once", "shutdown_exit_seconds"]
 
 log = logging.getLogger(__name__)
 
 #: Time given, beyond the shutdown grace, to cancel and requeue the running jobs.
 EXIT_MARGIN_SECONDS: Final = 5.0
+
+
+def shutdown_exit_seconds(grace_seconds: float, abandon_seconds: float) -> float:
+    """When a stopping worker process must be gone: the shutdown grace, then the time a
+    module ignoring its cancellation gets before it is abandoned (its job requeued all the
+    same), then the margin."""
+    return grace_seconds + abandon_seconds + EXIT_MARGIN_SECONDS
 
 
 class ExitWatchdog:
